@@ -1,0 +1,22 @@
+"""Input validation shared by the layers: errors that name the layer and both shapes."""
+
+
+def check_input(layer, x, ndim, channels=None, channel_axis=1, what=None):
+    """Raise ValueError unless x has `ndim` dimensions (and `channels` at `channel_axis`).
+
+    `what` describes the expected layout, e.g. "(N, C, H, W)".
+    """
+    name = type(layer).__name__
+    shape = tuple(getattr(x, "shape", ()))
+    if not hasattr(x, "ndim"):
+        raise TypeError(f"{name} expects an array, got {type(x).__name__}")
+    layout = f" {what}" if what else ""
+    if x.ndim != ndim:
+        raise ValueError(f"{name} expects a {ndim}-D input{layout}, got shape {shape}")
+    if channels is not None and shape[channel_axis] != channels:
+        expected = list(shape)
+        expected[channel_axis] = channels
+        raise ValueError(
+            f"{name} expects {channels} channels at axis {channel_axis}: input shape {tuple(expected)} "
+            f"with that axis = {channels}, got shape {shape}"
+        )

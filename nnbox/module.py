@@ -1,0 +1,302 @@
+"""Module, Parameter and Sequential: the containers every layer and model is built from.
+
+A module computes `y = forward(x)` and, given the upstream gradient `dy = dL/dy`,
+`dx = backward(dy)`; `backward` *adds* each parameter's gradient into `param.grad`
+(gradients accumulate until `zero_grad()`, as in micrograd and PyTorch).
+
+There is no autograd tape: `forward` saves what `backward` needs with
+`save_for_backward(name=array, ...)`, and `backward` reads it back with
+`saved_for_backward()`.
+"""
+from collections import OrderedDict
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import backend
+
+
+class Parameter:
+    """A trainable array: `data`, and `grad` of the same shape (accumulated by backward).
+
+    `requires_grad = False` freezes it: layers then skip computing its gradient,
+    which is how a GAN's generator step avoids the discriminator's weight gradients.
+    """
+
+    def __init__(self, data, requires_grad=True):
+        self.data = data
+        self.grad = backend.get_array_module(data).zeros_like(data)
+        self.requires_grad = requires_grad
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def zero_grad(self):
+        self.grad.fill(0)
+
+    def __repr__(self):
+        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype}, device={backend.device_of(self.data)})"
+
+
+class Module:
+    """Base class of layers, losses and models.
+
+    Subclasses assign `Parameter`s and child `Module`s as attributes (they are
+    registered by name, in order), register non-trainable state with
+    `register_buffer`, and implement `forward` and `backward`.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_children", OrderedDict())
+        object.__setattr__(self, "_saved", None)
+        object.__setattr__(self, "training", True)
+
+    # ----------------------------------------------------------- registration
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning attributes")
+        if isinstance(value, Parameter):
+            self._children.pop(name, None)
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._parameters.pop(name, None)
+            self._children[name] = value
+        elif name in self._buffers:
+            self._buffers[name] = value
+            return
+        else:
+            self._parameters.pop(name, None)
+            self._children.pop(name, None)
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        # Only called when normal lookup fails: buffers live in self._buffers.
+        buffers = self.__dict__.get("_buffers")
+        if buffers is not None and name in buffers:
+            return buffers[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def register_buffer(self, name, array):
+        """Register non-trainable state (e.g. BatchNorm's running_mean), saved in state_dict."""
+        self._buffers[name] = array
+
+    def add_module(self, name, module):
+        setattr(self, name, module)
+
+    # ----------------------------------------------------------- traversal
+    def named_parameters(self, prefix=""):
+        """Yield (dotted name, Parameter) for this module and its descendants."""
+        for name, param in self._parameters.items():
+            yield prefix + name, param
+        for child_name, child in self._children.items():
+            yield from child.named_parameters(prefix + child_name + ".")
+
+    def parameters(self):
+        """Collect all the parameters of this module and its descendants."""
+        return [param for _, param in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        for name, array in self._buffers.items():
+            yield prefix + name, array
+        for child_name, child in self._children.items():
+            yield from child.named_buffers(prefix + child_name + ".")
+
+    def buffers(self):
+        return [array for _, array in self.named_buffers()]
+
+    def named_children(self):
+        return iter(self._children.items())
+
+    def children(self):
+        return list(self._children.values())
+
+    def modules(self):
+        """This module and all its descendants, depth first."""
+        yield self
+        for child in self._children.values():
+            yield from child.modules()
+
+    # ----------------------------------------------------------- modes
+    def train(self, mode=True):
+        """Set the `training` flag here and in every descendant (Dropout, BatchNorm read it)."""
+        for module in self.modules():
+            object.__setattr__(module, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for param in self.parameters():
+            param.zero_grad()
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze (True) every parameter."""
+        for param in self.parameters():
+            param.requires_grad = requires_grad
+        return self
+
+    # ----------------------------------------------------------- forward/backward
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def save_for_backward(self, **arrays):
+        """Keep what `backward` needs, by name (never more: memory is the cost)."""
+        object.__setattr__(self, "_saved", SimpleNamespace(**arrays))
+
+    def saved_for_backward(self):
+        """What the last `forward` saved; a clear error when there was none."""
+        if self._saved is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward was called before forward: call the module on an "
+                f"input first (y = layer(x)), then layer.backward(dy)"
+            )
+        return self._saved
+
+    def clear_saved(self):
+        for module in self.modules():
+            object.__setattr__(module, "_saved", None)
+
+    # ----------------------------------------------------------- state
+    def state_dict(self):
+        """An ordered dict {dotted name: array} of every parameter and buffer (no copies)."""
+        state = OrderedDict((name, param.data) for name, param in self.named_parameters())
+        state.update((name, array) for name, array in self.named_buffers() if array is not None)
+        return state
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from `state` into parameters and buffers, on this module's device and dtype.
+
+        With `strict`, a missing or unexpected key raises KeyError naming it; a shape
+        mismatch always raises ValueError naming the key and both shapes.
+        """
+        own = self.state_dict()
+        missing = [key for key in own if key not in state]
+        unexpected = [key for key in state if key not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"{type(self).__name__}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}; "
+                f"the state dict was saved from a different architecture"
+            )
+        for key, current in own.items():
+            if key not in state:
+                continue
+            value = state[key]
+            if tuple(value.shape) != tuple(current.shape):
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: shape mismatch for {key!r}: "
+                    f"the module has {tuple(current.shape)}, the state dict has {tuple(value.shape)}"
+                )
+        params = dict(self.named_parameters())
+        for key, current in own.items():
+            if key not in state:
+                continue
+            xp = backend.get_array_module(current)
+            value = backend.to_device(state[key], backend.device_of(current)).astype(current.dtype, copy=False)
+            if key in params:
+                params[key].data = xp.array(value, copy=True)
+            else:
+                self._set_buffer(key, xp.array(value, copy=True))
+
+    def _set_buffer(self, dotted_name, value):
+        *path, name = dotted_name.split(".")
+        module = self
+        for part in path:
+            module = module._children[part]
+        module._buffers[name] = value
+
+    # ----------------------------------------------------------- device and dtype
+    def to(self, target):
+        """Move to a device ('cpu', 'gpu') or cast floating-point state to a dtype (np.float64, ...).
+
+        Parameters, their gradients and buffers move; integer buffers keep their dtype.
+        Saved forward state is dropped (it belongs to the old device/dtype).
+        """
+        convert = _converter(target)
+        for module in self.modules():
+            for param in module._parameters.values():
+                param.data = convert(param.data)
+                param.grad = convert(param.grad)
+            for name, array in module._buffers.items():
+                module._buffers[name] = convert(array)
+            object.__setattr__(module, "_saved", None)
+            module._on_to(target)
+        return self
+
+    def _on_to(self, target):
+        """Hook for modules that hold other device state (e.g. a cached random generator)."""
+
+    @property
+    def device(self):
+        params = self.parameters()
+        return backend.device_of(params[0].data) if params else "cpu"
+
+    # ----------------------------------------------------------- printing
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._children:
+            lines[0] = lines[0].rstrip("(") + "("
+            for name, child in self._children.items():
+                child_lines = repr(child).splitlines()
+                lines.append(f"  ({name}): " + child_lines[0])
+                lines.extend("  " + line for line in child_lines[1:])
+            lines.append(")")
+            return "\n".join(lines)
+        return lines[0] + ")"
+
+
+def _converter(target):
+    """A function that moves/casts one array for Module.to and optimiser.to."""
+    if isinstance(target, str) and target in backend.DEVICES:
+        return lambda array: backend.to_device(array, target)
+    dtype = backend.as_dtype(target)
+    return lambda array: backend.to_dtype(array, dtype)
+
+
+class Sequential(Module):
+    """Chain modules: forward runs them in order, backward in reverse.
+
+    Example::
+
+        model = Sequential(Linear(784, 128), ReLU(), Linear(128, 10))
+        logits = model(x)
+        dx = model.backward(dlogits)
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        for index, module in enumerate(modules):
+            if not isinstance(module, Module):
+                raise TypeError(f"Sequential takes Modules, got {type(module).__name__} at position {index}")
+            self.add_module(str(index), module)
+
+    def __len__(self):
+        return len(self._children)
+
+    def __getitem__(self, index):
+        return list(self._children.values())[index]
+
+    def __iter__(self):
+        return iter(self._children.values())
+
+    def forward(self, x):
+        for module in self._children.values():
+            x = module(x)
+        return x
+
+    def backward(self, dy):
+        for module in reversed(self._children.values()):
+            dy = module.backward(dy)
+        return dy
