@@ -1,0 +1,326 @@
+"""ImageFolder (cache, bad files, errors), transforms and DataLoader (order, resume, prefetch thread)."""
+import json
+import os
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nnbox import data
+from nnbox.data import (CenterCrop, ColorJitter, Compose, DataLoader, ImageFolder, RandomHorizontalFlip, Resize,
+                        ToFloat)
+
+
+def _write_tree(root, rng, n_people=3, per_person=3, size=(40, 48)):
+    """A small LFW-like tree: root/person_k/person_k_000i.{png,jpg}."""
+    for k in range(n_people):
+        folder = root / f"person_{k}"
+        folder.mkdir(parents=True)
+        for i in range(per_person):
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            ext = "png" if (k + i) % 2 else "jpg"
+            Image.fromarray(pixels).save(folder / f"person_{k}_{i:04d}.{ext}")
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path, rng):
+    return _write_tree(tmp_path / "faces", rng)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "cache"
+
+
+def _folder(root, cache_dir, transform=(CenterCrop(32), Resize(16)), **kwargs):
+    return ImageFolder(root, list(transform), cache_dir=cache_dir, progress=False, **kwargs)
+
+
+# --------------------------------------------------------------------------- ImageFolder
+def test_image_folder_loads_sorted_images_with_labels(tree, cache):
+    ds = _folder(tree, cache)
+    assert ds.images.shape == (9, 16, 16, 3) and ds.images.dtype == np.uint8
+    assert ds.paths == sorted(ds.paths) and ds.paths[0] == "person_0/person_0_0000.jpg"
+    assert ds.classes == ["person_0", "person_1", "person_2"]
+    np.testing.assert_array_equal(ds.labels, np.repeat([0, 1, 2], 3))
+    batch = ds.get_batch([0, 4])
+    assert batch.shape == (2, 3, 16, 16) and batch.dtype == np.float32
+    assert -1.0 <= batch.min() and batch.max() <= 1.0
+    image, label = ds[4]
+    assert image.shape == (3, 16, 16) and label == 1
+
+
+def test_bad_files_are_skipped_with_one_warning(tree, cache):
+    good = (tree / "person_0" / "person_0_0000.jpg").read_bytes()
+    (tree / "person_1" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (tree / "person_2" / "not_an_image.png").write_text("hello, I am text")
+    (tree / "person_2" / "notes.txt").write_text("ignored: not an image extension")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = _folder(tree, cache)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1
+    assert "skipped 2" in messages[0] and "truncated.jpg" in messages[0] and "not_an_image.png" in messages[0]
+    assert len(ds) == 9 and sorted(ds.skipped) == ["person_1/truncated.jpg", "person_2/not_an_image.png"]
+
+
+def test_missing_and_empty_folders_say_what_was_searched(tmp_path, cache):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*not a folder.*\.jpg"):
+        ImageFolder(tmp_path / "nowhere", cache_dir=cache)
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "readme.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError, match=r"no images under .*empty.*\.jpg, \.jpeg, \.png"):
+        ImageFolder(empty, cache_dir=cache)
+
+
+def test_different_sizes_without_resize_raise_a_helpful_error(tmp_path, cache):
+    root = tmp_path / "mixed"
+    root.mkdir()
+    Image.new("RGB", (10, 10)).save(root / "a.png")
+    Image.new("RGB", (12, 10)).save(root / "b.png")
+    with pytest.raises(ValueError, match="Resize"):
+        ImageFolder(root, cache_dir=cache, progress=False)
+
+
+def _count_decodes(monkeypatch):
+    calls = []
+    original = data._decode
+
+    def counting(path, prepare):
+        calls.append(path)
+        return original(path, prepare)
+
+    monkeypatch.setattr(data, "_decode", counting)
+    return calls
+
+
+def test_cache_is_reused_without_decoding(tree, cache, monkeypatch):
+    calls = _count_decodes(monkeypatch)
+    first = _folder(tree, cache)
+    assert len(calls) == 9 and not first.cache_hit
+    assert first.cache_path.is_file() and first.cache_path.suffix == ".npy"
+    meta = json.loads(first.cache_path.with_suffix(".json").read_text())
+    assert meta["shape"] == [9, 16, 16, 3]
+    second = _folder(tree, cache)
+    assert len(calls) == 9 and second.cache_hit
+    np.testing.assert_array_equal(first.images, second.images)
+    assert np.load(first.cache_path, allow_pickle=False).shape == (9, 16, 16, 3)
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]    # atomic write left no temp file
+
+
+def test_cache_is_invalidated_by_a_changed_file_or_transform(tree, cache, monkeypatch):
+    calls = _count_decodes(monkeypatch)
+    first = _folder(tree, cache)
+    target = tree / "person_0" / "person_0_0001.png"
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(target)
+    os.utime(target, ns=(time.time_ns(), time.time_ns() + 10**9))     # a different mtime for sure
+    changed = _folder(tree, cache)
+    assert not changed.cache_hit and len(calls) == 18
+    assert changed.images[1].max() == 0 and first.images[1].max() > 0
+    resized = _folder(tree, cache, transform=(CenterCrop(32), Resize(8)))
+    assert not resized.cache_hit and resized.images.shape == (9, 8, 8, 3)
+    again = _folder(tree, cache, transform=(CenterCrop(32), Resize(8)))
+    assert again.cache_hit
+    # the stale cache of the same folder was removed when the new one was written
+    assert len(list(cache.glob("*.npy"))) == 1
+
+
+def test_cache_dir_defaults_to_env_variable(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("NNBOX_CACHE", str(tmp_path / "envcache"))
+    ds = ImageFolder(tree, [Resize(8)], progress=False)
+    assert ds.cache_path.parent == tmp_path / "envcache"
+
+
+def test_augment_copies_enlarges_with_flipped_and_jittered_copies(tree, cache):
+    base = _folder(tree, cache)
+    big = _folder(tree, cache, augment_copies=2)
+    assert len(big) == 27 and big.images.shape[1:] == base.images.shape[1:]
+    np.testing.assert_array_equal(big.images[:9], base.images)
+    np.testing.assert_array_equal(big.labels, np.tile(base.labels, 3))
+    assert not np.array_equal(big.images[9:18], base.images)
+
+
+# --------------------------------------------------------------------------- transforms
+def test_center_crop_and_resize_on_arrays_and_pil(rng):
+    image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    crop = CenterCrop((10, 20))(image)
+    np.testing.assert_array_equal(crop, image[10:20, 10:30])
+    pil = CenterCrop(10)(Image.fromarray(image))
+    np.testing.assert_array_equal(np.asarray(pil), image[10:20, 15:25])
+    assert Resize(8)(image).shape == (8, 8, 3)
+    assert Resize((6, 9))(Image.fromarray(image)).size == (9, 6)
+    with pytest.raises(ValueError, match="only 30x40"):
+        CenterCrop(50)(image)
+    with pytest.raises(ValueError, match="positive"):
+        Resize(0)
+
+
+def test_resize_is_antialiased():
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[:, ::2] = 255      # one-pixel stripes alias to black or white without a low-pass filter
+    small = Resize(8)(stripes)
+    assert 100 < small.mean() < 155 and small.std() < 20
+
+
+def test_to_float_layout_and_range():
+    image = np.array([[[0, 255, 128]]], dtype=np.uint8)
+    out = ToFloat()(image)
+    assert out.shape == (3, 1, 1) and out.dtype == np.float32
+    np.testing.assert_allclose(out.ravel(), [-1.0, 1.0, 128 / 127.5 - 1], atol=1e-6)
+    batch = ToFloat()(np.zeros((5, 4, 6, 3), np.uint8))
+    assert batch.shape == (5, 3, 4, 6) and batch.min() == -1.0
+    assert ToFloat()(np.zeros((4, 6), np.uint8)).shape == (1, 4, 6)
+
+
+def test_flip_is_deterministic_for_a_seed_and_flips_width(rng):
+    batch = rng.integers(0, 256, (64, 5, 7, 3), dtype=np.uint8)
+    a = RandomHorizontalFlip(0.5)(batch, rng=np.random.default_rng(3))
+    b = RandomHorizontalFlip(0.5)(batch, rng=np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)
+    flipped = np.array([not np.array_equal(a[i], batch[i]) for i in range(64)])
+    assert 10 < flipped.sum() < 54
+    np.testing.assert_array_equal(a[flipped], batch[flipped][:, :, ::-1])
+    nchw = ToFloat()(batch)
+    c = RandomHorizontalFlip(1.0)(nchw, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(c, nchw[..., ::-1])
+    np.testing.assert_array_equal(RandomHorizontalFlip(0.0)(batch), batch)
+
+
+def test_color_jitter_keeps_shape_range_and_changes_images(rng):
+    batch = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    jitter = ColorJitter(0.4, 0.4, 0.4)
+    out = jitter(batch, rng=np.random.default_rng(1))
+    assert out.shape == batch.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, batch)
+    np.testing.assert_array_equal(out, jitter(batch, rng=np.random.default_rng(1)))
+    floats = ToFloat()(batch)
+    fout = jitter(floats, rng=np.random.default_rng(1))
+    assert fout.shape == floats.shape and fout.dtype == np.float32 and -1 <= fout.min() and fout.max() <= 1
+    # per-image factors, in the same place for uint8 NHWC and float NCHW
+    np.testing.assert_allclose(ToFloat()(out), fout, atol=2 / 127.5)
+    np.testing.assert_array_equal(ColorJitter()(batch), batch)
+    with pytest.raises(ValueError, match="brightness"):
+        ColorJitter(brightness=-1)
+
+
+def test_compose_split_separates_cached_and_per_batch_parts():
+    pipeline = Compose([CenterCrop(10), Resize(8), RandomHorizontalFlip(), ToFloat()])
+    prepare, per_batch = pipeline.split()
+    assert [type(t) for t in prepare.transforms] == [CenterCrop, Resize]
+    assert [type(t) for t in per_batch.transforms] == [RandomHorizontalFlip, ToFloat]
+    out = pipeline(np.zeros((12, 12, 3), np.uint8), rng=np.random.default_rng(0))
+    assert out.shape == (3, 8, 8)
+
+
+# --------------------------------------------------------------------------- DataLoader
+def _indexed(n, size=4):
+    """uint8 NHWC images whose pixels all equal their index (mod 256), to track them."""
+    return np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, size, size, 3)).copy()
+
+
+def _ids(batch):
+    return np.rint((batch[:, 0, 0, 0] + 1) * 127.5).astype(int)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_every_sample_once_per_epoch(prefetch):
+    loader = DataLoader(_indexed(23), batch_size=5, rng=0, prefetch=prefetch)
+    assert len(loader) == 5
+    batches = list(loader)
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+    assert all(b.dtype == np.float32 and b.shape[1:] == (3, 4, 4) for b in batches)
+    seen = np.concatenate([_ids(b) for b in batches])
+    assert sorted(seen) == list(range(23)) and list(seen) != list(range(23))
+    second = np.concatenate([_ids(b) for b in loader])
+    assert sorted(second) == list(range(23)) and list(second) != list(seen)
+
+
+def test_drop_last_and_no_shuffle():
+    loader = DataLoader(_indexed(23), batch_size=5, shuffle=False, drop_last=True)
+    assert len(loader) == 4
+    seen = np.concatenate([_ids(b) for b in loader])
+    np.testing.assert_array_equal(seen, np.arange(20))
+
+
+def test_same_generator_seed_same_order_and_transforms():
+    images = np.random.default_rng(0).integers(0, 256, (30, 4, 6, 3), dtype=np.uint8)
+
+    def run(seed, prefetch):
+        flip = RandomHorizontalFlip(0.5)
+        loader = DataLoader(images, 7, rng=np.random.default_rng(seed), transform=flip, prefetch=prefetch)
+        return [b for _ in range(2) for b in loader]
+
+    a, b, c = run(5, True), run(5, False), run(6, True)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_tuple_of_arrays_yields_images_and_labels():
+    images, labels = _indexed(10), np.arange(10) * 10
+    for x, y in DataLoader((images, labels), 4, rng=1):
+        np.testing.assert_array_equal(_ids(x) * 10, y)
+    with pytest.raises(ValueError, match="different lengths"):
+        DataLoader((images, labels[:3]), 4)
+    with pytest.raises(ValueError, match="batch_size"):
+        DataLoader(images, 0)
+
+
+def test_image_folder_through_loader_with_random_flips(tree, cache):
+    ds = _folder(tree, cache, transform=(CenterCrop(32), Resize(16), RandomHorizontalFlip()))
+    batches = list(DataLoader(ds, 4, rng=0))
+    assert [b.shape for b in batches] == [(4, 3, 16, 16), (4, 3, 16, 16), (1, 3, 16, 16)]
+    again = list(DataLoader(ds, 4, rng=0))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+
+
+def test_state_dict_resumes_exactly_mid_epoch():
+    images = np.random.default_rng(0).integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+    make = lambda: DataLoader(images, 6, rng=np.random.default_rng(9), transform=ColorJitter(0.5, 0.5, 0.5))
+    reference = make()
+    full = list(reference) + list(reference)
+
+    interrupted = make()
+    first_epoch = []
+    for batch in interrupted:
+        first_epoch.append(batch)
+        if len(first_epoch) == 3:
+            state = json.loads(json.dumps(interrupted.state_dict()))    # what a checkpoint would store
+            break
+    resumed = make()
+    resumed.load_state_dict(state)
+    rest = list(resumed) + list(resumed)
+    replay = first_epoch + rest
+    assert len(replay) == len(full)
+    assert all(np.array_equal(a, b) for a, b in zip(replay, full))
+
+
+def _prefetch_threads():
+    return [t for t in threading.enumerate() if t.name == "nnbox-DataLoader-prefetch"]
+
+
+def test_prefetch_thread_does_not_leak():
+    loader = DataLoader(_indexed(100), batch_size=3, rng=0, queue_size=1)
+    for _ in range(3):
+        for _ in loader:
+            pass
+    for i, _ in enumerate(loader):
+        if i == 1:
+            break          # leaves the generator mid-epoch: its finally stops and joins the thread
+    iterator = iter(loader)
+    next(iterator)
+    iterator.close()
+    assert _prefetch_threads() == []
+
+
+def test_errors_in_the_prefetch_thread_reach_the_caller():
+    def broken(batch, rng=None):
+        raise RuntimeError("transform exploded")
+
+    with pytest.raises(RuntimeError, match="transform exploded"):
+        list(DataLoader(_indexed(10), 4, transform=broken))
+    assert _prefetch_threads() == []
