@@ -229,11 +229,30 @@ def _reconstruct_stub(cls, shape, typecode):
     return _ArrayStub()
 
 
-# The only names a pickle may mention: numpy's array-rebuilding triple, each replaced by an inert
-# stand-in defined here. Nothing named in the pickle is ever imported or called.
+def _frombuffer_stub(buffer, dtype, shape, order):
+    """numpy's protocol-5 array rebuild: raw bytes + a plain numeric dtype -> array (copied)."""
+    if not isinstance(dtype, _DtypeStub) or not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)):
+        raise UnsafePickleError("refusing a numpy array that is not plain numeric data in a pickle")
+    array = np.frombuffer(bytes(buffer), dtype=dtype.dtype())
+    return array.reshape(tuple(shape), order="F" if order == "F" else "C").copy()
+
+
+def _latin1_encode_stub(text, encoding="latin1"):
+    """Python 3 writes bytes into protocol-2 pickles as _codecs.encode(str, 'latin1'); only that is allowed."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r}) in a pickle")
+    return text.encode("latin1")
+
+
+# The only names a pickle may mention: numpy's array-rebuilding triple and the latin-1 bytes
+# encoding, each replaced by an inert stand-in defined here. Nothing named in the pickle is ever
+# imported or called.
 _PICKLE_STANDINS = {
+    ("_codecs", "encode"): _latin1_encode_stub,
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct_stub,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct_stub,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer_stub,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer_stub,
     ("numpy", "ndarray"): _ArrayStub,
     ("numpy", "dtype"): _DtypeStub,
 }
@@ -277,8 +296,8 @@ def safe_unpickle(data, encoding="bytes"):
     """Load pickled plain data (bytes or a binary file) without executing anything.
 
     Every global a pickle names is refused with `UnsafePickleError` (that is how a pickle runs code:
-    `__reduce__` returns a global such as `os.system`), except numpy's array reconstruction, which is
-    served by inert stand-ins that turn raw bytes into numeric arrays.
+    `__reduce__` returns a global such as `os.system`), except numpy's array reconstruction and
+    latin-1 bytes, which are served by inert stand-ins that turn raw bytes into numeric arrays.
     """
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     return _realise(_RestrictedUnpickler(stream, encoding=encoding).load())
@@ -360,6 +379,7 @@ def _lfw_missing(searched):
 
 
 def _download_file(remote, folder, progress):
+    # module-level, because the loaders' `download` argument hides the function of that name
     return download(remote.url, Path(folder) / remote.filename, remote.sha256, progress=progress)
 
 
@@ -435,8 +455,8 @@ def load_mnist(data_dir=None, split="train", download=True, cache_dir=None, prog
             if not download:
                 raise FileNotFoundError(f"load_mnist: {stem}[.gz] not found in {', '.join(map(str, folders))}; "
                                         f"pass data_dir=<folder with the four IDX files>, or download=True")
-            path = download(MNIST_MIRROR + stem + ".gz", cache_dir / "mnist" / f"{stem}.gz", MNIST_FILES[stem],
-                            progress=progress)
+            remote = RemoteFile(f"{stem}.gz", MNIST_MIRROR + stem + ".gz", MNIST_FILES[stem])
+            path = _download_file(remote, cache_dir / "mnist", progress)
         arrays.append(read_idx(path, magic))
     images, labels = arrays
     if images.ndim != 3 or len(images) != len(labels):

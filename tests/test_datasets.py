@@ -1,0 +1,307 @@
+"""Dataset loaders on small files written in the official formats; downloads against local archives."""
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nnbox import datasets
+from nnbox.datasets import (ChecksumError, RemoteFile, UnsafeArchiveError, UnsafePickleError, colorize_mnist,
+                            download, load_cifar10, load_lfw, load_mnist, read_idx, safe_extract_tar, safe_unpickle)
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- LFW and downloads
+def _lfw_tgz(tmp_path, rng, top="lfw_funneled", people=("Ann_A", "Bob_B"), per_person=2):
+    source = tmp_path / "src"
+    for person in people:
+        folder = source / top / person
+        folder.mkdir(parents=True)
+        for i in range(per_person):
+            Image.fromarray(rng.integers(0, 256, (250, 250, 3), dtype=np.uint8)).save(
+                folder / f"{person}_{i + 1:04d}.jpg")
+    archive = tmp_path / "lfw-funneled.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / top, arcname=top)
+    return archive
+
+
+def test_download_from_file_url_checks_sha256(tmp_path):
+    source = tmp_path / "payload.bin"
+    source.write_bytes(os.urandom(100_000))
+    dest = download(source.as_uri(), tmp_path / "out" / "payload.bin", _sha(source), progress=False)
+    assert dest.read_bytes() == source.read_bytes()
+    # already there with the right checksum: kept, no second download
+    assert download("file:///does/not/exist", dest, _sha(source), progress=False) == dest
+
+
+def test_download_with_bad_checksum_removes_everything(tmp_path):
+    source = tmp_path / "payload.bin"
+    source.write_bytes(b"x" * 1000)
+    dest = tmp_path / "out" / "payload.bin"
+    with pytest.raises(ChecksumError, match="SHA-256 mismatch.*removed"):
+        download(source.as_uri(), dest, "0" * 64, progress=False)
+    assert list((tmp_path / "out").iterdir()) == []
+    with pytest.raises(ValueError, match="checksum is required"):
+        download(source.as_uri(), dest, None)
+
+
+def test_load_lfw_downloads_extracts_and_loads(tmp_path, rng, monkeypatch):
+    archive = _lfw_tgz(tmp_path, rng)
+    remote = RemoteFile("lfw-funneled.tgz", archive.as_uri(), _sha(archive))
+    cache = tmp_path / "cache"
+    ds = load_lfw(image_size=16, cache_dir=cache, remote=remote, progress=False)
+    assert ds.images.shape == (4, 16, 16, 3) and ds.classes == ["Ann_A", "Bob_B"]
+    assert (cache / "lfw" / "lfw_funneled" / "Bob_B" / "Bob_B_0002.jpg").is_file()
+    # next time the extracted copy in the cache is used: a download would fail now
+    broken = RemoteFile("lfw-funneled.tgz", "file:///nowhere/lfw.tgz", "0" * 64)
+    again = load_lfw(image_size=16, cache_dir=cache, remote=broken, progress=False)
+    assert again.cache_hit
+    np.testing.assert_array_equal(again.images, ds.images)
+
+
+def test_load_lfw_uses_a_local_deepfunneled_folder(tmp_path, rng):
+    archive = _lfw_tgz(tmp_path, rng, top="lfw-deepfunneled")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "data", filter="data")
+    ds = load_lfw(tmp_path / "data", image_size=8, crop=128, download=False, cache_dir=tmp_path / "c",
+                  progress=False, flip=True)
+    assert ds.images.shape == (4, 8, 8, 3)
+    assert ds.get_batch([0, 1, 2], rng=np.random.default_rng(0)).shape == (3, 3, 8, 8)
+
+
+def test_load_lfw_without_data_or_download_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no LFW images found in .*mine.*lfw-deepfunneled"):
+        load_lfw(tmp_path / "mine", download=False, cache_dir=tmp_path / "cache")
+
+
+def test_load_lfw_bad_checksum_leaves_nothing(tmp_path, rng):
+    archive = _lfw_tgz(tmp_path, rng)
+    remote = RemoteFile("lfw-funneled.tgz", archive.as_uri(), "f" * 64)
+    cache = tmp_path / "cache"
+    with pytest.raises(ChecksumError):
+        load_lfw(cache_dir=cache, remote=remote, progress=False)
+    assert not (cache / "lfw").exists()
+    assert list((cache / "downloads").iterdir()) == []
+
+
+def _tar_with(tmp_path, *members):
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for info, payload in members:
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    return archive
+
+
+def _file(name, payload=b"pwned"):
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    return info, payload
+
+
+def _link(name, target, kind=tarfile.SYMTYPE):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
+@pytest.mark.parametrize("member, reason", [
+    (_file("../evil.txt"), "'..'"),
+    (_file("lfw/../../evil.txt"), "'..'"),
+    (_file("/tmp/evil.txt"), "absolute"),
+    (_link("lfw/escape", "../../outside"), "outside"),
+    (_link("lfw/abs", "/etc/passwd"), "outside"),
+    (_link("lfw/hard", "../outside", tarfile.LNKTYPE), "outside"),
+])
+def test_unsafe_archive_members_are_refused(tmp_path, member, reason):
+    archive = _tar_with(tmp_path, _file("lfw/ok.txt", b"fine"), member)
+    target = tmp_path / "out" / "extracted"
+    with pytest.raises(UnsafeArchiveError, match=reason):
+        safe_extract_tar(archive, target)
+    assert not target.exists() and list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "evil.txt").exists()
+
+
+def test_device_members_are_refused(tmp_path):
+    info = tarfile.TarInfo("lfw/dev")
+    info.type = tarfile.CHRTYPE
+    with pytest.raises(UnsafeArchiveError, match="device"):
+        safe_extract_tar(_tar_with(tmp_path, (info, None)), tmp_path / "out")
+
+
+def test_safe_links_inside_the_archive_are_extracted(tmp_path):
+    archive = _tar_with(tmp_path, _file("d/real.txt", b"data"), _link("d/alias.txt", "real.txt"))
+    out = safe_extract_tar(archive, tmp_path / "out")
+    assert (out / "d" / "alias.txt").read_bytes() == b"data"
+
+
+def test_load_lfw_refuses_an_archive_with_dotdot(tmp_path, rng):
+    archive = _tar_with(tmp_path, _file("lfw_funneled/A/A_0001.jpg", b"x"), _file("../evil", b"x"))
+    remote = RemoteFile("lfw-funneled.tgz", archive.as_uri(), _sha(archive))
+    with pytest.raises(UnsafeArchiveError, match=r"\.\./evil"):
+        load_lfw(cache_dir=tmp_path / "cache", remote=remote, progress=False)
+    assert not (tmp_path / "cache" / "lfw").exists() and not (tmp_path / "cache" / "evil").exists()
+
+
+# --------------------------------------------------------------------------- MNIST
+def _idx_bytes(array, magic):
+    return int(magic).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape) + array.tobytes()
+
+
+def _write_mnist(folder, rng, n=6, gz=True, image_magic=2051, label_magic=2049):
+    folder.mkdir(parents=True, exist_ok=True)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    for name, payload in (("train-images-idx3-ubyte", _idx_bytes(images, image_magic)),
+                          ("train-labels-idx1-ubyte", _idx_bytes(labels, label_magic))):
+        if gz:
+            with gzip.open(folder / f"{name}.gz", "wb") as f:
+                f.write(payload)
+        else:
+            (folder / name).write_bytes(payload)
+    return images, labels
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_load_mnist_from_idx_files(tmp_path, rng, gz):
+    images, labels = _write_mnist(tmp_path / "mnist", rng, gz=gz)
+    x, y = load_mnist(tmp_path, "train", download=False, cache_dir=tmp_path / "cache")
+    assert x.shape == (6, 1, 28, 28) and x.dtype == np.float32
+    np.testing.assert_allclose((x[:, 0] + 1) * 127.5, images, atol=1e-3)
+    np.testing.assert_array_equal(y, labels)
+
+
+def test_mnist_wrong_magic_number_is_a_clear_error(tmp_path, rng):
+    _write_mnist(tmp_path, rng, image_magic=2049)
+    with pytest.raises(ValueError, match="magic number 2049, expected 2051"):
+        load_mnist(tmp_path, download=False, cache_dir=tmp_path / "cache")
+
+
+def test_idx_truncated_and_missing_files(tmp_path, rng):
+    images = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    (tmp_path / "short").write_bytes(_idx_bytes(images, 2051)[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "short", 2051)
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.*download=True"):
+        load_mnist(tmp_path / "none", download=False, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="split"):
+        load_mnist(tmp_path, split="valid")
+
+
+def test_load_mnist_downloads_missing_files(tmp_path, rng, monkeypatch):
+    images, labels = _write_mnist(tmp_path / "mirror", rng)
+    monkeypatch.setattr(datasets, "MNIST_MIRROR", (tmp_path / "mirror").as_uri() + "/")
+    monkeypatch.setattr(datasets, "MNIST_FILES", {
+        name: _sha(tmp_path / "mirror" / f"{name}.gz") for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")})
+    x, y = load_mnist(split="train", cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(y, labels)
+    assert (tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz").is_file()
+
+
+def test_colored_mnist_random_and_per_class_colours(rng):
+    digits = np.zeros((20, 1, 28, 28), np.float32) - 1
+    digits[:, :, 10:18, 12:16] = 1.0     # a white stroke on black
+    labels = np.arange(20) % 10
+    x, y, colors = colorize_mnist(digits, labels, mode="random", rng=np.random.default_rng(0))
+    assert x.shape == (20, 3, 28, 28) and x.dtype == np.float32 and colors.shape == (20, 3)
+    np.testing.assert_allclose((x[:, :, 12, 13] + 1) / 2, colors, atol=1e-6)   # stroke pixel = its colour
+    np.testing.assert_array_equal(x[:, :, 0, 0], -1)                           # background stays black
+    assert len({tuple(np.round(c, 3)) for c in colors}) == 20
+    assert colors.max(axis=1).min() > 0.99                                       # bright: value = 1
+    again = colorize_mnist(digits, labels, mode="random", rng=np.random.default_rng(0))[2]
+    np.testing.assert_array_equal(colors, again)
+
+    x, y, colors = colorize_mnist(digits, labels, mode="class")
+    assert colors.shape == (10, 3)
+    np.testing.assert_allclose((x[:, :, 12, 13] + 1) / 2, colors[labels], atol=1e-6)
+    np.testing.assert_array_equal(x[3], x[13])                                   # same class, same colour
+    with pytest.raises(ValueError, match="mode"):
+        colorize_mnist(digits, labels, mode="rainbow")
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+def _cifar_records(rng, n):
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    pixels = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    return labels, pixels
+
+
+def test_load_cifar10_binary(tmp_path, rng):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    labels, pixels = _cifar_records(rng, 5)
+    (folder / "test_batch.bin").write_bytes(np.concatenate([labels[:, None], pixels], axis=1).tobytes())
+    (folder / "batches.meta.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n\n")
+    x, y, classes = load_cifar10(tmp_path, "test", download=False, cache_dir=tmp_path / "cache")
+    assert x.shape == (5, 3, 32, 32) and classes[0] == "class0" and len(classes) == 10
+    np.testing.assert_array_equal(y, labels)
+    np.testing.assert_allclose((x[2, 1] + 1) * 127.5, pixels[2, 1024:2048].reshape(32, 32), atol=1e-3)
+    with pytest.raises(FileNotFoundError, match="data_batch_1.bin"):
+        load_cifar10(tmp_path, "train", download=False)
+
+
+def test_cifar10_binary_wrong_size_is_a_clear_error(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    (folder / "test_batch.bin").write_bytes(b"\x00" * 3000)
+    with pytest.raises(ValueError, match="3073-byte records"):
+        load_cifar10(tmp_path, "test", download=False)
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_load_cifar10_python_version_through_safe_unpickler(tmp_path, rng, protocol):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    labels, pixels = _cifar_records(rng, 4)
+    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in labels], b"data": pixels,
+             b"filenames": [b"a.png", b"b.png", b"c.png", b"d.png"]}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+    x, y, classes = load_cifar10(tmp_path, "test", download=False, cache_dir=tmp_path / "cache")
+    assert classes == list(datasets.CIFAR10_CLASSES)
+    np.testing.assert_array_equal(y, labels)
+    np.testing.assert_allclose((x.reshape(4, -1) + 1) * 127.5, pixels, atol=1e-3)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_cifar_pickle_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": _Exploit(marker), b"labels": [0]}))
+    with pytest.raises(UnsafePickleError, match=r"refusing to load (posix|os)\.system.*binary version"):
+        load_cifar10(tmp_path, "test", download=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload", [
+    pickle.dumps(np.array([object()], dtype=object)),       # object arrays need pickled objects
+    pickle.dumps(eval),                                      # any global is refused
+    pickle.dumps(np.float64(1.0)),                           # numpy scalars are globals too
+])
+def test_safe_unpickle_refuses_globals(payload):
+    with pytest.raises(UnsafePickleError):
+        safe_unpickle(payload)
+
+
+def test_safe_unpickle_reads_plain_data():
+    data = {"a": [1, 2.5, None], b"b": (True, b"raw"), "c": np.arange(6, dtype=">i4").reshape(2, 3),
+            "f": np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3))}
+    out = safe_unpickle(pickle.dumps(data))
+    assert out["a"] == [1, 2.5, None] and out[b"b"] == (True, b"raw")
+    np.testing.assert_array_equal(out["c"], data["c"])
+    np.testing.assert_array_equal(out["f"], data["f"])
