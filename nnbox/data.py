@@ -371,7 +371,11 @@ class ImageFolder:
         if loaded is None:
             images, kept, skipped = self._build(relpaths)
             if cache:
-                self._write_cache(self.cache_path, key, images, kept, skipped)
+                try:
+                    self._write_cache(self.cache_path, key, images, kept, skipped)
+                except OSError as error:     # a read-only or full disk costs speed, not the data
+                    warnings.warn(f"ImageFolder: could not write the cache {self.cache_path} ({error}); "
+                                  f"set NNBOX_CACHE or cache_dir= to a writable folder", RuntimeWarning, stacklevel=2)
         else:
             images, kept, skipped = loaded
             self.cache_hit = True

@@ -136,6 +136,14 @@ def test_cache_dir_defaults_to_env_variable(tree, tmp_path, monkeypatch):
     assert ds.cache_path.parent == tmp_path / "envcache"
 
 
+def test_unwritable_cache_warns_and_still_loads(tree, tmp_path):
+    blocker = tmp_path / "file_not_folder"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.warns(RuntimeWarning, match="could not write the cache"):
+        ds = _folder(tree, blocker / "cache")
+    assert ds.images.shape == (9, 16, 16, 3)
+
+
 def test_augment_copies_enlarges_with_flipped_and_jittered_copies(tree, cache):
     base = _folder(tree, cache)
     big = _folder(tree, cache, augment_copies=2)

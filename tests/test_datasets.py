@@ -70,8 +70,7 @@ def test_load_lfw_downloads_extracts_and_loads(tmp_path, rng, monkeypatch):
 
 def test_load_lfw_uses_a_local_deepfunneled_folder(tmp_path, rng):
     archive = _lfw_tgz(tmp_path, rng, top="lfw-deepfunneled")
-    with tarfile.open(archive) as tar:
-        tar.extractall(tmp_path / "data", filter="data")
+    safe_extract_tar(archive, tmp_path / "data")
     ds = load_lfw(tmp_path / "data", image_size=8, crop=128, download=False, cache_dir=tmp_path / "c",
                   progress=False, flip=True)
     assert ds.images.shape == (4, 8, 8, 3)
