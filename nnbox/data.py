@@ -365,7 +365,10 @@ class ImageFolder:
         loaded = None
         if cache:
             cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-            stem = f"imagefolder-{name or self.root.name or 'root'}-{_short_hash(str(self.root.resolve()))}"
+            # folder and transform in the name, contents in the key: a changed folder replaces its old
+            # cache, while caches of other sizes or crops of the same folder stay
+            stem = (f"imagefolder-{name or self.root.name or 'root'}-{_short_hash(str(self.root.resolve()))}"
+                    f"-{_short_hash(repr(self.prepare))}")
             self.cache_path = cache_dir / f"{stem}-{key[:16]}.npy"
             loaded = self._read_cache(self.cache_path, key)
         if loaded is None:

@@ -121,13 +121,15 @@ def test_cache_is_invalidated_by_a_changed_file_or_transform(tree, cache, monkey
     os.utime(target, ns=(time.time_ns(), time.time_ns() + 10**9))     # a different mtime for sure
     changed = _folder(tree, cache)
     assert not changed.cache_hit and len(calls) == 18
+    assert len(list(cache.glob("*.npy"))) == 1      # the stale cache of the old contents was removed
     assert changed.images[1].max() == 0 and first.images[1].max() > 0
     resized = _folder(tree, cache, transform=(CenterCrop(32), Resize(8)))
     assert not resized.cache_hit and resized.images.shape == (9, 8, 8, 3)
     again = _folder(tree, cache, transform=(CenterCrop(32), Resize(8)))
     assert again.cache_hit
-    # the stale cache of the same folder was removed when the new one was written
-    assert len(list(cache.glob("*.npy"))) == 1
+    # a cache per transform: going back to 16 px reuses the first one
+    assert len(list(cache.glob("*.npy"))) == 2
+    assert _folder(tree, cache).cache_hit
 
 
 def test_cache_dir_defaults_to_env_variable(tree, tmp_path, monkeypatch):
