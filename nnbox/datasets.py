@@ -18,6 +18,7 @@ import pickle
 import shutil
 import tarfile
 import urllib.request
+import warnings
 from collections import namedtuple
 from pathlib import Path
 
@@ -349,6 +350,9 @@ def load_lfw(data_dir=None, image_size=32, crop=LFW_DEFAULT_CROP, download=True,
         folder = find_lfw(data_dir)
         if folder is None and not download:
             raise FileNotFoundError(_lfw_missing(searched))
+        if folder is None:
+            warnings.warn(f"load_lfw: no LFW images in {searched[0]}; using the cache or downloading instead",
+                          RuntimeWarning, stacklevel=2)
     if folder is None:
         searched.append(cache_dir / "lfw")
         folder = find_lfw(cache_dir / "lfw")

@@ -63,7 +63,8 @@ def test_load_lfw_downloads_extracts_and_loads(tmp_path, rng, monkeypatch):
     assert (cache / "lfw" / "lfw_funneled" / "Bob_B" / "Bob_B_0002.jpg").is_file()
     # next time the extracted copy in the cache is used: a download would fail now
     broken = RemoteFile("lfw-funneled.tgz", "file:///nowhere/lfw.tgz", "0" * 64)
-    again = load_lfw(image_size=16, cache_dir=cache, remote=broken, progress=False)
+    with pytest.warns(RuntimeWarning, match="no LFW images in .*empty"):
+        again = load_lfw(tmp_path / "empty", image_size=16, cache_dir=cache, remote=broken, progress=False)
     assert again.cache_hit
     np.testing.assert_array_equal(again.images, ds.images)
 
