@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (CenterCrop, ColorJitter, ImageFolder, RandomHorizontalFlip, Resize, default_cache_dir,
-                   _atomic_write)
+from .data import CenterCrop, ColorJitter, ImageFolder, RandomHorizontalFlip, Resize, default_cache_dir
 
 RemoteFile = namedtuple("RemoteFile", "filename url sha256")
 
