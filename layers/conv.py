@@ -1,0 +1,237 @@
+"""2-D convolution and transposed convolution (the adjoint of convolution), on NCHW arrays.
+
+Both layers share one base class and the arithmetic of `conv_maths`. A convolution maps a
+"large" image to a "small" one; its weight is stored as (small channels, large channels, kh, kw)
+in both layers, which is why PyTorch's Conv2d weight is (out, in, kh, kw) and its
+ConvTranspose2d weight is (in, out, kh, kw). With W2 = weight.reshape(small channels, -1):
+
+    convolve:          small = W2 @ im2col(large)              (Conv2d forward)
+    adjoint:           large = col2im(W2^T @ small)             (ConvTranspose2d forward)
+    weight gradient:   dW2   = small_gradient @ im2col(large)^T  (both)
+
+Conv2d's backward is the adjoint (for dx); ConvTranspose2d's backward is the convolution (for dx).
+"""
+from nnbox import init
+from nnbox.backend import get_array_module
+from nnbox.module import Module, Parameter
+
+from . import conv_maths
+from ._checks import check_input
+
+
+class _ConvNd(Module):
+    """What Conv2d and ConvTranspose2d share: the geometry, the parameters and the three products."""
+
+    transposed = False
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                 output_padding, bias, rng, dtype):
+        super().__init__()
+        name = type(self).__name__
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = conv_maths.pair(kernel_size, "kernel_size")
+        self.stride = conv_maths.pair(stride, "stride")
+        self.padding = conv_maths.pair(padding, "padding")
+        self.dilation = conv_maths.pair(dilation, "dilation")
+        self.output_padding = conv_maths.pair(output_padding, "output_padding")
+        for label, value, low in (("in_channels", (self.in_channels,), 1), ("out_channels", (self.out_channels,), 1),
+                                  ("kernel_size", self.kernel_size, 1), ("stride", self.stride, 1),
+                                  ("padding", self.padding, 0), ("dilation", self.dilation, 1),
+                                  ("output_padding", self.output_padding, 0)):
+            if min(value) < low:
+                raise ValueError(f"{name}: {label} must be >= {low}, got {value if len(value) > 1 else value[0]}")
+        kh, kw = self.kernel_size
+        if self.transposed:
+            # the small side of the convolution is this layer's input
+            small, large = self.in_channels, self.out_channels
+        else:
+            small, large = self.out_channels, self.in_channels
+        # PyTorch's fan_in is weight.shape[1] * kh * kw for both layers
+        weight, bias_data = init.default_weight_and_bias(
+            (small, large, kh, kw), large * kh * kw, self.out_channels if bias else None, rng, dtype)
+        self.weight = Parameter(weight)
+        self.bias = Parameter(bias_data) if bias else None
+
+    # ------------------------------------------------------------------ the shared maths
+    def _geometry(self):
+        return self.kernel_size, self.stride, self.padding, self.dilation
+
+    def _convolve(self, large, small_size):
+        """large (N, C_large, H, W) -> (W2 @ cols as (C_small, N * OH * OW), cols)."""
+        cols = conv_maths.im2col(large, *self._geometry(), small_size)
+        w2 = self.weight.data.reshape(self.weight.data.shape[0], -1)
+        return w2 @ cols, cols
+
+    def _convolve_adjoint(self, small_matrix, large_shape, small_size):
+        """small_matrix (C_small, N * OH * OW) -> the large image col2im(W2^T @ small_matrix)."""
+        w2 = self.weight.data.reshape(self.weight.data.shape[0], -1)
+        return conv_maths.col2im(w2.T @ small_matrix, large_shape, *self._geometry(), small_size)
+
+    def _accumulate_weight_grad(self, small_matrix, cols):
+        """weight.grad += small_matrix @ cols^T (when the weight is trainable)."""
+        if self.weight.requires_grad:
+            self.weight.grad += (small_matrix @ cols.T).reshape(self.weight.grad.shape)
+
+    def _accumulate_bias_grad(self, dy):
+        if self.bias is not None and self.bias.requires_grad:
+            self.bias.grad += dy.sum(axis=(0, 2, 3))
+
+    def _check_grad(self, dy, expected_shape):
+        if tuple(dy.shape) != tuple(expected_shape):
+            raise ValueError(f"{type(self).__name__}.backward expects dy shaped like the forward output "
+                             f"{tuple(expected_shape)}, got shape {tuple(dy.shape)}")
+
+    def extra_repr(self):
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
+        if self.transposed and self.output_padding != (0, 0):
+            text += f", output_padding={self.output_padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        return text + f", bias={self.bias is not None}"
+
+
+class Conv2d(_ConvNd):
+    """Applies a 2-D convolution (cross-correlation, as PyTorch) to an NCHW batch.
+
+    y[n, o, oh, ow] = b[o] + sum_{c, i, j} W[o, c, i, j] * x_pad[n, c, oh*s_h + i*d_h, ow*s_w + j*d_w]
+
+    Args:
+        in_channels, out_channels: channels of x and y.
+        kernel_size, stride, padding, dilation: an int or a pair (height, width).
+            Padding is with zeros on both sides.
+        bias: learn an additive per-channel bias (default True).
+        rng: NumPy generator or seed for the initial weights (PyTorch's default scheme).
+        dtype: of the parameters (float32).
+
+    Shape:
+        x: (N, in_channels, H, W) -> y: (N, out_channels, OH, OW) with
+        OH = floor((H + 2 p_h - d_h (k_h - 1) - 1) / s_h) + 1 (and OW alike).
+        weight: (out_channels, in_channels, k_h, k_w); bias: (out_channels,).
+
+    Backward, with cols = im2col(x) (in_channels*k_h*k_w, N*OH*OW), W2 = W.reshape(out, -1),
+    dY = dy as (out_channels, N*OH*OW):
+        dW += dY cols^T,  db += sum_{n,oh,ow} dy,  dx = col2im(W2^T dY)  (col2im is im2col's adjoint)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, rng=None, dtype=init.DEFAULT_DTYPE):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 0, bias, rng, dtype)
+
+    def output_size(self, height, width):
+        """(OH, OW) for an input of (height, width)."""
+        return tuple(conv_maths.conv_output_size(size, k, s, p, d) for size, k, s, p, d in
+                     zip((height, width), self.kernel_size, self.stride, self.padding, self.dilation))
+
+    def _check(self, x):
+        check_input(self, x, 4, self.in_channels, what="(N, C, H, W)")
+        h, w = x.shape[2:]
+        (ph, pw), (dh, dw) = self.padding, self.dilation
+        reach = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
+        if h + 2 * ph < reach[0] or w + 2 * pw < reach[1]:
+            need = (max(reach[0] - 2 * ph, 1), max(reach[1] - 2 * pw, 1))
+            raise ValueError(
+                f"{type(self).__name__}: the input image {h}x{w} padded by {self.padding} is "
+                f"{h + 2 * ph}x{w + 2 * pw}, smaller than the dilated kernel {reach[0]}x{reach[1]}; "
+                f"expected shape (N, {self.in_channels}, >={need[0]}, >={need[1]}), got shape {tuple(x.shape)}")
+
+    def forward(self, x):
+        self._check(x)
+        n = x.shape[0]
+        out_size = self.output_size(*x.shape[2:])
+        y_matrix, cols = self._convolve(x, out_size)
+        bias = None if self.bias is None else self.bias.data
+        # cols are only needed for the weight gradient (a frozen D in a generator step skips them)
+        self.save_for_backward(cols=cols if self.weight.requires_grad else None,
+                               x_shape=tuple(x.shape), out_size=out_size)
+        return conv_maths.from_channel_major(y_matrix, (n, self.out_channels) + out_size, bias)
+
+    def backward(self, dy):
+        saved = self.saved_for_backward()
+        n = saved.x_shape[0]
+        self._check_grad(dy, (n, self.out_channels) + saved.out_size)
+        dy_matrix = conv_maths.to_channel_major(dy)
+        if saved.cols is not None:
+            self._accumulate_weight_grad(dy_matrix, saved.cols)
+        self._accumulate_bias_grad(dy)
+        return self._convolve_adjoint(dy_matrix, saved.x_shape, saved.out_size)
+
+
+class ConvTranspose2d(_ConvNd):
+    """Applies a 2-D transposed convolution: the adjoint of Conv2d (the gradient of a Conv2d with
+    respect to its input), used by generators to upsample.
+
+    y = col2im(W2^T x) + b, where W2 = W.reshape(in_channels, -1): every input pixel adds its
+    kernel-weighted values into a kh x kw block of the output, blocks `stride` apart.
+
+    Args:
+        in_channels, out_channels: channels of x and y.
+        kernel_size, stride, padding, dilation: an int or a pair (height, width), with the meaning
+            they have for the Conv2d this layer is the adjoint of (padding crops the output).
+        output_padding: extra rows/columns added at the bottom/right of the output, to pick among
+            the output sizes that a stride > 1 convolution maps to the same input size; must be
+            smaller than the stride or the dilation.
+        bias: learn an additive per-channel bias (default True).
+        rng, dtype: as Conv2d.
+
+    Shape:
+        x: (N, in_channels, H, W) -> y: (N, out_channels, OH, OW) with
+        OH = (H - 1) s_h - 2 p_h + d_h (k_h - 1) + output_padding_h + 1 (and OW alike).
+        weight: (in_channels, out_channels, k_h, k_w); bias: (out_channels,).
+
+    Backward is Conv2d's forward: with cols = im2col(dy) (out_channels*k_h*k_w, N*H*W) and
+    X = x as (in_channels, N*H*W):
+        dW += X cols^T,  db += sum_{n,oh,ow} dy,  dx = W2 cols  (as (N, in_channels, H, W))
+    """
+
+    transposed = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+                 dilation=1, bias=True, rng=None, dtype=init.DEFAULT_DTYPE):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, output_padding,
+                         bias, rng, dtype)
+        for axis, (op, s, d) in enumerate(zip(self.output_padding, self.stride, self.dilation)):
+            if op >= s and op >= d:
+                raise ValueError(
+                    f"ConvTranspose2d: output_padding must be smaller than either stride or dilation "
+                    f"(axis {'hw'[axis]}): got output_padding={self.output_padding}, stride={self.stride}, "
+                    f"dilation={self.dilation}")
+
+    def output_size(self, height, width):
+        """(OH, OW) for an input of (height, width)."""
+        return tuple(conv_maths.conv_transpose_output_size(size, k, s, p, op, d) for size, k, s, p, op, d in
+                     zip((height, width), self.kernel_size, self.stride, self.padding, self.output_padding,
+                         self.dilation))
+
+    def _check(self, x):
+        check_input(self, x, 4, self.in_channels, what="(N, C, H, W)")
+        out = self.output_size(*x.shape[2:])
+        if min(out) < 1:
+            raise ValueError(
+                f"{type(self).__name__}: the input image {x.shape[2]}x{x.shape[3]} gives an empty output "
+                f"{out[0]}x{out[1]} with kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}: the padding crops more than the "
+                f"output has; got input shape {tuple(x.shape)}")
+        return out
+
+    def forward(self, x):
+        out_size = self._check(x)
+        n, _, h, w = x.shape
+        x_matrix = conv_maths.to_channel_major(x)
+        y = self._convolve_adjoint(x_matrix, (n, self.out_channels) + out_size, (h, w))
+        if self.bias is not None:
+            y += self.bias.data.reshape(1, -1, 1, 1)
+        self.save_for_backward(x_matrix=x_matrix if self.weight.requires_grad else None,
+                               x_shape=tuple(x.shape), out_size=out_size)
+        return y
+
+    def backward(self, dy):
+        saved = self.saved_for_backward()
+        n, _, h, w = saved.x_shape
+        self._check_grad(dy, (n, self.out_channels) + saved.out_size)
+        dx_matrix, cols = self._convolve(dy, (h, w))
+        if saved.x_matrix is not None:
+            self._accumulate_weight_grad(saved.x_matrix, cols)
+        self._accumulate_bias_grad(dy)
+        return conv_maths.from_channel_major(dx_matrix, saved.x_shape)

@@ -1,0 +1,140 @@
+"""The convolution arithmetic, written once: output sizes, padding, im2col and its adjoint col2im.
+
+Conv2d, ConvTranspose2d, the pooling layers and their backward passes all use these.
+
+Layout. A 2-D convolution of x (N, C, H, W) with a kernel (kh, kw), stride s, padding p and
+dilation d reads, for output pixel (oh, ow) and kernel offset (i, j), the padded input at
+
+    row = oh * s_h + i * d_h,   col = ow * s_w + j * d_w.
+
+`im2col` gathers those reads, with one contiguous copy of a sliding-window view, into the
+channel-major matrix
+
+    cols[(c, i, j), (n, oh, ow)]        shape (C * kh * kw, N * OH * OW)
+
+so that a convolution with a weight W (O, C, kh, kw) is ONE matrix product,
+W.reshape(O, -1) @ cols -> (O, N * OH * OW), and both gradients are single products too.
+The innermost axis (ow) of the copy reads the input with a constant stride, which keeps the
+gather fast.
+
+`col2im` is the adjoint (transpose) of `im2col`: it adds every column entry back onto the input
+pixel it was read from. It is done as kh * kw strided slice-adds, one per kernel offset (no
+scatter-add, no loop over the batch or pixels), then the padding is cropped away.
+"""
+from nnbox.backend import get_array_module
+
+
+def pair(value, name="value"):
+    """An int or a pair of ints -> a pair (height, width); `name` is used in the error."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair (height, width), got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def conv_output_size(size, kernel, stride, padding, dilation=1):
+    """Output length of a convolution along one axis: floor((size + 2p - d(k-1) - 1) / s) + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def conv_transpose_output_size(size, kernel, stride, padding, output_padding=0, dilation=1):
+    """Output length of a transposed convolution along one axis:
+    (size - 1) * s - 2p + d(k-1) + output_padding + 1."""
+    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+def pad2d(x, padding, value=0.0):
+    """Pad the last two axes of x by padding = (ph, pw) on both sides with `value`.
+
+    Returns x itself (no copy) when there is no padding.
+    """
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    padded = xp.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    if value == 0.0:
+        padded.fill(0)
+    else:
+        padded.fill(value)
+    padded[:, :, ph:ph + h, pw:pw + w] = x
+    return padded
+
+
+def _as_strided(x, shape, strides):
+    xp = get_array_module(x)
+    return xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
+
+
+def window_view(x_padded, kernel, stride, dilation, out_size):
+    """A read-only view (N, C, kh, kw, OH, OW) of the windows of a padded (N, C, Hp, Wp) array.
+
+    view[n, c, i, j, oh, ow] = x_padded[n, c, oh * s_h + i * d_h, ow * s_w + j * d_w]; no copy.
+    """
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_size
+    n, c = x_padded.shape[:2]
+    s_n, s_c, s_h, s_w = x_padded.strides
+    return _as_strided(x_padded, (n, c, kh, kw, oh, ow),
+                       (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
+
+
+def im2col(x, kernel, stride, padding, dilation, out_size):
+    """Gather the windows of x (N, C, H, W) into cols (C * kh * kw, N * OH * OW): one contiguous copy.
+
+    cols[(c, i, j), (n, oh, ow)] = x_padded[n, c, oh * s_h + i * d_h, ow * s_w + j * d_w].
+    """
+    xp = get_array_module(x)
+    view = window_view(pad2d(x, padding), kernel, stride, dilation, out_size)
+    cols = xp.ascontiguousarray(view.transpose(1, 2, 3, 0, 4, 5))
+    n, c = x.shape[:2]
+    return cols.reshape(c * kernel[0] * kernel[1], n * out_size[0] * out_size[1])
+
+
+def offset_slices(kernel, stride, dilation, out_size):
+    """For each kernel offset (i, j): (i, j, rows, cols), the slices of the padded input that
+    offset reads for every output pixel (rows = i*d_h, i*d_h + s_h, ..., OH of them)."""
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_size
+    for i in range(kh):
+        rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+        for j in range(kw):
+            yield i, j, rows, slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+
+
+def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size):
+    """The adjoint of im2col: cols (C * kh * kw, N * OH * OW) -> image (N, C, H, W).
+
+    Each column entry is added back onto the input pixel im2col read it from (pixels read by
+    several windows get the sum); padding is cropped. Done as kh * kw strided slice-adds.
+    """
+    xp = get_array_module(cols)
+    n, c, h, w = image_shape
+    (kh, kw), (ph, pw), (oh, ow) = kernel, padding, out_size
+    # the accumulation buffer is channel-major like cols, so every slice-add is a plain
+    # elementwise add of two arrays laid out the same way
+    cols = cols.reshape(c, kh, kw, n, oh, ow)
+    padded = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i, j, rows, columns in offset_slices(kernel, stride, dilation, out_size):
+        padded[:, :, rows, columns] += cols[:, i, j]
+    return xp.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))
+
+
+def to_channel_major(y):
+    """(N, C, H, W) -> a contiguous (C, N * H * W) matrix, the layout the products use."""
+    xp = get_array_module(y)
+    n, c, h, w = y.shape
+    return xp.ascontiguousarray(y.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
+
+
+def from_channel_major(matrix, shape, bias=None):
+    """A (C, N * H * W) matrix -> a contiguous (N, C, H, W) array, adding bias (C,) on the way."""
+    xp = get_array_module(matrix)
+    n, c, h, w = shape
+    source = matrix.reshape(c, n, h * w).transpose(1, 0, 2)
+    out = xp.empty((n, c, h, w), dtype=matrix.dtype)
+    if bias is None:
+        out.reshape(n, c, h * w)[...] = source
+    else:
+        xp.add(source, bias.reshape(1, c, 1).astype(matrix.dtype, copy=False), out=out.reshape(n, c, h * w))
+    return out
