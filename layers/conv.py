@@ -71,7 +71,14 @@ class _ConvNd(Module):
     def _accumulate_weight_grad(self, small_matrix, cols):
         """weight.grad += small_matrix @ cols^T (when the weight is trainable)."""
         if self.weight.requires_grad:
-            self.weight.grad += (small_matrix @ cols.T).reshape(self.weight.grad.shape)
+            # Both operands share the long inner axis N*OH*OW. OpenBLAS is several times faster
+            # when the operand with more rows comes first (measured at batch 64: D.conv2
+            # 64 ms against 420 ms, G.convT5 40 ms against 1700 ms), so order the product so.
+            if cols.shape[0] >= small_matrix.shape[0]:
+                grad = (cols @ small_matrix.T).T
+            else:
+                grad = small_matrix @ cols.T
+            self.weight.grad += grad.reshape(self.weight.grad.shape)
 
     def _accumulate_bias_grad(self, dy):
         if self.bias is not None and self.bias.requires_grad:
