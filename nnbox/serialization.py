@@ -1,0 +1,215 @@
+"""Saving and loading state as .npz files: never pickle, always written atomically.
+
+Two levels:
+
+- `save_state(path, state)` / `load_state(path)`: one flat dict {name: array or number},
+  e.g. `model.state_dict()` or `optimizer.state_dict()`. Numbers come back as 0-d arrays.
+- `save_checkpoint(path, **sections)` / `load_checkpoint(path)`: a whole training run,
+  nested dicts of arrays, numbers, strings, bools, None and lists::
+
+      save_checkpoint(run_dir / "checkpoint.npz",
+                      generator=G.state_dict(), opt_g=opt_g.state_dict(),
+                      rng=rng.bit_generator.state, history={"d_loss": [...]}, config={...})
+      checkpoint = load_checkpoint(run_dir / "checkpoint.npz")
+      G.load_state_dict(checkpoint["generator"])
+
+  Each array is an npz entry named by its path joined with "/" ("generator/conv1.weight");
+  everything else (the nesting, numbers of any size, strings, lists) is one JSON document
+  stored as a string entry, "__checkpoint__.json". Tuples come back as lists.
+
+Files are read with `allow_pickle=False`: an object array in a file is refused, so loading a
+file cannot run code. Writes go to a temporary file in the same folder, which is flushed,
+fsynced and renamed over the target with `os.replace`: a crash mid-write leaves the old file.
+Arrays on the GPU are copied to the CPU.
+"""
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from collections import OrderedDict
+
+import numpy as np
+
+from . import backend
+
+SEPARATOR = "/"
+CHECKPOINT_ENTRY = "__checkpoint__.json"
+_ARRAY_MARK = "__nnbox_array__"
+_FORMAT = "nnbox-checkpoint"
+_VERSION = 1
+
+
+class SerializationError(ValueError):
+    """A file that cannot be read as nnbox state (corrupt, truncated, pickled objects, wrong kind)."""
+
+
+# ----------------------------------------------------------------- flat state
+def save_state(path, state):
+    """Write a flat dict {name: array or number} to `path` as .npz (atomically, no pickle).
+
+    The path is used as given (no ".npz" is appended).
+    """
+    arrays = OrderedDict()
+    for name, value in state.items():
+        if not isinstance(name, str):
+            raise TypeError(f"save_state({str(path)!r}): keys must be strings, got {name!r}")
+        arrays[name] = _host_array(value, name, path)
+    _write_npz(path, arrays)
+
+
+def load_state(path):
+    """Read a file written by `save_state`: an ordered dict {name: NumPy array}."""
+    return _read_npz(path)
+
+
+# ----------------------------------------------------------------- nested checkpoints
+def save_checkpoint(path, **sections):
+    """Write nested dicts of arrays, numbers, strings, bools, None and lists to `path` (.npz, atomic).
+
+    Dict keys must be strings. Integers of any size (a NumPy bit generator's state) are exact;
+    NumPy scalars are stored as Python numbers.
+    """
+    arrays = OrderedDict()
+    tree = _encode(sections, [], arrays, path)
+    document = {"format": _FORMAT, "version": _VERSION, "tree": tree}
+    arrays[CHECKPOINT_ENTRY] = np.array(json.dumps(document))
+    _write_npz(path, arrays)
+
+
+def load_checkpoint(path):
+    """Read a file written by `save_checkpoint`: the sections as nested dicts (arrays as NumPy arrays)."""
+    arrays = _read_npz(path)
+    if CHECKPOINT_ENTRY not in arrays:
+        raise SerializationError(
+            f"{str(path)!r} is not an nnbox checkpoint (it has no {CHECKPOINT_ENTRY!r} entry); "
+            f"a file written by save_state is read with load_state")
+    try:
+        document = json.loads(str(arrays.pop(CHECKPOINT_ENTRY)[()]))
+    except (json.JSONDecodeError, ValueError, IndexError) as error:
+        raise SerializationError(f"{str(path)!r}: the checkpoint's {CHECKPOINT_ENTRY!r} entry is corrupt ({error})") from error
+    if not isinstance(document, dict) or document.get("format") != _FORMAT:
+        raise SerializationError(f"{str(path)!r}: {CHECKPOINT_ENTRY!r} is not an nnbox checkpoint description")
+    if document.get("version") != _VERSION:
+        raise SerializationError(f"{str(path)!r}: checkpoint format version {document.get('version')!r}, "
+                                 f"this nnbox reads version {_VERSION}")
+    return _decode(document["tree"], arrays, path)
+
+
+def _encode(value, keys, arrays, path):
+    """The JSON-able form of `value`; arrays go into `arrays` under their joined key path."""
+    where = SEPARATOR.join(keys) or "<top level>"
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"save_checkpoint({str(path)!r}): dict keys must be strings, got {key!r} in {where!r}")
+            if key == _ARRAY_MARK:
+                raise ValueError(f"save_checkpoint({str(path)!r}): the key {_ARRAY_MARK!r} is reserved (in {where!r})")
+            out[key] = _encode(item, keys + [key], arrays, path)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_encode(item, keys + [str(index)], arrays, path) for index, item in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic) and not isinstance(value, np.object_):
+        return _encode(value.item(), keys, arrays, path)
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        name = SEPARATOR.join(keys)
+        if name in arrays or name == CHECKPOINT_ENTRY:
+            raise ValueError(f"save_checkpoint({str(path)!r}): two arrays would be stored as {name!r} "
+                             f"(a key contains {SEPARATOR!r}); rename one")
+        arrays[name] = _host_array(value, name, path)
+        return {_ARRAY_MARK: name}
+    raise TypeError(f"save_checkpoint({str(path)!r}): cannot store {type(value).__name__} at {where!r}; "
+                    f"use arrays, numbers, strings, bools, None, lists and dicts")
+
+
+def _decode(value, arrays, path):
+    if isinstance(value, dict):
+        if set(value) == {_ARRAY_MARK}:
+            name = value[_ARRAY_MARK]
+            if name not in arrays:
+                raise SerializationError(f"{str(path)!r}: the checkpoint refers to a missing array {name!r}")
+            return arrays[name]
+        return {key: _decode(item, arrays, path) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_decode(item, arrays, path) for item in value]
+    return value
+
+
+# ----------------------------------------------------------------- files
+def _host_array(value, name, path):
+    """A NumPy array of `value` (a NumPy/CuPy array or a number), refusing object arrays."""
+    if isinstance(value, (bool, int, float, np.generic)):
+        value = np.asarray(value)
+    if not hasattr(value, "dtype"):
+        raise TypeError(f"cannot save {name!r} to {str(path)!r}: it is a {type(value).__name__}, "
+                        f"not an array or a number")
+    array = backend.to_numpy(value)
+    if array.dtype.hasobject:
+        raise TypeError(f"cannot save {name!r} to {str(path)!r}: object arrays would need pickle")
+    return array
+
+
+def _write_npz(path, arrays):
+    """Write `arrays` to `path` atomically: a temporary file in the same folder, fsync, os.replace."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.remove(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder):
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _read_npz(path):
+    """Every entry of an .npz file, read with allow_pickle=False; clear errors naming the file."""
+    shown = str(os.fspath(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {shown!r}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise SerializationError(f"{shown!r} holds a single .npy array, not an .npz archive of named arrays")
+        with npz:
+            out = OrderedDict()
+            for name in npz.files:
+                try:
+                    out[name] = npz[name]
+                except ValueError as error:
+                    if "allow_pickle" in str(error):
+                        raise SerializationError(
+                            f"{shown!r}: the entry {name!r} is an object array, which only pickle could "
+                            f"load; refusing it (loading pickled data can run arbitrary code)") from error
+                    raise
+            return out
+    except SerializationError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as error:
+        raise SerializationError(
+            f"cannot read {shown!r}: the file is corrupt or truncated, or not an .npz file "
+            f"({type(error).__name__}: {error})") from error
