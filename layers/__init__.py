@@ -3,3 +3,5 @@
     from layers import Conv2d, ConvTranspose2d, BatchNorm2d, LeakyReLU
 """
 from .linear import Linear
+from .conv import Conv2d, ConvTranspose2d
+from .pooling import AvgPool2d, MaxPool2d, MaxUnpool2d, Unpool2d

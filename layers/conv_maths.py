@@ -120,6 +120,34 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size):
     return xp.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3))
 
 
+def window_sum(x_padded, kernel, stride, out_size):
+    """Sum of every (kh, kw) window of a padded (N, C, Hp, Wp) array -> (N, C, OH, OW).
+
+    kh * kw strided slice-adds; no copy of the windows.
+    """
+    total = None
+    for _, _, rows, columns in offset_slices(kernel, stride, (1, 1), out_size):
+        if total is None:
+            total = x_padded[:, :, rows, columns].copy()
+        else:
+            total += x_padded[:, :, rows, columns]
+    return total
+
+
+def window_spread(values, image_shape, kernel, stride, padding, out_size):
+    """The adjoint of window_sum followed by cropping: add values[n, c, oh, ow] to every pixel of
+    its window, and return the (N, C, H, W) image without the padding."""
+    xp = get_array_module(values)
+    n, c, h, w = image_shape
+    ph, pw = padding
+    padded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=values.dtype)
+    for _, _, rows, columns in offset_slices(kernel, stride, (1, 1), out_size):
+        padded[:, :, rows, columns] += values
+    if ph == 0 and pw == 0:
+        return padded
+    return xp.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w])
+
+
 def to_channel_major(y):
     """(N, C, H, W) -> a contiguous (C, N * H * W) matrix, the layout the products use."""
     xp = get_array_module(y)
