@@ -1,0 +1,601 @@
+"""The GAN trainer: D and G turns decided by a balancing rule, every step recorded, exact resume.
+
+    config = TrainConfig(arch="faces", image_size=32, loss="non_saturating", balance="skip")
+    trainer = GANTrainer.from_config(config, "runs/faces")       # or GANTrainer(G, D, config, run_dir)
+    trainer.fit(loader, epochs=5)                                 # loader: nnbox.data.DataLoader
+    trainer = GANTrainer.resume("runs/faces"); trainer.fit(loader, epochs=10)   # continues at epoch 5
+
+One turn (`step`), with the batch's real images x and fresh latents z:
+
+1. The balancing rule decides, from the previous turn's statistics, whether D and G train (and why).
+2. fake = G(z) (G in train mode). D sees the real batch and the fake batch in two separate forward
+   passes, so each has its own BatchNorm statistics, as in DCGAN. The D loss and D's statistics
+   are measured every turn, trained or not.
+3. D's turn (when it trains): backward of both passes, one optimiser step; WGAN clips D's weights.
+4. G's turn (when it trains): D is frozen (D.requires_grad_(False): no weight gradients are
+   computed), D(fake) is run again (D has changed), and the G loss is backpropagated through D
+   into G; one optimiser step; D is unfrozen. When D did not train, its forward pass on the fakes
+   from step 2 is still valid and is reused.
+5. The per-step scalars are computed on the device and fetched to the host once, together.
+
+Samples: the grid of each epoch, RUN_DIR/samples/epoch_XXX.png, is G applied to fixed latents in
+train mode (DCGAN practice: BatchNorm uses the statistics of the 64 fixed vectors, which is what G
+was trained with; eval mode's running averages lag behind early in training). G's buffers are
+restored afterwards, so drawing samples does not change training. `sample_mode="eval"` switches.
+
+Grids: samples/epoch_000.png is the untrained G, epoch_001.png the grid after the first epoch, ...
+
+Checkpoint (RUN_DIR/checkpoint.npz, written atomically at the start and after every epoch): both
+networks' weights and buffers, both optimisers, every NumPy generator (the trainer's, the layers'
+dropout generators, the DataLoader's), the balancing rule, the fixed latents, the history and the
+config. `GANTrainer.resume(RUN_DIR)` continues exactly: on the CPU a resumed run ends with the same
+weights, bit for bit, as an uninterrupted one.
+
+A non-finite loss stops training with NonFiniteLossError; the checkpoint on disk, from the last
+completed epoch, is left as it was, and the history up to the failing step is written for diagnosis.
+"""
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from nnbox import backend
+from nnbox.backend import get_array_module, to_device, to_numpy
+
+from .balance import StepStats, get_balance_rule
+from .history import History, atomic_write_text
+from .losses import get_gan_loss, sigmoid
+from .tricks import InstanceNoise, LabelPolicy, sample_latent
+
+CHECKPOINT_NAME = "checkpoint.npz"
+CHECKPOINT_FORMAT = 1
+SAMPLES_DIR = "samples"
+# Independent random streams derived from TrainConfig.seed: np.random.default_rng([seed, stream]).
+RNG_STREAMS = {"model": 0, "latent": 1, "labels": 2, "noise": 3, "fixed_noise": 4, "data": 5}
+PROBABILITY_LOSSES = ("minimax", "non_saturating")  # losses whose logits mean a probability via sigmoid
+
+
+def stream_rng(seed, stream):
+    """The NumPy generator of the named stream ("model", "latent", "data", ...) of a seed."""
+    return np.random.default_rng([int(seed), RNG_STREAMS[stream]])
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a GAN training run except the data (a DataLoader is given to fit)."""
+
+    # --- the networks (GANTrainer.from_config and resume build them with gan.models.build_gan)
+    arch: str = "faces"               # "faces" (the course's), "dcgan" or "mlp"
+    image_size: int = 32              # side of the square images (faces: 8 * 2**k; dcgan: 32 or 64)
+    channels: int = 3                 # image channels (3 for RGB faces)
+    latent_dim: int = 100             # size of z
+    width: Optional[int] = None       # network width; None: build_gan's defaults (faces G 64, D 32)
+    model_options: dict = field(default_factory=dict)  # more build_gan options, e.g. {"d_dropout": 0.3}
+    # --- the objective
+    loss: str = "non_saturating"      # "minimax", "non_saturating", "least_squares", "hinge", "wasserstein"
+    clip_value: float = 0.01          # WGAN: D's weights are clipped to [-clip_value, clip_value] (wasserstein only)
+    # --- the optimisers (one for D, one for G)
+    optimizer: str = "adam"           # "adam", "rmsprop" (the WGAN recipe) or "sgd"
+    lr_g: float = 2e-4                # G's learning rate (DCGAN: 2e-4)
+    lr_d: float = 2e-4                # D's learning rate
+    beta1: float = 0.5                # Adam's first-moment decay (DCGAN: 0.5; SGD: the momentum)
+    beta2: float = 0.999              # Adam's second-moment decay
+    # --- the balancing rule (gan/balance.py)
+    balance: str = "skip"             # "alternate" (both every turn), "ratio" (n_d:n_g) or "skip" (skip the too good)
+    d_threshold: float = 0.9          # skip: D skips its turn when its accuracy is above this
+    g_threshold: float = 0.9          # skip: G skips its turn when its success rate is above this
+    max_consecutive_skips: int = 5    # skip: a network skipped this many turns in a row trains anyway
+    n_d: int = 1                      # ratio: D steps per cycle
+    n_g: int = 1                      # ratio: G steps per cycle
+    # --- the tricks (gan/tricks.py); dropout on D's input is model_options["input_dropout"]
+    label_smoothing: float = 0.1      # one-sided: D's real targets are 1 - label_smoothing
+    soft_labels: bool = False         # random soft targets: real ~ U(0.7, 1), fake ~ U(0, 0.3)
+    flip_labels: float = 0.0          # fraction of D's labels swapped in each batch
+    instance_noise: float = 0.0       # std of Gaussian noise added to every image D sees (0: off)
+    instance_noise_decay: int = 0     # steps over which that std falls linearly to 0 (0: constant)
+    latent_kind: str = "normal"       # z ~ "normal" N(0, 1) or "uniform" U(-1, 1)
+    # --- samples and the run
+    n_samples: int = 64               # fixed latents drawn once, for the per-epoch sample grids
+    sample_mode: str = "train"        # G's mode for the grids: "train" (DCGAN practice) or "eval"
+    sample_scale: int = 2             # integer upscaling of the grid images (32 px faces are small)
+    seed: int = 0                     # seeds every random stream of the trainer (see RNG_STREAMS)
+    device: str = "cpu"               # "cpu" (NumPy) or "gpu" (CuPy)
+    steps_per_epoch: Optional[int] = None  # end each epoch after this many batches (None: the whole loader)
+    progress: bool = True             # a tqdm bar per epoch with the live figures
+    report: bool = True               # at the end of fit: plots, GIF, history files and report.html
+
+    def __post_init__(self):
+        backend.check_device(self.device)
+        if self.sample_mode not in ("train", "eval"):
+            raise ValueError(f"TrainConfig: sample_mode must be 'train' or 'eval', got {self.sample_mode!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig: unknown optimizer {self.optimizer!r}: use one of {sorted(OPTIMIZERS)}")
+        if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:
+            raise ValueError(f"TrainConfig: steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
+        if self.n_samples < 1:
+            raise ValueError(f"TrainConfig: n_samples must be >= 1, got {self.n_samples}")
+
+    def balance_kwargs(self):
+        """The arguments of get_balance_rule(self.balance, ...)."""
+        if self.balance == "skip":
+            return {"d_threshold": self.d_threshold, "g_threshold": self.g_threshold,
+                    "max_consecutive_skips": self.max_consecutive_skips}
+        if self.balance == "ratio":
+            return {"n_d": self.n_d, "n_g": self.n_g}
+        return {}
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """A config from a dict (as saved); unknown keys are a clear error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown settings {unknown} (saved by a newer nnbox?)")
+        return cls(**values)
+
+
+def _adam(params, config, lr):
+    from nnbox.optim import Adam
+    return Adam(params, lr=lr, betas=(config.beta1, config.beta2))
+
+
+def _rmsprop(params, config, lr):
+    from nnbox.optim import RMSprop
+    return RMSprop(params, lr=lr)
+
+
+def _sgd(params, config, lr):
+    from nnbox.optim import SGD
+    return SGD(params, lr=lr, momentum=config.beta1)
+
+
+OPTIMIZERS = {"adam": _adam, "rmsprop": _rmsprop, "sgd": _sgd}
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or a statistic became NaN or infinite; training stopped, the last checkpoint is kept."""
+
+
+def build_models(config):
+    """(G, D) from a TrainConfig, on the CPU, weights from the config's "model" random stream."""
+    from .models import build_gan
+    return build_gan(config.arch, image_size=config.image_size, latent_dim=config.latent_dim,
+                     channels=config.channels, width=config.width, rng=stream_rng(config.seed, "model"),
+                     **config.model_options)
+
+
+class GANTrainer:
+    """Trains a generator and a discriminator; records, samples, checkpoints, reports.
+
+    Args:
+        generator, discriminator: gan.models networks (or any Modules with the same interface;
+            the generator needs `latent_dim`). They are moved to `config.device`.
+        config: a TrainConfig.
+        run_dir: the folder for samples, checkpoint, history, plots and report.html.
+        overwrite: allow starting a new run in a folder that already holds a checkpoint
+            (its old sample grids are deleted). Without it that is an error: resume instead.
+        extra_config: a JSON-friendly dict saved with the checkpoint and in config.json (the
+            example script keeps its data settings there, to rebuild the loader on resume).
+    """
+
+    def __init__(self, generator, discriminator, config, run_dir, overwrite=False, extra_config=None,
+                 _resuming=False):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.extra_config = dict(extra_config or {})
+        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        if self.checkpoint_path.exists() and not (_resuming or overwrite):
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run ({CHECKPOINT_NAME}); continue it with "
+                f"GANTrainer.resume({str(self.run_dir)!r}) (examples/faces_gan.py --resume {self.run_dir}), "
+                f"or start over with overwrite=True (--overwrite), or choose another folder")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not _resuming:
+            for old in (self.run_dir / SAMPLES_DIR).glob("epoch_*.png"):
+                old.unlink()
+            self.checkpoint_path.unlink(missing_ok=True)
+
+        self.latent_dim = getattr(generator, "latent_dim", config.latent_dim)
+        if self.latent_dim != config.latent_dim:
+            raise ValueError(f"GANTrainer: the generator takes latent_dim={self.latent_dim}, "
+                             f"the config says {config.latent_dim}")
+        self.G = generator.to(config.device)
+        self.D = discriminator.to(config.device)
+        self.loss = get_gan_loss(config.loss)
+        self.opt_g = OPTIMIZERS[config.optimizer](self.G.parameters(), config, config.lr_g)
+        self.opt_d = OPTIMIZERS[config.optimizer](self.D.parameters(), config, config.lr_d)
+        self.rule = get_balance_rule(config.balance, **config.balance_kwargs())
+        self.label_policy = LabelPolicy(config.label_smoothing, config.soft_labels, config.flip_labels,
+                                        rng=stream_rng(config.seed, "labels"))
+        self.instance_noise = InstanceNoise(config.instance_noise, config.instance_noise_decay,
+                                            rng=stream_rng(config.seed, "noise"))
+        self.latent_rng = stream_rng(config.seed, "latent")
+        self.fixed_z = sample_latent(config.n_samples, self.latent_dim, config.latent_kind,
+                                     stream_rng(config.seed, "fixed_noise"))  # NumPy; moved when used
+        self.threshold = 0.5 if config.loss == "least_squares" else 0.0  # D calls x real when output > it
+        self.history = History()
+        self.epoch_log = []          # per epoch: {"epoch", "seconds", "images", "images_per_sec"}
+        self.epoch = 0               # completed epochs
+        self.global_step = 0         # completed turns
+        self.last_stats = None       # StepStats of the last turn: the balancing rule's next input
+        self._pending_loader_state = None
+        self._constant_targets = {}  # (n, xp) -> (real, fake) when the label policy is not random
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config, run_dir, overwrite=False, extra_config=None):
+        """A trainer with networks built from the config (gan.models.build_gan)."""
+        generator, discriminator = build_models(config)
+        return cls(generator, discriminator, config, run_dir, overwrite=overwrite, extra_config=extra_config)
+
+    @classmethod
+    def resume(cls, run_dir, generator=None, discriminator=None, device=None):
+        """The trainer of RUN_DIR/checkpoint.npz, exactly as it was at the end of its last epoch.
+
+        The networks are rebuilt from the saved config unless given; `device` overrides the saved one.
+        The next `fit(loader, epochs)` restores the loader's generator state too: build the loader
+        the same way as the first time (same data, batch size, options).
+        """
+        from nnbox.serialization import load_checkpoint
+        run_dir = Path(run_dir)
+        path = run_dir / CHECKPOINT_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot resume: {path} does not exist (no epoch of that run was saved, "
+                                    f"or {run_dir} is not a run folder)")
+        state = load_checkpoint(path)
+        meta = state["trainer"]
+        if int(meta["format"]) != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} has checkpoint format {int(meta['format'])}, this trainer reads "
+                             f"{CHECKPOINT_FORMAT}")
+        config = TrainConfig.from_dict(meta["config"])
+        if device is not None:
+            config.device = backend.check_device(device)
+        if generator is None or discriminator is None:
+            generator, discriminator = build_models(config)
+        trainer = cls(generator, discriminator, config, run_dir, _resuming=True,
+                      extra_config=meta["extra"])
+        trainer._load_state(state)
+        return trainer
+
+    @staticmethod
+    def read_checkpoint_configs(run_dir):
+        """(TrainConfig, extra_config dict) saved in RUN_DIR/checkpoint.npz (the example rebuilds its data)."""
+        from nnbox.serialization import load_checkpoint
+        path = Path(run_dir) / CHECKPOINT_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot resume: {path} does not exist")
+        meta = load_checkpoint(path)["trainer"]
+        return TrainConfig.from_dict(meta["config"]), meta["extra"]
+
+    # ------------------------------------------------------------------ one turn
+    @property
+    def xp(self):
+        return backend.require_cupy() if self.config.device == "gpu" else np
+
+    def step(self, real_batch):
+        """One turn on a batch of real images (float NCHW in [-1, 1]); returns the step's record.
+
+        Raises NonFiniteLossError when a loss or a statistic is NaN or infinite.
+        """
+        xp = self.xp
+        started = time.perf_counter()
+        decision = self.rule.decide(self.last_stats)
+        real = to_device(real_batch, self.config.device)
+        n = real.shape[0]
+        noise_std = self.instance_noise.current_std(self.global_step)
+        self.G.train()
+        self.D.train()
+
+        z = sample_latent(n, self.latent_dim, self.config.latent_kind, self.latent_rng, xp)
+        fake = self.G(z)
+
+        # D on the real and the fake batch, in separate passes (separate BatchNorm statistics).
+        real_logits = self.D(self.instance_noise(real, self.global_step))
+        real_pass = _saved_state(self.D)
+        fake_logits = self.D(self.instance_noise(fake, self.global_step))
+        real_targets, fake_targets = self._targets(n, xp)
+        d_loss, d_real_grad, d_fake_grad = self.loss.discriminator_loss(real_logits, fake_logits,
+                                                                       real_targets, fake_targets)
+        if decision.train_d:
+            self.D.zero_grad()
+            self.D.backward(d_fake_grad)         # D still holds the fake pass
+            _restore_saved_state(real_pass)
+            self.D.backward(d_real_grad)
+            self.opt_d.step()
+            if self.loss.wants_weight_clipping:
+                self._clip_discriminator()
+
+        # G's turn: through a frozen D into G.
+        if decision.train_g:
+            frozen = [p.requires_grad for p in self.D.parameters()]
+            self.D.requires_grad_(False)
+            try:
+                if decision.train_d:         # D changed: look at the fakes again
+                    g_logits = self.D(self.instance_noise(fake, self.global_step))
+                else:                        # D unchanged and still holds its pass on the fakes
+                    g_logits = fake_logits
+                g_loss, g_logits_grad = self.loss.generator_loss(g_logits)
+                self.G.zero_grad()
+                self.G.backward(self.D.backward(g_logits_grad))
+                self.opt_g.step()
+            finally:
+                for param, flag in zip(self.D.parameters(), frozen):
+                    param.requires_grad = flag
+        else:
+            g_logits = fake_logits
+            g_loss, _ = self.loss.generator_loss(fake_logits)
+
+        # Every logged scalar in one array, fetched once.
+        thr = real_logits.dtype.type(self.threshold)
+        if self.config.loss in PROBABILITY_LOSSES:
+            d_real, d_fake = sigmoid(real_logits).mean(), sigmoid(fake_logits).mean()
+        else:
+            d_real, d_fake = real_logits.mean(), fake_logits.mean()
+        on_device = [d_real, d_fake, (real_logits > thr).mean(), (fake_logits < thr).mean(), (g_logits > thr).mean()]
+        on_device += [d_loss, g_loss]        # Python floats or 0-d arrays, whichever the loss returns
+        values = to_numpy(xp.stack([xp.asarray(v, dtype=xp.float64) for v in on_device]))
+        d_real, d_fake, acc_real, acc_fake, g_success, d_loss, g_loss = (float(v) for v in values)
+        seconds = time.perf_counter() - started
+
+        record = {"step": self.global_step, "epoch": self.epoch, "d_loss": d_loss, "g_loss": g_loss,
+                  "d_real": d_real, "d_fake": d_fake, "d_acc_real": acc_real, "d_acc_fake": acc_fake,
+                  "g_success": g_success, "train_d": int(decision.train_d), "train_g": int(decision.train_g),
+                  "reason": decision.reason, "noise_std": noise_std,
+                  "images_per_sec": n / seconds if seconds > 0 else float("nan"), "step_seconds": seconds}
+        self.history.append(record)
+        if not all(math.isfinite(v) for v in (d_loss, g_loss, d_real, d_fake)):
+            raise NonFiniteLossError(self._non_finite_message(record))
+        self.last_stats = StepStats(d_acc_real=acc_real, d_acc_fake=acc_fake, g_success=g_success)
+        self.global_step += 1
+        return record
+
+    def _targets(self, n, xp):
+        """D's targets from the label policy; None (the loss's own 1/0) when they are the defaults.
+
+        Constant targets (plain one-sided smoothing) are made once per batch size and reused.
+        """
+        policy = self.label_policy
+        if policy.is_default or not self.loss.uses_targets:
+            return None, None
+        if policy.soft_labels or policy.flip_count(n):
+            return policy.targets(n, xp)
+        key = (n, xp.__name__)
+        if key not in self._constant_targets:
+            self._constant_targets[key] = policy.targets(n, xp)
+        return self._constant_targets[key]
+
+    def _clip_discriminator(self):
+        c = self.config.clip_value
+        for param in self.D.parameters():
+            get_array_module(param.data).clip(param.data, -c, c, out=param.data)
+
+    def _non_finite_message(self, record):
+        kept = (f"the last good checkpoint, {self.checkpoint_path} (after epoch {self._saved_epoch}), is kept"
+                if self._saved_epoch is not None else "no checkpoint had been written yet")
+        return (f"training stopped at step {record['step']} (epoch {record['epoch'] + 1}): a non-finite value, "
+                f"D loss {record['d_loss']}, G loss {record['g_loss']}, D(x) {record['d_real']}, "
+                f"D(G(z)) {record['d_fake']}; {kept}. The history up to this step is in "
+                f"{self.run_dir / 'history.csv'}. Lower the learning rates, or try another loss or "
+                f"balancing rule, then resume from the checkpoint.")
+
+    # ------------------------------------------------------------------ epochs
+    _saved_epoch = None  # the epoch count of the checkpoint on disk (None: none written by this trainer)
+
+    def fit(self, loader, epochs):
+        """Train until `epochs` epochs are complete in total (a resumed trainer continues from its count).
+
+        After every epoch: the sample grid, the history files and the checkpoint. At the end (when
+        config.report): plots, GIF and report.html. Returns the History.
+        """
+        from tqdm import tqdm
+        if self._pending_loader_state is not None:
+            if not hasattr(loader, "load_state_dict"):
+                raise TypeError("GANTrainer.fit: resuming needs a loader with load_state_dict "
+                                "(nnbox.data.DataLoader) to continue its random order exactly")
+            loader.load_state_dict(self._pending_loader_state)
+            self._pending_loader_state = None
+        self._write_config()
+        if not self.checkpoint_path.exists():  # a fresh run: the untrained G's grid, and a first checkpoint
+            self.save_samples()
+            self.save_checkpoint(loader)
+        try:
+            while self.epoch < epochs:
+                started = time.perf_counter()
+                images = self._run_epoch(loader, epochs, tqdm)
+                seconds = time.perf_counter() - started
+                self.epoch_log.append({"epoch": self.epoch, "seconds": seconds, "images": images,
+                                       "images_per_sec": images / seconds if seconds > 0 else float("nan")})
+                self.epoch += 1
+                self.save_samples()
+                self._write_history()
+                self.save_checkpoint(loader)
+                tqdm.write(self._epoch_line(epochs))
+        except NonFiniteLossError:
+            self._write_history()
+            raise
+        if self.config.report and len(self.history):
+            self.write_report()
+        return self.history
+
+    def _run_epoch(self, loader, epochs, tqdm):
+        total = len(loader)
+        if self.config.steps_per_epoch is not None:
+            total = min(total, int(self.config.steps_per_epoch))
+        batches = iter(loader)
+        images = 0
+        bar = tqdm(total=total, desc=f"epoch {self.epoch + 1}/{epochs}", unit="step", leave=False,
+                   disable=not self.config.progress, dynamic_ncols=True)
+        try:
+            for _ in range(total):
+                batch = next(batches)
+                if isinstance(batch, tuple):  # (images, labels) from a labelled data set
+                    batch = batch[0]
+                record = self.step(batch)
+                images += int(batch.shape[0])
+                bar.set_postfix_str(
+                    f"D {record['d_loss']:.3f} G {record['g_loss']:.3f} D(x) {record['d_real']:.2f} "
+                    f"D(G(z)) {record['d_fake']:.2f} acc {record['d_acc_real']:.2f}/{record['d_acc_fake']:.2f} "
+                    f"{'D' if record['train_d'] else '-'}{'G' if record['train_g'] else '-'} "
+                    f"{record['images_per_sec']:.0f} img/s", refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
+            if hasattr(batches, "close"):
+                batches.close()              # stops a prefetching loader's thread
+        return images
+
+    def _epoch_line(self, epochs):
+        rows = [r for r in self.history if r["epoch"] == self.epoch - 1]
+        log = self.epoch_log[-1]
+        if not rows:
+            return f"epoch {self.epoch}/{epochs}: no steps"
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in
+                ("d_loss", "g_loss", "d_real", "d_fake", "d_acc_real", "d_acc_fake", "g_success")}
+        return (f"epoch {self.epoch}/{epochs}: D loss {mean['d_loss']:.3f}, G loss {mean['g_loss']:.3f}, "
+                f"D(x) {mean['d_real']:.3f}, D(G(z)) {mean['d_fake']:.3f}, D acc real/fake "
+                f"{mean['d_acc_real']:.2f}/{mean['d_acc_fake']:.2f}, G success {mean['g_success']:.2f}, "
+                f"D trained {sum(r['train_d'] for r in rows)}/{len(rows)}, G {sum(r['train_g'] for r in rows)}/"
+                f"{len(rows)}; {log['seconds']:.1f} s, {log['images_per_sec']:.0f} images/s")
+
+    # ------------------------------------------------------------------ samples, files
+    def sample(self, z=None):
+        """G(z) for the fixed latents (or `z`), NumPy float NCHW; G's state is left as it was."""
+        z = self.fixed_z if z is None else z
+        buffers = [(name, array.copy()) for name, array in self.G.named_buffers() if array is not None]
+        was_training = self.G.training
+        self.G.train(self.config.sample_mode == "train")
+        try:
+            images = self.G(to_device(z, self.config.device))
+        finally:
+            self.G.train(was_training)
+            for name, array in buffers:   # BatchNorm in train mode updated its running averages
+                self.G._set_buffer(name, array)
+            self.G.clear_saved()
+        return to_numpy(images)
+
+    def save_samples(self):
+        """RUN_DIR/samples/epoch_XXX.png for the epochs completed so far; returns the path."""
+        from .visualize import save_image_grid
+        nrow = int(math.ceil(math.sqrt(self.config.n_samples)))
+        return save_image_grid(self.sample(), self.run_dir / SAMPLES_DIR / f"epoch_{self.epoch:03d}.png",
+                               nrow=nrow, scale=self.config.sample_scale)
+
+    def _write_config(self):
+        atomic_write_text(self.run_dir / "config.json",
+                          json.dumps({"train": self.config.to_dict(), **self.extra_config}, indent=2))
+
+    def _write_history(self):
+        self.history.to_csv(self.run_dir / "history.csv")
+        self.history.to_json(self.run_dir / "history.json")
+        atomic_write_text(self.run_dir / "epochs.json", json.dumps(self.epoch_log, indent=1))
+
+    def write_report(self):
+        """Plots, the GIF, history files and RUN_DIR/report.html; returns {name: path}."""
+        from .report import build_report
+        return build_report(self.run_dir, history=self.history,
+                            config={"train": self.config.to_dict(), **self.extra_config})
+
+    # ------------------------------------------------------------------ checkpoints
+    def rng_states(self):
+        """{name: bit_generator.state} of every NumPy generator the run draws from (the loader's excepted)."""
+        states = {"latent": self.latent_rng.bit_generator.state,
+                  "labels": self.label_policy.rng.bit_generator.state,
+                  "noise": self.instance_noise.rng.bit_generator.state}
+        for prefix, module in (("G", self.G), ("D", self.D)):
+            for name, rng in _module_generators(module, prefix):
+                states[name] = rng.bit_generator.state
+        return states
+
+    def _set_rng_states(self, states):
+        own = {"latent": self.latent_rng, "labels": self.label_policy.rng, "noise": self.instance_noise.rng}
+        for prefix, module in (("G", self.G), ("D", self.D)):
+            own.update(_module_generators(module, prefix))
+        missing, unexpected = sorted(set(own) - set(states)), sorted(set(states) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"the checkpoint's random generators do not match the networks: missing {missing}, "
+                             f"unexpected {unexpected}")
+        for name, rng in own.items():
+            rng.bit_generator.state = states[name]
+        self.instance_noise._device_rngs.clear()  # a CuPy generator is re-derived from the restored one
+
+    def save_checkpoint(self, loader=None):
+        """Write RUN_DIR/checkpoint.npz atomically (everything needed to continue exactly)."""
+        from nnbox.serialization import save_checkpoint
+        loader_state = None
+        if loader is not None and hasattr(loader, "state_dict"):
+            loader_state = loader.state_dict()
+            if loader_state.get("batches_done", 0) and hasattr(loader, "rng"):
+                # an epoch cut short by steps_per_epoch: the next epoch starts a new order, from here
+                loader_state = {"rng_state": loader.rng.bit_generator.state, "batches_done": 0}
+        meta = {
+            "format": CHECKPOINT_FORMAT, "epoch": self.epoch, "global_step": self.global_step,
+            "fixed_z": np.asarray(self.fixed_z),
+            "config": self.config.to_dict(),
+            "extra": self.extra_config,
+            "rng": self.rng_states(),
+            "loader": loader_state,
+            "balance": self.rule.state_dict(),
+            "last_stats": None if self.last_stats is None else asdict(self.last_stats),
+            "history": self.history.records,
+            "epoch_log": self.epoch_log,
+        }
+        save_checkpoint(self.checkpoint_path,
+                        generator=self.G.state_dict(), discriminator=self.D.state_dict(),
+                        optimizer_g=self.opt_g.state_dict(), optimizer_d=self.opt_d.state_dict(),
+                        trainer=meta)
+        self._saved_epoch = self.epoch
+        return self.checkpoint_path
+
+    def _load_state(self, state):
+        meta = state["trainer"]
+        self.G.load_state_dict(state["generator"])
+        self.D.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["optimizer_g"])
+        self.opt_d.load_state_dict(state["optimizer_d"])
+        self.epoch, self.global_step = int(meta["epoch"]), int(meta["global_step"])
+        self.fixed_z = np.asarray(meta["fixed_z"], dtype=np.float32)
+        self._set_rng_states(meta["rng"])
+        self._pending_loader_state = meta["loader"]
+        self.rule.load_state_dict(meta["balance"])
+        self.last_stats = None if meta["last_stats"] is None else StepStats(**meta["last_stats"])
+        self.history = History(meta["history"])
+        self.epoch_log = list(meta["epoch_log"])
+        self._saved_epoch = self.epoch
+
+
+# --------------------------------------------------------------------------- helpers
+def _saved_state(module):
+    """What every layer of `module` saved for backward: a snapshot to restore after another forward.
+
+    D runs forward on the real batch, then on the fake batch; each layer keeps only its last
+    forward's `save_for_backward` namespace, so the real pass's namespaces are kept aside here and
+    put back (`_restore_saved_state`) before backpropagating the real half of D's loss.
+    """
+    return [(m, m._saved) for m in module.modules()]
+
+
+def _restore_saved_state(snapshot):
+    for module, saved in snapshot:
+        object.__setattr__(module, "_saved", saved)
+
+
+def _module_generators(module, prefix):
+    """(dotted name, NumPy Generator) of every generator a module or its descendants hold (dropout masks)."""
+    found = []
+
+    def walk(m, path):
+        for name, value in vars(m).items():
+            if isinstance(value, np.random.Generator):
+                found.append((f"{path}.{name}", value))
+        for child_name, child in m._children.items():
+            walk(child, f"{path}.{child_name}")
+
+    walk(module, prefix)
+    return found
