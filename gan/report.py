@@ -62,7 +62,9 @@ def build_report(run_dir, history=None, config=None, title=None):
     frames = sample_frames(run_dir)
     if frames:
         outputs["gif"] = make_gif(frames, run_dir / GIF_NAME)
-    page = render_html(history, config, plots, frames, outputs.get("gif"), title or f"GAN run {run_dir.name}")
+    epoch_log = json.loads((run_dir / "epochs.json").read_text()) if (run_dir / "epochs.json").is_file() else []
+    page = render_html(history, config, plots, frames, outputs.get("gif"), title or f"GAN run {run_dir.name}",
+                       epoch_log)
     outputs["report"] = run_dir / REPORT_NAME
     atomic_write_text(outputs["report"], page)
     return outputs
@@ -138,8 +140,8 @@ def _reason_kind(reason):
     return "".join(out)
 
 
-def render_html(history, config, plots, frames, gif, title):
-    """The report page as a string (pictures embedded)."""
+def render_html(history, config, plots, frames, gif, title, epoch_log=()):
+    """The report page as a string (pictures embedded). epoch_log: the trainer's per-epoch wall times."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     summary = history.epoch_summary()
@@ -166,7 +168,12 @@ def render_html(history, config, plots, frames, gif, title):
     if summary:
         columns = [c for c in ("epoch", "steps", "d_loss", "g_loss", "d_real", "d_fake", "d_acc_real", "d_acc_fake",
                                "g_success", "train_d", "train_g", "images_per_sec") if c in summary[0]]
-        parts.append("<h2>Per epoch (means over the steps)</h2>" + _table(summary, columns))
+        rows = [{**row, "epoch": row["epoch"] + 1} for row in summary]
+        parts.append("<h2>Per epoch (means over the steps)</h2>" + _table(rows, columns))
+        if epoch_log:
+            rows = [{**e, "epoch": int(e["epoch"]) + 1} for e in epoch_log]
+            parts.append("<p class='note'>Wall-clock time per epoch (data loading, sampling and checkpoint "
+                         "included):</p>" + _table(rows, ["epoch", "seconds", "images", "images_per_sec"]))
         combo_rows, reason_rows = _decision_rows(history)
         parts.append("<h2>Decisions</h2>" + _table(combo_rows, ["trained", "turns", "share"], ("trained",)))
         parts.append(_table(reason_rows, ["reason (numbers masked)", "turns"], ("reason (numbers masked)",)))
