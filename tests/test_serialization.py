@@ -1,0 +1,234 @@
+"""Serialization: round trips, atomic writes, no pickle, clear errors on bad files."""
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from layers import Linear
+from nnbox import backend, serialization
+from nnbox.module import Sequential
+from nnbox.optim import Adam
+from nnbox.serialization import SerializationError, load_checkpoint, load_state, save_checkpoint, save_state
+
+
+def test_state_round_trip(tmp_path, rng):
+    model = Sequential(Linear(3, 4, rng=rng), Linear(4, 2, rng=rng))
+    path = tmp_path / "model.npz"
+    save_state(path, model.state_dict())
+    loaded = load_state(path)
+    assert list(loaded) == list(model.state_dict())
+    other = Sequential(Linear(3, 4, rng=1), Linear(4, 2, rng=1))
+    other.load_state_dict(loaded)
+    for (name, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+        assert a.dtype == b.dtype
+
+
+def test_state_numbers_come_back_as_zero_d_arrays(tmp_path):
+    path = tmp_path / "numbers.npz"
+    save_state(path, {"step": 3, "lr": 0.5, "flag": True, "big": np.int64(2**62)})
+    loaded = load_state(path)
+    assert loaded["step"].shape == () and int(loaded["step"]) == 3
+    assert float(loaded["lr"]) == 0.5 and bool(loaded["flag"]) is True and int(loaded["big"]) == 2**62
+
+
+def test_path_is_used_as_given(tmp_path):
+    path = tmp_path / "weights.bin"
+    save_state(str(path), {"w": np.ones(2)})
+    assert path.exists() and not (tmp_path / "weights.bin.npz").exists()
+    np.testing.assert_array_equal(load_state(str(path))["w"], np.ones(2))
+
+
+def test_checkpoint_round_trip_of_a_whole_run(tmp_path, rng):
+    generator = Linear(3, 4, rng=rng)
+    optimizer = Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    generator.weight.grad += 1.0
+    optimizer.step()
+    numpy_rng = np.random.default_rng(12345)
+    numpy_rng.standard_normal(7)
+    rng_state = numpy_rng.bit_generator.state
+    assert rng_state["state"]["state"] > 2**64  # PCG64's state is a 128-bit integer
+    history = {"d_loss": [0.5, 0.25, float("inf")], "step": [1, 2, 3], "notes": ["a", "b"]}
+    config = {"arch": "faces", "lr": 2e-4, "betas": (0.5, 0.999), "data_dir": None, "flip": False,
+              "nested": {"empty": {}, "list_of_lists": [[1, 2], []]}}
+
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, generator=generator.state_dict(), opt_g=optimizer.state_dict(), rng=rng_state,
+                    history=history, config=config, epoch=np.int64(4), arrays=[np.arange(3), np.eye(2)])
+    loaded = load_checkpoint(path)
+
+    assert list(loaded) == ["generator", "opt_g", "rng", "history", "config", "epoch", "arrays"]
+    for name, array in generator.state_dict().items():
+        np.testing.assert_array_equal(loaded["generator"][name], array)
+        assert loaded["generator"][name].dtype == array.dtype
+    assert loaded["rng"] == rng_state
+    assert loaded["history"] == history
+    assert loaded["config"] == {**config, "betas": [0.5, 0.999]}  # tuples come back as lists
+    assert loaded["epoch"] == 4 and type(loaded["epoch"]) is int
+    np.testing.assert_array_equal(loaded["arrays"][0], np.arange(3))
+    np.testing.assert_array_equal(loaded["arrays"][1], np.eye(2))
+
+    resumed_rng = np.random.default_rng()
+    resumed_rng.bit_generator.state = loaded["rng"]
+    np.testing.assert_array_equal(resumed_rng.standard_normal(5), numpy_rng.standard_normal(5))
+
+    resumed = Adam(Linear(3, 4, rng=0).parameters())
+    resumed.load_state_dict(loaded["opt_g"])
+    assert resumed.betas == (0.5, 0.999) and resumed.state[0]["step"] == 1
+    np.testing.assert_array_equal(resumed.state[0]["exp_avg"], optimizer.state[0]["exp_avg"])
+
+
+def test_checkpoint_arrays_are_named_by_path(tmp_path):
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, generator={"conv1.weight": np.ones(2)})
+    with np.load(path, allow_pickle=False) as npz:
+        assert "generator/conv1.weight" in npz.files
+
+
+def test_checkpoint_refuses_what_it_cannot_store(tmp_path):
+    path = tmp_path / "c.npz"
+    with pytest.raises(TypeError, match=r"keys must be strings.*1"):
+        save_checkpoint(path, history={1: [0.5]})
+    with pytest.raises(TypeError, match=r"cannot store object at 'config/thing'"):
+        save_checkpoint(path, config={"thing": object()})
+    with pytest.raises(TypeError, match="object arrays would need pickle"):
+        save_checkpoint(path, config={"bad": np.array([{}, None], dtype=object)})
+    with pytest.raises(ValueError, match=r"two arrays would be stored as 'a/b'"):
+        save_checkpoint(path, a={"b": np.ones(1)}, **{"a/b": np.ones(1)})
+    assert not path.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_state_refuses_object_arrays(tmp_path):
+    with pytest.raises(TypeError, match=r"'w'.*object arrays would need pickle"):
+        save_state(tmp_path / "s.npz", {"w": np.array([1, "a"], dtype=object)})
+
+
+def test_a_file_with_an_object_array_is_refused(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, weight=np.ones(2), payload=np.array([{"x": 1}], dtype=object))  # pickled inside
+    with pytest.raises(SerializationError, match=r"evil\.npz.*'payload'.*object array"):
+        load_state(path)
+    with pytest.raises(SerializationError, match=r"evil\.npz"):
+        load_checkpoint(path)
+
+
+def test_a_pickle_file_is_refused(tmp_path):
+    path = tmp_path / "model.pkl"
+    np.array([1, None], dtype=object).dump(path)  # an .npy-less pickle
+    with pytest.raises(SerializationError, match=r"model\.pkl"):
+        load_state(path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "npy"])
+def test_corrupt_files_raise_a_clear_error_naming_the_file(tmp_path, damage):
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, generator={"w": np.arange(1000.0)}, history={"loss": [1.0]})
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a zip file at all" * 10)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        np.save(open(path, "wb"), np.ones(3))
+    with pytest.raises(SerializationError, match=r"checkpoint\.npz"):
+        load_checkpoint(path)
+
+
+def test_corrupt_member_data_is_detected(tmp_path):
+    path = tmp_path / "state.npz"
+    save_state(path, {"w": np.arange(1000.0)})
+    data = bytearray(path.read_bytes())
+    middle = data.find(np.arange(1000.0).tobytes()[800:816])
+    assert middle > 0
+    data[middle:middle + 8] = b"\xff" * 8  # flip bytes inside the stored array: the CRC no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(SerializationError, match=r"state\.npz.*corrupt"):
+        load_state(path)
+
+
+def test_load_state_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "state.npz"
+    save_state(path, {"w": np.ones(2)})
+    with pytest.raises(SerializationError, match=r"not an nnbox checkpoint.*load_state"):
+        load_checkpoint(path)
+
+
+def test_missing_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.npz"):
+        load_state(tmp_path / "nothing.npz")
+
+
+def test_a_failure_mid_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, generator={"w": np.ones(3)}, epoch=1)
+    before = path.read_bytes()
+
+    real_savez = np.savez
+
+    def savez_then_crash(file, **arrays):
+        real_savez(file, **arrays)
+        file.truncate(file.tell() // 2)  # half written when the "crash" comes
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", savez_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, generator={"w": np.zeros(3)}, epoch=2)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["checkpoint.npz"]  # no temporary file left behind
+    monkeypatch.setattr(np, "savez", real_savez)
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_a_failed_rename_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "state.npz"
+    save_state(path, {"w": np.ones(3)})
+    replaced = []
+
+    def failing_replace(source, target):
+        replaced.append((source, target))
+        assert os.path.dirname(os.path.abspath(source)) == str(tmp_path)  # same folder: rename is atomic
+        zipfile.ZipFile(source).testzip()  # the temporary is complete before the rename
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(serialization.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="rename failed"):
+        save_state(path, {"w": np.zeros(3)})
+    assert replaced and replaced[0][1] == str(path)
+    np.testing.assert_array_equal(load_state(path)["w"], np.ones(3))
+    assert os.listdir(tmp_path) == ["state.npz"]
+
+
+def test_write_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(serialization.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(serialization.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
+    save_state(tmp_path / "s.npz", {"w": np.ones(3)})
+    assert calls.index("fsync") < calls.index("replace")
+
+
+def test_module_of_another_architecture_fails_naming_the_key(tmp_path, rng):
+    path = tmp_path / "model.npz"
+    save_state(path, Sequential(Linear(3, 4, rng=rng), Linear(4, 2, rng=rng)).state_dict())
+    with pytest.raises(ValueError, match=r"'1\.weight'.*\(3, 4\).*\(2, 4\)"):
+        Sequential(Linear(3, 4, rng=rng), Linear(4, 3, rng=rng)).load_state_dict(load_state(path))
+    with pytest.raises(KeyError, match=r"1\.bias"):
+        Sequential(Linear(3, 4, rng=rng), Linear(4, 2, bias=False, rng=rng)).load_state_dict(load_state(path))
+
+
+@pytest.mark.gpu
+def test_gpu_arrays_are_saved_to_the_cpu(tmp_path, rng):
+    model = Linear(3, 4, rng=rng).to("gpu")
+    path = tmp_path / "gpu.npz"
+    save_checkpoint(path, generator=model.state_dict())
+    save_state(tmp_path / "gpu_state.npz", model.state_dict())
+    loaded = load_checkpoint(path)["generator"]
+    assert all(isinstance(array, np.ndarray) for array in loaded.values())
+    np.testing.assert_array_equal(loaded["weight"], backend.to_numpy(model.weight.data))
+    fresh = Linear(3, 4, rng=1).to("gpu")
+    fresh.load_state_dict(load_state(tmp_path / "gpu_state.npz"))
+    assert backend.device_of(fresh.weight.data) == "gpu"
