@@ -12,7 +12,6 @@ ConvTranspose2d weight is (in, out, kh, kw). With W2 = weight.reshape(small chan
 Conv2d's backward is the adjoint (for dx); ConvTranspose2d's backward is the convolution (for dx).
 """
 from nnbox import init
-from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter
 
 from . import conv_maths
@@ -134,7 +133,7 @@ class Conv2d(_ConvNd):
     def _check(self, x):
         check_input(self, x, 4, self.in_channels, what="(N, C, H, W)")
         h, w = x.shape[2:]
-        (ph, pw), (dh, dw) = self.padding, self.dilation
+        ph, pw = self.padding
         reach = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
         if h + 2 * ph < reach[0] or w + 2 * pw < reach[1]:
             need = (max(reach[0] - 2 * ph, 1), max(reach[1] - 2 * pw, 1))
