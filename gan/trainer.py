@@ -216,7 +216,9 @@ class GANTrainer:
                                         rng=stream_rng(config.seed, "labels"))
         self.instance_noise = InstanceNoise(config.instance_noise, config.instance_noise_decay,
                                             rng=stream_rng(config.seed, "noise"))
+        self.xp = backend.require_cupy() if config.device == "gpu" else np
         self.latent_rng = stream_rng(config.seed, "latent")
+        self._device_latent_rng = None  # GPU only: a CuPy generator derived from latent_rng (see _latent)
         self.fixed_z = sample_latent(config.n_samples, self.latent_dim, config.latent_kind,
                                      stream_rng(config.seed, "fixed_noise"))  # NumPy; moved when used
         self.threshold = 0.5 if config.loss == "least_squares" else 0.0  # D calls x real when output > it
@@ -275,10 +277,6 @@ class GANTrainer:
         return TrainConfig.from_dict(meta["config"]), meta["extra"]
 
     # ------------------------------------------------------------------ one turn
-    @property
-    def xp(self):
-        return backend.require_cupy() if self.config.device == "gpu" else np
-
     def step(self, real_batch):
         """One turn on a batch of real images (float NCHW in [-1, 1]); returns the step's record.
 
@@ -293,7 +291,7 @@ class GANTrainer:
         self.G.train()
         self.D.train()
 
-        z = sample_latent(n, self.latent_dim, self.config.latent_kind, self.latent_rng, xp)
+        z = self._latent(n)
         fake = self.G(z)
 
         # D on the real and the fake batch, in separate passes (separate BatchNorm statistics).
@@ -338,10 +336,14 @@ class GANTrainer:
             d_real, d_fake = sigmoid(real_logits).mean(), sigmoid(fake_logits).mean()
         else:
             d_real, d_fake = real_logits.mean(), fake_logits.mean()
-        on_device = [d_real, d_fake, (real_logits > thr).mean(), (fake_logits < thr).mean(), (g_logits > thr).mean()]
-        on_device += [d_loss, g_loss]        # Python floats or 0-d arrays, whichever the loss returns
-        values = to_numpy(xp.stack([xp.asarray(v, dtype=xp.float64) for v in on_device]))
-        d_real, d_fake, acc_real, acc_fake, g_success, d_loss, g_loss = (float(v) for v in values)
+        scalars = [d_real, d_fake, (real_logits > thr).mean(), (fake_logits < thr).mean(), (g_logits > thr).mean(),
+                   d_loss, g_loss]           # the losses: Python floats or 0-d arrays, whichever the loss returns
+        on_device = [i for i, v in enumerate(scalars) if backend.is_gpu_array(v)]
+        if on_device:                        # one device-to-host copy for all of them
+            fetched = to_numpy(xp.stack([scalars[i].astype(xp.float64) for i in on_device]))
+            for i, value in zip(on_device, fetched):
+                scalars[i] = value
+        d_real, d_fake, acc_real, acc_fake, g_success, d_loss, g_loss = (float(v) for v in scalars)
         seconds = time.perf_counter() - started
 
         record = {"step": self.global_step, "epoch": self.epoch, "d_loss": d_loss, "g_loss": g_loss,
@@ -355,6 +357,27 @@ class GANTrainer:
         self.last_stats = StepStats(d_acc_real=acc_real, d_acc_fake=acc_fake, g_success=g_success)
         self.global_step += 1
         return record
+
+    def _latent(self, n):
+        """z for a batch. On the CPU: gan.tricks.sample_latent from the latent generator. On the GPU,
+        drawn on the device (an upload would wait for the GPU's queue every step) by a CuPy generator
+        seeded from the latent generator at the first step of each epoch, so a resumed run draws the same."""
+        if self.xp is np:
+            return sample_latent(n, self.latent_dim, self.config.latent_kind, self.latent_rng, np)
+        if self._device_latent_rng is None:
+            self._device_latent_rng = backend.random_generator(self.latent_rng, self.xp)
+        rng, shape = self._device_latent_rng, (n, self.latent_dim)
+        if self.config.latent_kind == "normal":
+            return rng.standard_normal(shape, dtype=self.xp.float32)
+        if self.config.latent_kind == "uniform":
+            return rng.uniform(-1.0, 1.0, shape).astype(self.xp.float32)
+        raise ValueError(f"unknown latent_kind {self.config.latent_kind!r}: use 'normal' or 'uniform'")
+
+    def _begin_epoch(self):
+        """Forget device generators derived from NumPy ones: each epoch re-derives them from the NumPy
+        generators' states, which the checkpoint holds, so resuming on the GPU draws the same numbers."""
+        self._device_latent_rng = None
+        self.instance_noise._device_rngs.clear()
 
     def _targets(self, n, xp):
         """D's targets from the label policy; None (the loss's own 1/0) when they are the defaults.
@@ -425,6 +448,7 @@ class GANTrainer:
         return self.history
 
     def _run_epoch(self, loader, epochs, tqdm):
+        self._begin_epoch()
         total = len(loader)
         if self.config.steps_per_epoch is not None:
             total = min(total, int(self.config.steps_per_epoch))
