@@ -245,23 +245,28 @@ class Module:
         return ""
 
     def __repr__(self):
-        lines = [f"{type(self).__name__}({self.extra_repr()}"]
-        if self._children:
-            lines[0] = lines[0].rstrip("(") + "("
-            for name, child in self._children.items():
-                child_lines = repr(child).splitlines()
-                lines.append(f"  ({name}): " + child_lines[0])
-                lines.extend("  " + line for line in child_lines[1:])
-            lines.append(")")
-            return "\n".join(lines)
-        return lines[0] + ")"
+        extra = self.extra_repr()
+        if not self._children:
+            return f"{type(self).__name__}({extra})"
+        # as torch: the extra description on its own line, then one line per child
+        lines = [f"{type(self).__name__}("]
+        lines.extend("  " + line for line in extra.splitlines())
+        for name, child in self._children.items():
+            child_lines = repr(child).splitlines()
+            lines.append(f"  ({name}): " + child_lines[0])
+            lines.extend("  " + line for line in child_lines[1:])
+        lines.append(")")
+        return "\n".join(lines)
 
 
 def _converter(target):
     """A function that moves/casts one array for Module.to and optimiser.to."""
     if isinstance(target, str) and target in backend.DEVICES:
         return lambda array: backend.to_device(array, target)
-    dtype = backend.as_dtype(target)
+    try:
+        dtype = backend.as_dtype(target)
+    except TypeError:
+        raise ValueError(f"to({target!r}): not a device {backend.DEVICES} nor a floating-point dtype") from None
     return lambda array: backend.to_dtype(array, dtype)
 
 
