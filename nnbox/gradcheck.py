@@ -141,12 +141,13 @@ def _explain(name, label, index, analytical, numerical, atol, rtol):
     if analytical == 0.0 and numerical != 0.0:
         hints.append("the analytical gradient is exactly 0: does backward add into .grad "
                      "(param.grad += ...) and return dx for every input entry?")
+    elif numerical != 0.0 and abs(analytical + numerical) < 1e-3 * abs(numerical):
+        # checked before the ratio below, which would otherwise call this "-1x"
+        hints.append("the sign is flipped: check the sign of each term in backward")
     elif numerical != 0.0 and abs(analytical / numerical - round(analytical / numerical)) < 1e-3 \
             and round(analytical / numerical) not in (0, 1):
         hints.append(f"the analytical value is {round(analytical / numerical)}x the numerical one: "
                      f"a gradient added several times, or a missing division (a mean's 1/N)?")
-    elif numerical != 0.0 and abs(analytical + numerical) < 1e-3 * abs(numerical):
-        hints.append("the sign is flipped: check the sign of each term in backward")
     hints.append("a kink (ReLU at 0, a max-pool tie, clipping) makes the numerical value meaningless "
                  "when an input sits within eps of it; move the input away from it")
     hints.append("randomness in forward (Dropout) must be replayed with a fixed mask")
