@@ -23,6 +23,13 @@ def fans(shape):
     return shape[1] * receptive, shape[0] * receptive
 
 
+def _fan(shape, mode):
+    """fan_in or fan_out of a weight, by name (a typo must not silently pick the other)."""
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
+    return fans(shape)[0 if mode == "fan_in" else 1]
+
+
 def gain(nonlinearity, negative_slope=0.01):
     """The recommended gain for a nonlinearity (as torch.nn.init.calculate_gain)."""
     if nonlinearity == "leaky_relu":
@@ -63,14 +70,14 @@ def xavier_normal(shape, gain_=1.0, rng=None, dtype=DEFAULT_DTYPE):
 
 def kaiming_uniform(shape, a=0.0, nonlinearity="leaky_relu", mode="fan_in", rng=None, dtype=DEFAULT_DTYPE):
     """He: U(-b, b) with b = gain * sqrt(3 / fan); `a` is the leaky slope."""
-    fan = fans(shape)[0 if mode == "fan_in" else 1]
+    fan = _fan(shape, mode)
     bound = gain(nonlinearity, a) * math.sqrt(3.0 / fan)
     return uniform(shape, -bound, bound, rng, dtype)
 
 
 def kaiming_normal(shape, a=0.0, nonlinearity="leaky_relu", mode="fan_in", rng=None, dtype=DEFAULT_DTYPE):
     """He: N(0, std^2) with std = gain / sqrt(fan)."""
-    fan = fans(shape)[0 if mode == "fan_in" else 1]
+    fan = _fan(shape, mode)
     return normal(shape, 0.0, gain(nonlinearity, a) / math.sqrt(fan), rng, dtype)
 
 
