@@ -138,7 +138,9 @@ class MaxUnpool2d(_Pool2d):
     Shape:
         y, indices: (N, C, OH, OW) -> x: (N, C, H, W).
 
-    Backward: dy[n, c, oh, ow] = dx[n, c].flat[indices[n, c, oh, ow]] (a gather).
+    Backward: dy[n, c, oh, ow] = dx[n, c].flat[indices[n, c, oh, ow]] (a gather). Where indices
+    repeat (overlapping pool windows that share an argmax) forward keeps one of the values and
+    backward still gives each its gather, as PyTorch does.
     """
 
     def default_output_size(self, height, width):
