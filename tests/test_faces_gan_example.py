@@ -1,0 +1,87 @@
+"""examples/faces_gan.py: a tiny run through main(), resume, the LFW fallback, and the option parsing."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from nnbox import backend
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "faces_gan.py"
+
+
+@pytest.fixture(scope="module")
+def faces_gan():
+    spec = importlib.util.spec_from_file_location("faces_gan_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# small networks keep the run to a few seconds on two cores
+SMALL = ["--dataset", "synthetic", "--max-images", "64", "--batch-size", "32", "--width", "8", "--latent-dim", "16",
+         "--no-progress"]
+
+
+def test_main_trains_one_epoch_and_writes_its_files(faces_gan, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert faces_gan.main(SMALL + ["--epochs", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "64 images of 32x32: synthetic" in printed and "report:" in printed
+    for name in ("checkpoint.npz", "history.csv", "history.json", "config.json", "samples.gif", "report.html",
+                 "samples/epoch_000.png", "samples/epoch_001.png", "plots/losses.png", "plots/balance.png"):
+        assert (out / name).is_file(), name
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 2                                    # 64 images, batches of 32
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["balance"] == "skip" and config["train"]["label_smoothing"] == 0.1
+    assert config["example"]["dataset"] == "synthetic" and config["example"]["max_images"] == 64
+
+    # --resume continues the same run from its saved settings, to 2 epochs in total
+    assert faces_gan.main(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert len(json.loads((out / "history.json").read_text())) == 4
+    with Image.open(out / "samples.gif") as gif:
+        assert gif.n_frames == 3
+    assert faces_gan.main(["--resume", str(out), "--lr", "0.1"]) == 2    # settings cannot change on resume
+    assert "--lr" in capsys.readouterr().err
+
+
+def test_the_defaults_are_the_recipe(faces_gan):
+    cfg = faces_gan.config_from_args({})
+    t = cfg.train
+    assert (t.arch, t.image_size, t.optimizer, t.lr_g, t.lr_d, t.beta1) == ("faces", 32, "adam", 2e-4, 2e-4, 0.5)
+    assert (cfg.batch_size, t.loss, t.balance, t.label_smoothing) == (64, "non_saturating", "skip", 0.1)
+
+
+def test_options_reach_the_configs(faces_gan):
+    args = vars(faces_gan.build_parser().parse_args(
+        ["--lr", "1e-4", "--lr-d", "4e-4", "--soft-labels", "--d-input-dropout", "0.2", "--balance", "ratio",
+         "--n-d", "5", "--noise", "uniform", "--image-size", "64", "--arch", "dcgan", "--spectral-norm"]))
+    cfg = faces_gan.config_from_args(args)
+    t = cfg.train
+    assert (t.lr_g, t.lr_d, t.soft_labels, t.label_smoothing) == (1e-4, 4e-4, True, 0.0)
+    assert t.model_options == {"d_input_dropout": 0.2, "d_spectral_norm": True}
+    assert (t.balance, t.n_d, t.latent_kind, t.image_size, t.arch) == ("ratio", 5, "uniform", 64, "dcgan")
+
+
+def test_without_lfw_it_falls_back_to_synthetic_faces_in_one_line(faces_gan, tmp_path, monkeypatch):
+    monkeypatch.setenv("NNBOX_CACHE", str(tmp_path / "cache"))
+    cfg = faces_gan.config_from_args({"data": str(tmp_path / "empty"), "download": False, "max_images": 8})
+    (tmp_path / "empty").mkdir()
+    lines = []
+    monkeypatch.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
+    images, description = faces_gan.load_faces(cfg)
+    assert images.shape == (8, 32, 32, 3) and "synthetic" in description
+    assert len(lines) == 1 and lines[0].startswith("LFW is not available") and "synthetic" in lines[0]
+    cfg.dataset = "lfw"
+    with pytest.raises(FileNotFoundError, match="LFW"):
+        faces_gan.load_faces(cfg)
+
+
+@pytest.mark.skipif(backend.cupy_available(), reason="checks the message shown when CuPy is missing")
+def test_gpu_without_cupy_gives_the_backend_error(faces_gan, tmp_path, capsys):
+    assert faces_gan.main(SMALL + ["--device", "gpu", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "CuPy" in err and "pip install" in err
+    assert not (tmp_path / "run").exists()

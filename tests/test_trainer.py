@@ -1,0 +1,221 @@
+"""The GAN trainer on tiny synthetic faces: files written, exact resume, NaN stop, decisions, D/G turns."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gan.balance import StepStats, get_balance_rule
+from gan.history import FIELDS, History
+from gan.trainer import (CHECKPOINT_NAME, GANTrainer, NonFiniteLossError, TrainConfig, _restore_saved_state,
+                         _saved_state, stream_rng)
+from nnbox.data import DataLoader, RandomHorizontalFlip, ToFloat
+from nnbox.serialization import load_checkpoint
+from nnbox.synthetic_faces import synthetic_faces
+
+SIZE, BATCH = 16, 8
+TIMING = ("images_per_sec", "step_seconds")
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return synthetic_faces(32, SIZE, rng=0)
+
+
+def tiny_config(**overrides):
+    settings = dict(arch="faces", image_size=SIZE, latent_dim=8, width=4, n_samples=4, progress=False,
+                    report=False, seed=3)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def make_loader(images, seed=3):
+    return DataLoader(images, BATCH, shuffle=True, drop_last=True, rng=stream_rng(seed, "data"),
+                      transform=RandomHorizontalFlip(0.5))
+
+
+def without_timing(history):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
+
+
+def test_fit_writes_samples_checkpoint_history_plots_gif_and_report(tmp_path, faces):
+    run = tmp_path / "run"
+    trainer = GANTrainer.from_config(tiny_config(report=True), run)
+    history = trainer.fit(make_loader(faces), epochs=2)
+
+    steps = 2 * (len(faces) // BATCH)
+    assert len(history) == steps and trainer.global_step == steps and trainer.epoch == 2
+    for k in range(3):   # epoch_000: the untrained G; then one grid per epoch
+        with Image.open(run / "samples" / f"epoch_{k:03d}.png") as grid:
+            assert grid.format == "PNG" and grid.size == (2 * (SIZE * 2 + 2) + 2,) * 2   # 2x2 grid, scale 2
+    with Image.open(run / "samples.gif") as gif:
+        assert gif.n_frames == 3
+    for name in ("losses", "accuracy", "balance", "throughput"):
+        with Image.open(run / "plots" / f"{name}.png") as plot:
+            assert plot.format == "PNG"
+    csv_rows = (run / "history.csv").read_text().splitlines()
+    assert csv_rows[0].split(",") == list(FIELDS) and len(csv_rows) == steps + 1
+    records = json.loads((run / "history.json").read_text())
+    assert [r["step"] for r in records] == list(range(steps))
+    for record in records:
+        assert np.isfinite([record[k] for k in ("d_loss", "g_loss", "d_real", "d_fake")]).all()
+        assert 0 <= record["d_acc_real"] <= 1 and 0 <= record["g_success"] <= 1 and record["images_per_sec"] > 0
+    page = (run / "report.html").read_text()
+    assert "data:image/gif;base64," in page and page.count("data:image/png;base64,") >= 4 + 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["arch"] == "faces" and config["train"]["loss"] == "non_saturating"
+    checkpoint = load_checkpoint(run / CHECKPOINT_NAME)
+    assert checkpoint["trainer"]["epoch"] == 2 and len(checkpoint["trainer"]["history"]) == steps
+    assert set(checkpoint) == {"generator", "discriminator", "optimizer_g", "optimizer_d", "trainer"}
+    assert not list(run.glob(".*tmp"))
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, faces):
+    # tricks that draw random numbers: dropout in D, instance noise, flipped labels, uniform z
+    config = dict(instance_noise=0.1, instance_noise_decay=6, flip_labels=0.25, latent_kind="uniform",
+                  d_threshold=0.6, g_threshold=0.6, model_options={"d_input_dropout": 0.1})
+    straight = GANTrainer.from_config(tiny_config(**config), tmp_path / "straight")
+    straight.fit(make_loader(faces), epochs=2)
+
+    first = GANTrainer.from_config(tiny_config(**config), tmp_path / "resumed")
+    first.fit(make_loader(faces), epochs=1)
+    del first
+    resumed = GANTrainer.resume(tmp_path / "resumed")
+    assert resumed.epoch == 1
+    resumed.fit(make_loader(faces), epochs=2)   # a new loader, built the same way
+
+    for a, b in ((straight.G, resumed.G), (straight.D, resumed.D)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert list(sa) == list(sb)
+        for key in sa:
+            np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+    for a, b in ((straight.opt_g, resumed.opt_g), (straight.opt_d, resumed.opt_d)):
+        sa, sb = a.state_dict(), b.state_dict()
+        for key in sa:
+            np.testing.assert_array_equal(np.asarray(sa[key]), np.asarray(sb[key]), err_msg=key)
+    assert without_timing(straight.history) == without_timing(resumed.history)
+    assert straight.rule.state_dict() == resumed.rule.state_dict()
+    assert straight.rng_states() == resumed.rng_states()
+    with Image.open(tmp_path / "straight" / "samples" / "epoch_002.png") as a, \
+            Image.open(tmp_path / "resumed" / "samples" / "epoch_002.png") as b:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, faces):
+    run = tmp_path / "run"
+    trainer = GANTrainer.from_config(tiny_config(), run)
+    trainer.fit(make_loader(faces), epochs=1)
+    saved = (run / CHECKPOINT_NAME).read_bytes()
+    good_weights = {k: v.copy() for k, v in trainer.G.state_dict().items()}
+
+    first = trainer.G.parameters()[0]
+    first.data[...] = np.nan                    # the generator blows up
+    with pytest.raises(NonFiniteLossError, match=r"step 4 \(epoch 2\).*last good checkpoint.*after epoch 1"):
+        trainer.fit(make_loader(faces), epochs=3)
+
+    assert (run / CHECKPOINT_NAME).read_bytes() == saved
+    rows = History.from_csv(run / "history.csv")
+    assert len(rows) == 5 and np.isnan(rows[-1]["g_loss"])     # the failing step is recorded
+    restored = GANTrainer.resume(run)
+    assert restored.epoch == 1
+    for key, value in restored.G.state_dict().items():
+        np.testing.assert_array_equal(value, good_weights[key])
+
+
+def test_every_balancing_decision_is_recorded_and_replays(tmp_path, faces):
+    # low thresholds make the skip rule skip often; the stall guard forces training after 2 skips
+    config = tiny_config(balance="skip", d_threshold=0.3, g_threshold=0.3, max_consecutive_skips=2)
+    trainer = GANTrainer.from_config(config, tmp_path / "run")
+    trainer.fit(make_loader(faces), epochs=3)
+    history = list(trainer.history)
+    assert len(history) == 12
+    assert any(not r["train_d"] or not r["train_g"] for r in history)   # the rule did skip
+    rule, stats = get_balance_rule("skip", d_threshold=0.3, g_threshold=0.3, max_consecutive_skips=2), None
+    for record in history:
+        decision = rule.decide(stats)
+        assert (decision.train_d, decision.train_g, decision.reason) == \
+            (bool(record["train_d"]), bool(record["train_g"]), record["reason"])
+        stats = StepStats(d_acc_real=record["d_acc_real"], d_acc_fake=record["d_acc_fake"],
+                          g_success=record["g_success"])
+
+
+def test_skipped_networks_do_not_change_and_d_is_frozen_during_g_turns(tmp_path, faces):
+    trainer = GANTrainer.from_config(tiny_config(balance="ratio", n_d=1, n_g=2), tmp_path / "run")
+    batch = ToFloat()(faces[:BATCH])            # float32 NCHW in [-1, 1]
+    g_before = [p.data.copy() for p in trainer.G.parameters()]
+    record = trainer.step(batch)                # turn 1 of 2: D and G
+    assert record["train_d"] and record["train_g"]
+    assert any(not np.array_equal(a, p.data) for a, p in zip(g_before, trainer.G.parameters()))
+
+    d_before = [p.data.copy() for p in trainer.D.parameters()]
+    for param in trainer.D.parameters():
+        param.grad[...] = 7.0                   # a G-only turn must not compute D's weight gradients
+    record = trainer.step(batch)                # turn 2 of 2: G only
+    assert not record["train_d"] and record["train_g"]
+    for before, param in zip(d_before, trainer.D.parameters()):
+        np.testing.assert_array_equal(before, param.data)
+        assert (param.grad == 7.0).all() and param.requires_grad
+
+
+def test_d_backward_after_two_passes_equals_separate_passes():
+    from gan.models import build_gan
+    _, D = build_gan("dcgan", image_size=32, width=4, rng=0)   # BatchNorm: batch statistics per pass
+    rng = np.random.default_rng(1)
+    real, fake = (rng.uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32) for _ in range(2))
+    d_real, d_fake = (rng.standard_normal((4, 1)).astype(np.float32) for _ in range(2))
+
+    D.zero_grad()                               # reference: forward and backward each pass in turn
+    D(real)
+    D.backward(d_real)
+    D(fake)
+    D.backward(d_fake)
+    expected = [p.grad.copy() for p in D.parameters()]
+
+    D.zero_grad()                               # the trainer's order: both forwards, then both backwards
+    D(real)
+    real_pass = _saved_state(D)
+    D(fake)
+    D.backward(d_fake)
+    _restore_saved_state(real_pass)
+    D.backward(d_real)
+    for want, param in zip(expected, D.parameters()):
+        np.testing.assert_allclose(param.grad, want, rtol=1e-5, atol=1e-6)
+
+
+def test_wasserstein_clips_d_weights(tmp_path, faces):
+    config = tiny_config(loss="wasserstein", optimizer="rmsprop", lr_d=0.05, clip_value=0.01, balance="alternate",
+                         label_smoothing=0.0)
+    trainer = GANTrainer.from_config(config, tmp_path / "run")
+    trainer.fit(make_loader(faces), epochs=1)
+    assert all(np.abs(p.data).max() <= 0.01 for p in trainer.D.parameters())
+    assert "d_real" in trainer.history[0]       # raw critic outputs, not probabilities
+
+
+def test_a_run_folder_is_not_overwritten_by_accident(tmp_path, faces):
+    GANTrainer.from_config(tiny_config(steps_per_epoch=1), tmp_path / "run").fit(make_loader(faces), epochs=1)
+    with pytest.raises(FileExistsError, match="resume"):
+        GANTrainer.from_config(tiny_config(), tmp_path / "run")
+    fresh = GANTrainer.from_config(tiny_config(), tmp_path / "run", overwrite=True)
+    assert fresh.epoch == 0 and not list((tmp_path / "run" / "samples").glob("*.png"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        GANTrainer.resume(tmp_path / "nothing")
+
+
+def test_steps_per_epoch_cuts_epochs_and_resume_still_matches(tmp_path, faces):
+    config = dict(steps_per_epoch=3)
+    straight = GANTrainer.from_config(tiny_config(**config), tmp_path / "a")
+    straight.fit(make_loader(faces), epochs=2)
+    assert len(straight.history) == 6
+    GANTrainer.from_config(tiny_config(**config), tmp_path / "b").fit(make_loader(faces), epochs=1)
+    resumed = GANTrainer.resume(tmp_path / "b")
+    resumed.fit(make_loader(faces), epochs=2)
+    assert without_timing(straight.history) == without_timing(resumed.history)
+
+
+@pytest.mark.gpu
+def test_a_step_on_the_gpu(tmp_path, faces):
+    trainer = GANTrainer.from_config(tiny_config(device="gpu"), tmp_path / "run")
+    trainer.fit(make_loader(faces), epochs=1)
+    assert np.isfinite(trainer.history[-1]["d_loss"]) and trainer.G.device == "gpu"
+    resumed = GANTrainer.resume(tmp_path / "run")
+    assert resumed.G.device == "gpu"
