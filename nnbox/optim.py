@@ -315,13 +315,13 @@ class Adam(Optimizer):
         xp.multiply(g, g, out=scratch)  # g is not needed after this (it may live in scratch)
         scratch *= 1.0 - beta2
         v += scratch
-        step_size = self.lr / (1.0 - beta1**step)
-        # p += m / d with d = -(sqrt(v) / sqrt(1 - beta2^t) + eps) / step_size
+        # lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) == (lr sqrt(bc2)/bc1) * m / (sqrt(v) + eps sqrt(bc2)):
+        # the same update with one pass fewer
+        root_bc2 = math.sqrt(1.0 - beta2**step)
         xp.sqrt(v, out=scratch)
-        scratch *= 1.0 / math.sqrt(1.0 - beta2**step)
-        scratch += self.eps
-        scratch *= -1.0 / step_size
+        scratch += self.eps * root_bc2
         xp.divide(m, scratch, out=scratch)
+        scratch *= -self.lr * root_bc2 / (1.0 - beta1**step)
         param.data += scratch
 
 
