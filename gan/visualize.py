@@ -173,7 +173,8 @@ def _epoch_lines(ax, history):
 
 def _raw_and_smooth(ax, steps, values, color, label):
     window = _window(len(values))
-    ax.plot(steps, values, color=color, alpha=0.25 if window > 1 else 1.0, linewidth=0.8)
+    ax.plot(steps, values, color=color, alpha=0.25 if window > 1 else 1.0, linewidth=0.8,
+            label=None if window > 1 else label)
     if window > 1:
         ax.plot(steps, moving_average(values, window), color=color, linewidth=1.6,
                 label=f"{label} (mean of {window} steps)")
