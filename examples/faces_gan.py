@@ -34,11 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: `python examples/faces_gan.py`
     sys.path.insert(0, str(ROOT))
 
-from gan.trainer import GANTrainer, TrainConfig, stream_rng  # noqa: E402
+from gan.trainer import GANTrainer, NonFiniteLossError, TrainConfig, stream_rng  # noqa: E402
 from nnbox import backend  # noqa: E402
 from nnbox.data import DataLoader, RandomHorizontalFlip  # noqa: E402
 
 SUBSET_SEED_OFFSET = 1000  # the --max-images subset is drawn with default_rng([seed, 1000])
+
+
+class UsageError(ValueError):
+    """A command line that cannot work (shown as one line, without a traceback)."""
 
 
 @dataclass
@@ -164,6 +168,8 @@ def load_faces(cfg):
     """uint8 NHWC faces for cfg (a random subset of cfg.max_images), and a line saying what they are."""
     from nnbox.datasets import load_lfw
     from nnbox.synthetic_faces import synthetic_faces
+    if cfg.max_images is not None and cfg.max_images < 1:
+        raise UsageError(f"--max-images must be >= 1, got {cfg.max_images}")
     size = cfg.train.image_size
     images, source = None, None
     if cfg.dataset in ("auto", "lfw"):
@@ -179,8 +185,6 @@ def load_faces(cfg):
         images = synthetic_faces(count, size, rng=cfg.train.seed)
         source = "synthetic cartoon faces (nnbox.synthetic_faces)"
     if cfg.max_images is not None and cfg.max_images < len(images):
-        if cfg.max_images < 1:
-            raise ValueError(f"--max-images must be >= 1, got {cfg.max_images}")
         pick = np.random.default_rng([cfg.train.seed, SUBSET_SEED_OFFSET]).permutation(len(images))[:cfg.max_images]
         images = images[np.sort(pick)]
     return images, f"{len(images)} images of {size}x{size}: {source}"
@@ -204,8 +208,7 @@ def main(argv=None):
             trainer, cfg = _resume(given)
         else:
             cfg = config_from_args(given)
-            if cfg.train.device == "gpu":
-                backend.require_cupy()
+            _check_device(cfg.train.device)
             trainer = None
         images, description = load_faces(cfg)
         print(f"data: {description}", flush=True)
@@ -217,7 +220,7 @@ def main(argv=None):
               f"{cfg.train.balance} balancing, {len(loader)} batches of {loader.batch_size} per epoch, "
               f"device {cfg.train.device}", flush=True)
         trainer.fit(loader, cfg.epochs)
-    except (RuntimeError, FileExistsError, FileNotFoundError, ValueError) as error:
+    except (UsageError, NonFiniteLossError, FileExistsError, FileNotFoundError) as error:
         print(f"faces_gan: {error}", file=sys.stderr)
         return 2
     if trainer.config.report:
@@ -225,10 +228,19 @@ def main(argv=None):
     return 0
 
 
+def _check_device(device):
+    """--device gpu without a usable CuPy: nnbox.backend's error, before any data is loaded."""
+    if device == "gpu":
+        try:
+            backend.require_cupy()
+        except RuntimeError as error:
+            raise UsageError(str(error)) from error
+
+
 def _resume(given):
     changed = sorted(k for k in given if k not in RESUME_OVERRIDES)
     if changed:
-        raise ValueError(f"--resume continues a run with its saved settings; only --epochs, --device, "
+        raise UsageError(f"--resume continues a run with its saved settings; only --epochs, --device, "
                          f"--no-progress and --no-report may be given with it, not --{changed[0].replace('_', '-')}")
     run_dir = Path(given["resume"])
     train, extra = GANTrainer.read_checkpoint_configs(run_dir)
@@ -237,8 +249,7 @@ def _resume(given):
     for key in ("device", "progress", "report"):
         if key in given:
             setattr(cfg.train, key, given[key])
-    if cfg.train.device == "gpu":
-        backend.require_cupy()
+    _check_device(cfg.train.device)
     trainer = GANTrainer.resume(run_dir, device=cfg.train.device)
     trainer.config.progress, trainer.config.report = cfg.train.progress, cfg.train.report
     if trainer.epoch >= cfg.epochs:
