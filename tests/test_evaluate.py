@@ -1,0 +1,89 @@
+"""`python -m gan.evaluate` on a tiny run folder made by the trainer, and the MNIST classifier features."""
+import json
+
+import numpy as np
+import pytest
+
+from gan import evaluate
+from gan.trainer import GANTrainer, TrainConfig, stream_rng
+from nnbox.data import DataLoader
+from nnbox.synthetic_faces import synthetic_faces
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A faces-GAN run of one short epoch on 32 synthetic 16x16 faces, and those faces as a .npy."""
+    root = tmp_path_factory.mktemp("eval")
+    faces = synthetic_faces(32, SIZE, rng=0)
+    np.save(root / "faces.npy", faces)
+    config = TrainConfig(arch="faces", image_size=SIZE, latent_dim=8, width=4, n_samples=4, progress=False,
+                         report=True, seed=3, steps_per_epoch=2)
+    trainer = GANTrainer.from_config(config, root / "run")
+    trainer.fit(DataLoader(faces, 8, shuffle=True, drop_last=True, rng=stream_rng(3, "data")), epochs=1)
+    return root / "run", root / "faces.npy", faces
+
+
+def test_evaluate_command_writes_metrics_figures_and_a_report_section(tiny_run, capsys):
+    run, real, _ = tiny_run
+    argv = [str(run), "--real", str(real), "--n", "24", "--features", "pixels"]
+    assert evaluate.main(argv) == 0
+    result = json.loads((run / "metrics.json").read_text())
+    assert result["n_generated"] == 24 and result["n_real"] == 24 and result["features"] == "pixels"
+    for key in ("fid", "kid", "kid_std", "swd"):
+        assert np.isfinite(result[key]), key
+    assert result["fid"] > 0 and result["swd"] > 0   # an untrained generator is far from the faces
+    assert list(result["swd_levels"]) == ["16"]
+    assert "inception_score" not in result            # pixels do not classify
+    assert 0.0 <= result["memorization"]["fraction"] <= 1.0
+    for name in ("nearest_l2", "nearest_ssim", "interp_linear", "interp_slerp", "plot_losses"):
+        path = run / result["figures"][name]
+        assert path.read_bytes()[:4] == b"\x89PNG", name
+    page = (run / "report.html").read_text()
+    assert page.count(evaluate.SECTION_START) == 1 and "<h2>Evaluation</h2>" in page and "Configuration" in page
+    # a second evaluation replaces the section instead of adding one
+    assert evaluate.main(argv + ["--seed", "1"]) == 0
+    assert (run / "report.html").read_text().count(evaluate.SECTION_START) == 1
+    assert "SWD x1e3" in capsys.readouterr().out
+
+
+def test_evaluate_is_reproducible_and_compares_with_itself(tiny_run):
+    run, _, faces = tiny_run
+    a = evaluate.evaluate(run, str(tiny_run[1]), n=16, report=False, kid_subsets=5, progress=lambda _: None)
+    b = evaluate.evaluate(run, str(tiny_run[1]), n=16, report=False, kid_subsets=5, progress=lambda _: None)
+    assert a["fid"] == b["fid"] and a["swd"] == b["swd"] and a["kid"] == b["kid"]
+    generator, config = evaluate.load_generator(run)
+    images, _ = evaluate.generate(generator, config, 10, seed=0)
+    assert images.shape == (10, 3, SIZE, SIZE) and images.dtype == np.float32
+    assert np.abs(images).max() <= 1.0
+
+
+def test_evaluate_with_mnist_classifier_features_reports_an_inception_score(tiny_run, tmp_path):
+    from gan.classifier import MNISTClassifier
+    from nnbox.serialization import save_state
+    run, real, _ = tiny_run
+    weights = tmp_path / "clf.npz"
+    save_state(weights, MNISTClassifier(rng=0).state_dict())   # untrained: the plumbing is what is tested
+    result = evaluate.evaluate(run, str(real), features="mnist", classifier_weights=str(weights), n=12,
+                               report=False, kid_subsets=3, progress=lambda _: None)
+    assert 1.0 <= result["inception_score"] <= 10.0 and np.isfinite(result["fid"])
+
+
+def test_evaluate_errors_are_clear(tiny_run, tmp_path, capsys):
+    run, real, _ = tiny_run
+    assert evaluate.main([str(tmp_path), "--real", str(real)]) == 1
+    assert "checkpoint.npz does not exist" in capsys.readouterr().err
+    assert evaluate.main([str(run), "--real", str(real), "--features", "inception", "--n", "4"]) == 1
+    assert "pytorch-fid/releases" in capsys.readouterr().err
+    assert evaluate.main([str(run), "--real", str(tmp_path / "nothing"), "--n", "4"]) == 1
+    assert "not a folder, a .npy file" in capsys.readouterr().err
+
+
+def test_real_images_are_fitted_to_the_generator(tmp_path):
+    grey = (np.arange(2 * 32 * 32) % 256).astype(np.uint8).reshape(2, 32, 32)
+    np.save(tmp_path / "grey.npy", grey)
+    images, what = evaluate.load_real_images(str(tmp_path / "grey.npy"), 16, 3)
+    assert images.shape == (2, 3, 16, 16) and "2 images" in what
+    expected = (grey.astype(np.float32) / 127.5 - 1).reshape(2, 16, 2, 16, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(images[:, 1], expected, rtol=1e-6)
