@@ -205,13 +205,20 @@ def test_dcgan_generator_block_shape():
     assert layer.backward(np.ones_like(y)).shape == x.shape
 
 
-def test_im2col_col2im_are_adjoint(rng):
-    geometry = ((3, 2), (2, 3), (1, 0), (2, 1))
-    x = rng.standard_normal((2, 3, 9, 8))
+@pytest.mark.parametrize("geometry, size", [
+    (((3, 2), (2, 3), (1, 0), (2, 1)), (9, 8)),   # stride phases with dilation and padding
+    (((4, 4), (2, 2), (1, 1), (1, 1)), (8, 8)),   # the DCGAN block
+    (((4, 4), (1, 1), (0, 0), (1, 1)), (4, 4)),   # one output pixel: the transposing fast path
+    (((3, 2), (2, 1), (1, 1), (2, 2)), (4, 1)),   # one output pixel with dilation and padding
+    (((2, 2), (3, 3), (0, 0), (1, 1)), (7, 8)),   # stride > kernel: pixels no window reads
+])
+def test_im2col_col2im_are_adjoint(geometry, size, rng):
+    x = rng.standard_normal((2, 3) + size)
     out_size = tuple(conv_maths.conv_output_size(s, k, st_, p, d)
-                     for s, k, st_, p, d in zip((9, 8), *geometry))
+                     for s, k, st_, p, d in zip(size, *geometry))
     cols = conv_maths.im2col(x, *geometry, out_size)
-    assert cols.shape == (3 * 3 * 2, 2 * out_size[0] * out_size[1]) and cols.flags.c_contiguous
+    kh, kw = geometry[0]
+    assert cols.shape == (3 * kh * kw, 2 * out_size[0] * out_size[1]) and cols.flags.c_contiguous
     other = rng.standard_normal(cols.shape)
     back = conv_maths.col2im(other, x.shape, *geometry, out_size)
     np.testing.assert_allclose(np.sum(cols * other), np.sum(x * back), rtol=1e-12)
