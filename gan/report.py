@@ -7,12 +7,15 @@ The trainer writes it at the end of `fit`; for a run in progress or an older run
 It reads RUN_DIR/history.json (else history.csv), RUN_DIR/config.json and RUN_DIR/samples/epoch_*.png,
 and writes RUN_DIR/plots/*.png, RUN_DIR/samples.gif, RUN_DIR/history.{csv,json} and RUN_DIR/report.html.
 Pictures are embedded in the page (base64 data URIs), so report.html can be copied or mailed alone.
+A section that another tool added between `<!-- gan.NAME -->` and `<!-- /gan.NAME -->` (the
+evaluation of `python -m gan.evaluate`) is kept when the page is rebuilt.
 """
 import argparse
 import base64
 import html
 import json
 import math
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -25,6 +28,8 @@ PLOTS_DIR = "plots"
 GIF_NAME = "samples.gif"
 REPORT_NAME = "report.html"
 MAX_REASONS_SHOWN = 12
+# A section another tool inserts (gan.evaluate): kept when the page is rebuilt.
+_ADDED_SECTION = re.compile(r"<!-- (gan\.[a-z_]+) -->.*?<!-- /\1 -->", re.S)
 MAX_GRIDS_SHOWN = 6  # evenly spaced epochs, the first and the last included
 
 
@@ -66,6 +71,9 @@ def build_report(run_dir, history=None, config=None, title=None):
     page = render_html(history, config, plots, frames, outputs.get("gif"), title or f"GAN run {run_dir.name}",
                        epoch_log)
     outputs["report"] = run_dir / REPORT_NAME
+    if outputs["report"].is_file():  # keep the sections other tools added (gan.evaluate's)
+        kept = "".join(m.group(0) + "\n" for m in _ADDED_SECTION.finditer(outputs["report"].read_text()))
+        page = page.replace("</body></html>", kept + "</body></html>")
     atomic_write_text(outputs["report"], page)
     return outputs
 

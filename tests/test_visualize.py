@@ -140,3 +140,14 @@ def test_report_without_a_history_says_so(tmp_path, capsys):
     assert "no history.json" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         build_report(tmp_path)
+
+
+def test_rebuilding_the_report_keeps_an_added_evaluation_section(tmp_path):
+    fake_history(steps=10, epochs=1).to_json(tmp_path / "history.json")
+    build_report(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    section = "<!-- gan.evaluate --><h2>Evaluation</h2><p>FID 12.3</p><!-- /gan.evaluate -->"
+    (tmp_path / "report.html").write_text(page.replace("</body>", section + "</body>"))
+    build_report(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert page.count(section) == 1 and page.index(section) > page.index("Per epoch")
