@@ -271,8 +271,9 @@ def _sliced_wasserstein(a, b, repeats, directions, rng):
     for _ in range(repeats):
         dirs = xp.asarray(rng.standard_normal((a.shape[1], directions)))
         dirs /= xp.sqrt((dirs ** 2).sum(axis=0, keepdims=True))
-        pa = xp.sort(a @ dirs, axis=0)
-        pb = xp.sort(b @ dirs, axis=0)
+        # (directions, patches): each projection is a contiguous row, which sorts several times faster
+        pa = xp.sort(dirs.T @ a.T, axis=1)
+        pb = xp.sort(dirs.T @ b.T, axis=1)
         results.append(float(xp.abs(pa - pb).mean()))
     return float(np.mean(results))
 
