@@ -259,3 +259,20 @@ def test_slerp_of_parallel_vectors_falls_back_to_lerp(rng):
     assert batch.shape == (3, 4, 8)
     with pytest.raises(ValueError, match="method"):
         interpolate(z, z, 3, method="cubic")
+
+
+@pytest.mark.gpu
+def test_measures_on_cupy_arrays_match_numpy(rng):
+    import cupy
+    a, b = rng.standard_normal((300, 16)), rng.standard_normal((300, 16)) + 0.2
+    assert metrics.frechet_distance(cupy.asarray(a), cupy.asarray(b)) == pytest.approx(
+        metrics.frechet_distance(a, b), rel=1e-9)
+    images = np.tanh(rng.standard_normal((8, 3, 32, 32)))
+    other = np.tanh(rng.standard_normal((8, 3, 32, 32)))
+    np.testing.assert_allclose(metrics.ssim(cupy.asarray(images), cupy.asarray(other)), metrics.ssim(images, other),
+                               rtol=1e-9)
+    swd_gpu = metrics.sliced_wasserstein_distance(cupy.asarray(images), cupy.asarray(other), patches_per_image=16)
+    swd_cpu = metrics.sliced_wasserstein_distance(images, other, patches_per_image=16)
+    assert swd_gpu["swd"] == pytest.approx(swd_cpu["swd"], rel=1e-9)
+    idx, dist = metrics.nearest_neighbours(cupy.asarray(images[:3]), cupy.asarray(other))
+    np.testing.assert_array_equal(idx, metrics.nearest_neighbours(images[:3], other)[0])
