@@ -1,1 +1,4 @@
 """GANs built from nnbox layers: models, losses, balancing rules, the trainer, metrics and plots."""
+from .losses import get_gan_loss
+from .tricks import InstanceNoise, LabelPolicy, sample_latent
+from .balance import Decision, StepStats, get_balance_rule
