@@ -172,7 +172,7 @@ class MaxUnpool2d(_Pool2d):
         if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= h * w):
             raise ValueError(f"{name}: indices must lie in [0, {h * w}) for an output plane of {h}x{w}, got "
                              f"values in [{int(indices.min())}, {int(indices.max())}]")
-        flat = (indices.astype(np.int64, copy=False) + _plane_offsets(xp, n, c, h * w)).reshape(-1)
+        flat = (xp.asarray(indices).astype(np.int64, copy=False) + _plane_offsets(xp, n, c, h * w)).reshape(-1)
         x = xp.zeros(n * c * h * w, dtype=y.dtype)
         x[flat] = y.reshape(-1)
         self.save_for_backward(flat=flat, y_shape=tuple(y.shape), x_shape=(n, c, h, w))
