@@ -202,7 +202,10 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="time nnbox only")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    summary = bench(args)
+    try:
+        summary = bench(args)
+    except RuntimeError as error:  # no CuPy / no device for --device gpu: say so, no traceback
+        sys.exit(f"bench_layers: {error}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(summary, handle, indent=2)
