@@ -18,8 +18,9 @@ The innermost axis (ow) of the copy reads the input with a constant stride, whic
 gather fast.
 
 `col2im` is the adjoint (transpose) of `im2col`: it adds every column entry back onto the input
-pixel it was read from. It is done as kh * kw strided slice-adds, one per kernel offset (no
-scatter-add, no loop over the batch or pixels), then the padding is cropped away.
+pixel it was read from. It is done as kh * kw slice-adds, one per kernel offset, grouped by
+stride phase so that each add is unit-stride (no scatter-add, no loop over the batch or pixels),
+then the padding is cropped away.
 """
 from nnbox.backend import get_array_module
 
