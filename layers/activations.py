@@ -1,0 +1,123 @@
+"""Element-wise activations: ReLU, LeakyReLU, Tanh, Sigmoid.
+
+Each keeps only what its backward needs: a boolean mask (ReLU, LeakyReLU) or its own output
+(Tanh, Sigmoid, whose derivatives are functions of the output). Backward multiplies by the
+mask instead of branching with `where`.
+"""
+from nnbox.backend import get_array_module
+from nnbox.module import Module
+
+
+def _check_array(layer, x):
+    if not hasattr(x, "ndim"):
+        raise TypeError(f"{type(layer).__name__} expects an array, got {type(x).__name__}")
+
+
+def _check_grad(layer, dy, like):
+    if tuple(dy.shape) != tuple(like.shape):
+        raise ValueError(f"{type(layer).__name__}.backward expects dy shaped like the forward output "
+                         f"{tuple(like.shape)}, got shape {tuple(dy.shape)}")
+
+
+class ReLU(Module):
+    """Applies y = max(x, 0) element-wise.
+
+    Shape:
+        x: any shape -> y: the same shape.
+
+    Backward: dx = dy * [x > 0] (0 at x = 0, as PyTorch).
+    """
+
+    def forward(self, x):
+        _check_array(self, x)
+        positive = x > 0
+        self.save_for_backward(positive=positive)
+        return get_array_module(x).maximum(x, 0)
+
+    def backward(self, dy):
+        positive = self.saved_for_backward().positive
+        _check_grad(self, dy, positive)
+        return dy * positive
+
+
+class LeakyReLU(Module):
+    """Applies y = x for x > 0 and y = negative_slope * x otherwise.
+
+    Args:
+        negative_slope: the slope for x <= 0 (default 0.01).
+
+    Shape:
+        x: any shape -> y: the same shape.
+
+    Backward: dx = dy * s with s = 1 where x > 0 and negative_slope elsewhere
+    (negative_slope at x = 0, as PyTorch).
+    """
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def _slopes(self, positive, dtype):
+        # slope + (1 - slope) * [x > 0]: 1 where positive, slope elsewhere, without a branch
+        return positive.astype(dtype) * (1.0 - self.negative_slope) + self.negative_slope
+
+    def forward(self, x):
+        _check_array(self, x)
+        positive = x > 0
+        self.save_for_backward(positive=positive)
+        return x * self._slopes(positive, x.dtype)
+
+    def backward(self, dy):
+        positive = self.saved_for_backward().positive
+        _check_grad(self, dy, positive)
+        return dy * self._slopes(positive, dy.dtype)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Tanh(Module):
+    """Applies y = tanh(x) element-wise.
+
+    Shape:
+        x: any shape -> y: the same shape.
+
+    Backward: dx = dy * (1 - y^2), from the saved output.
+    """
+
+    def forward(self, x):
+        _check_array(self, x)
+        y = get_array_module(x).tanh(x)
+        self.save_for_backward(y=y)
+        return y
+
+    def backward(self, dy):
+        y = self.saved_for_backward().y
+        _check_grad(self, dy, y)
+        return dy * (1 - y * y)
+
+
+class Sigmoid(Module):
+    """Applies y = 1 / (1 + exp(-x)) element-wise, without overflow for any x.
+
+    Computed as exp(min(x, 0)) / (1 + exp(-|x|)): every exponent is <= 0, so nothing
+    overflows, and for very negative x the result keeps its relative precision
+    (sigmoid(-40) = 4.2e-18, not 0 as 0.5 * (1 + tanh(x / 2)) would give).
+
+    Shape:
+        x: any shape -> y: the same shape.
+
+    Backward: dx = dy * y * (1 - y), from the saved output.
+    """
+
+    def forward(self, x):
+        _check_array(self, x)
+        xp = get_array_module(x)
+        y = xp.exp(xp.minimum(x, 0)) / (1 + xp.exp(-xp.abs(x)))
+        self.save_for_backward(y=y)
+        return y
+
+    def backward(self, dy):
+        y = self.saved_for_backward().y
+        _check_grad(self, dy, y)
+        return dy * y * (1 - y)
