@@ -48,8 +48,13 @@ class Dropout(Module):
         self.last_mask = None
         self._device_rng = None  # the generator for CuPy arrays, made from self.rng on first use
 
-    def _on_to(self, target):
+    def reset_device_rng(self):
+        """Forget the CuPy generator; the next GPU forward derives a new one from `self.rng`'s current
+        state (a trainer that restores `rng`'s state from a checkpoint calls this to replay the masks)."""
         self._device_rng = None
+
+    def _on_to(self, target):
+        self.reset_device_rng()
         self.last_mask = None
         if self.fixed_mask is not None and isinstance(target, str):
             self.fixed_mask = backend.to_device(self.fixed_mask, target)

@@ -198,3 +198,15 @@ def test_gpu_masks_reproducible_and_statistics():
     assert abs(float(cupy.count_nonzero(ya)) / ya.size - 0.7) < 0.005
     a.to("cpu")
     assert a._device_rng is None       # the cached device generator is dropped on a move
+
+
+@pytest.mark.gpu
+def test_gpu_masks_replay_after_restoring_the_numpy_state():
+    import cupy
+    x = cupy.ones((20, 30), cupy.float32)
+    layer = Dropout(0.5, rng=2).to("gpu")
+    state = layer.rng.bit_generator.state
+    first = layer(x)
+    layer.rng.bit_generator.state = state
+    layer.reset_device_rng()
+    cupy.testing.assert_array_equal(layer(x), first)
