@@ -10,8 +10,6 @@ the matching forward back, zeroes its gradient, lets the layer accumulate dL/dW_
 turns that into dL/dweight_orig. The layer's other parameters (its bias) stay the layer's own,
 trained as usual. State dict keys: `weight_orig`, `u`, `v`, `module.bias`.
 """
-import numpy as np
-
 from nnbox import backend
 from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter

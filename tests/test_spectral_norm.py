@@ -120,7 +120,7 @@ def test_torch_parity(name, n_power_iterations, rng, torch):
     wrapped, shape = make(name, n_power_iterations=n_power_iterations)
     twin = torch_twin(torch, wrapped, name).train()
     for step in range(3):          # u, v carried from step to step; gradients accumulate
-        x, = (rng.standard_normal(shape),)
+        x = rng.standard_normal(shape)
         xt = torch.tensor(x, requires_grad=True)
         yt = twin(xt)
         y = wrapped(x)
@@ -144,7 +144,7 @@ def test_torch_parity(name, n_power_iterations, rng, torch):
     np.testing.assert_allclose(wrapped(x), twin(torch.tensor(x)).detach().numpy(), rtol=1e-12, atol=1e-13)
 
 
-def test_dim_follows_torch(torch):
+def test_dim_follows_torch():
     assert SpectralNorm(Linear(3, 2)).dim == 0
     if CONV_IMPORT_ERROR is None:
         assert SpectralNorm(Conv2d(2, 3, 3)).dim == 0
