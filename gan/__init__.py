@@ -2,3 +2,6 @@
 from .losses import get_gan_loss
 from .tricks import InstanceNoise, LabelPolicy, sample_latent
 from .balance import Decision, StepStats, get_balance_rule
+from .models import (DCGANDiscriminator, DCGANGenerator, FacesDiscriminator, FacesGenerator,
+                     MLPDiscriminator, MLPGenerator, build_gan)
+from .trainer import GANTrainer, NonFiniteLossError, TrainConfig

@@ -7,5 +7,7 @@ in the sibling package `layers`, GAN models and training in `gan`.
 from .backend import get_array_module, to_device, cupy_available
 from .module import Module, Parameter, Sequential
 from .gradcheck import gradcheck, GradcheckError
+from . import data, init, losses, optim, serialization
+from .serialization import load_checkpoint, load_state, save_checkpoint, save_state
 
 __version__ = "0.1.0"
