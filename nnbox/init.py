@@ -102,9 +102,11 @@ def init_dcgan(module, rng=None):
     rng = as_rng(rng)
     for sub in module.modules():
         kind = type(sub).__name__
+        if kind == "SpectralNorm":   # it owns the wrapped layer's weight as `weight_orig`
+            kind = type(sub.module).__name__
         for name, param in sub._parameters.items():
             xp = get_array_module(param.data)
-            if kind.startswith("Conv") and name == "weight":
+            if kind.startswith("Conv") and name in ("weight", "weight_orig"):
                 new = normal(param.data.shape, 0.0, 0.02, rng, param.data.dtype)
             elif kind.startswith("BatchNorm") and name == "weight":
                 new = normal(param.data.shape, 1.0, 0.02, rng, param.data.dtype)

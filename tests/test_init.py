@@ -6,7 +6,7 @@ import pytest
 
 from layers import Linear
 from nnbox import init
-from nnbox.module import Module, Parameter
+from nnbox.module import Module, Parameter, Sequential
 
 LARGE = (500, 400)  # 200,000 draws: the sample std is within ~0.2% of the true one (1 sigma)
 STD_RTOL = 0.02     # 10 sigma
@@ -157,3 +157,12 @@ def test_init_dcgan_is_reproducible_and_keeps_dtype():
     init.init_dcgan(b, rng=3)
     assert a.conv.weight.data.dtype == np.float64
     np.testing.assert_array_equal(a.conv.weight.data, b.conv.weight.data)
+
+
+def test_init_dcgan_reaches_the_weight_a_spectral_norm_wraps():
+    from layers import Conv2d, SpectralNorm
+    wrapped = SpectralNorm(Conv2d(3, 64, 4, rng=0))
+    model = Sequential(wrapped)
+    init.init_dcgan(model, rng=1)
+    check_normal(wrapped.weight_orig.data, 0.02)   # the trainable weight, not the scratch copy
+    assert np.all(wrapped.module.bias.data == 0)
