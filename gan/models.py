@@ -219,18 +219,20 @@ class DCGANDiscriminator(_Discriminator):
     logit, flattened to (N, 1). Channels w -> 2w -> 4w (32x32) or up to 8w (64x64).
 
     With spectral_norm the BatchNorms are left out (spectral normalisation replaces them, as in
-    SN-GAN's discriminator). Weights: N(0, 0.02).
+    SN-GAN's discriminator); batch_norm=False leaves them out too (a WGAN-GP critic: its gradient
+    penalty is per sample, and BatchNorm mixes the samples), and the convolutions keep their bias.
+    Weights: N(0, 0.02).
     """
 
     def __init__(self, image_size=32, channels=3, width=64, activation="leaky_relu", input_dropout=0.0,
-                 spectral_norm=False, rng=None):
+                 spectral_norm=False, batch_norm=True, rng=None):
         rng = as_rng(rng)
         super().__init__(image_size, channels, activation, input_dropout, spectral_norm, rng)
         n_layers = _dcgan_size("DCGANDiscriminator", image_size)
         widths = [channels] + [width * 2**i for i in range(n_layers)]
         layers = self._input_layers()
         for index, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
-            norm = index > 0 and not spectral_norm
+            norm = index > 0 and batch_norm and not spectral_norm
             layers += [self._weighted(Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=not norm, rng=rng))]
             layers += [BatchNorm2d(c_out)] if norm else []
             layers += [_activation(activation)]
