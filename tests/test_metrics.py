@@ -276,3 +276,10 @@ def test_measures_on_cupy_arrays_match_numpy(rng):
     assert swd_gpu["swd"] == pytest.approx(swd_cpu["swd"], rel=1e-9)
     idx, dist = metrics.nearest_neighbours(cupy.asarray(images[:3]), cupy.asarray(other))
     np.testing.assert_array_equal(idx, metrics.nearest_neighbours(images[:3], other)[0])
+
+
+def test_kid_of_two_small_sets_still_varies_over_subsets(rng):
+    a = rng.standard_normal((64, 8))
+    b = rng.standard_normal((64, 8)) + 1.0
+    mean, std = metrics.kernel_inception_distance(a, b, num_subsets=10, subset_size=1000, rng=0)
+    assert mean > 0 and std > 0   # subsets of 32 of the 64 rows differ; all 64 would give std 0
