@@ -1,4 +1,4 @@
-"""Loss functions: BCE (on logits and on probabilities), MSE, L1, cross-entropy and the Gaussian KL term.
+"""Loss functions: BCE (on logits and on probabilities), MSE, L1, cross-entropy and the VAE KL terms.
 
 A loss is a Module::
 
@@ -7,8 +7,8 @@ A loss is a Module::
     dlogits = loss.backward()         # dL/dlogits, times the upstream gradient (default 1.0)
 
 The targets are constants: no gradient is returned for them. `reduction="mean"` divides the
-sum by the number of elements (CrossEntropyLoss: by the batch size N; GaussianKLLoss: see
-there), `"sum"` does not. The functional forms (`bce_with_logits(x, t)`, ...) return
+sum by the number of elements (CrossEntropyLoss: by the batch size N; GaussianKLLoss and
+CategoricalKLLoss: see there), `"sum"` does not. The functional forms (`bce_with_logits(x, t)`, ...) return
 `(value, dinput)` for an upstream gradient of 1; their `name` is the one errors show.
 
 Forward computes the gradient too and keeps only it: the inputs are not saved.
@@ -194,6 +194,35 @@ def gaussian_kl(mu, logvar, reduction="mean", name="gaussian_kl"):
     return value, dmu.astype(mu.dtype, copy=False), variance.astype(logvar.dtype, copy=False)
 
 
+def categorical_kl(logits, reduction="mean", name="categorical_kl"):
+    """KL(q || uniform) of a categorical code q = softmax(logits) over K categories: (loss, dloss/dlogits).
+
+    The categories are the last axis. Per sample n (summed over every latent variable, i.e. every
+    axis after the first):
+        KL_n = sum_k q_k log q_k + log K   (>= 0, zero for the uniform q),
+    then the mean ("mean", over the batch size N only, as gaussian_kl) or the sum ("sum").
+    With log q = log_softmax(logits) it is finite for any logits, and
+        dKL/dlogits_j = q_j (log q_j - sum_k q_k log q_k)   (times 1/N for the mean)
+    """
+    owner = name
+    _check_reduction(owner, reduction)
+    if not hasattr(logits, "shape"):
+        raise TypeError(f"{owner} expects an array of logits, got {type(logits).__name__}")
+    _check_float(owner, logits, "logits")
+    if logits.ndim < 2:
+        raise ValueError(f"{owner} expects logits (N, ..., K) with the K categories on the last axis, "
+                         f"got shape {tuple(logits.shape)}")
+    xp = get_array_module(logits)
+    log_q = log_softmax(logits, axis=-1)
+    q = xp.exp(log_q)
+    negative_entropy = (q * log_q).sum(axis=-1, keepdims=True)
+    categories = logits.shape[-1]
+    value, scale = _reduce(xp, negative_entropy + np.log(categories), reduction, logits.shape[0])
+    grad = q * (log_q - negative_entropy)
+    grad *= scale
+    return value, grad.astype(logits.dtype, copy=False)
+
+
 # ----------------------------------------------------------------- modules
 class _Loss(Module):
     """Base of the loss modules: forward saves the gradient for grad = 1, backward scales it."""
@@ -297,3 +326,25 @@ class GaussianKLLoss(_Loss):
     """
 
     function = staticmethod(gaussian_kl)
+
+
+class CategoricalKLLoss(_Loss):
+    """KL(softmax(logits) || uniform over K), a discrete VAE latent's regulariser: `loss(logits)`.
+
+    Args:
+        reduction: sum over the latent variables (every axis after the first), then "mean"
+            (divide by the batch size N) or "sum" over the batch.
+
+    Shape:
+        logits: (N, ..., K), the K categories on the last axis.
+
+    Maths: KL_n = sum_k q log q + log K with q = softmax(logits);
+    backward: dKL/dlogits = q (log q - sum_k q log q), times 1/N for the mean.
+    """
+
+    function = staticmethod(categorical_kl)
+
+    def forward(self, logits):
+        value, grad = categorical_kl(logits, self.reduction, name=type(self).__name__)
+        self.save_for_backward(grads=[grad])
+        return value
