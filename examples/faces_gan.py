@@ -12,6 +12,7 @@ works it says so in one line and uses procedurally drawn cartoon faces instead.
     python examples/faces_gan.py --arch dcgan --image-size 64 --device gpu --out runs/dcgan64
     python examples/faces_gan.py --loss wasserstein --optimizer rmsprop --lr 5e-5 --balance ratio --n-d 5 \\
         --label-smoothing 0 --out runs/wgan
+    python examples/faces_gan.py --loss wgan_gp --out runs/wgan_gp   # WGAN-GP: Adam 1e-4 (0, 0.9), 5 critic steps
     python examples/faces_gan.py --balance alternate --soft-labels --label-smoothing 0 --instance-noise 0.1 \\
         --instance-noise-decay 2000 --d-input-dropout 0.1 --noise uniform --out runs/tricks
     python examples/faces_gan.py --resume runs/lfw32 --epochs 30       # continue that run to 30 epochs
@@ -92,9 +93,13 @@ def build_parser():
     model.add_argument("--g-dropout", type=float, help="dropout inside G (faces)")
     model.add_argument("--spectral-norm", action="store_true", help="spectral normalisation in D")
     training = p.add_argument_group("training")
-    training.add_argument("--loss", choices=("minimax", "non_saturating", "least_squares", "hinge", "wasserstein"),
-                          help=f"GAN loss ({t.loss})")
+    training.add_argument("--loss", choices=("minimax", "non_saturating", "least_squares", "hinge", "wasserstein",
+                                              "wgan_gp"),
+                          help=f"GAN loss ({t.loss}); wgan_gp: the Wasserstein loss with the gradient penalty and, "
+                               f"unless given otherwise, Gulrajani et al.'s recipe: --optimizer adam --lr 1e-4 "
+                               f"--beta1 0 --beta2 0.9 --balance ratio --n-d 5 --label-smoothing 0")
     training.add_argument("--clip-value", type=float, help=f"WGAN weight clipping ({t.clip_value})")
+    training.add_argument("--gp-weight", type=float, help=f"WGAN-GP: the gradient penalty's weight lambda ({t.gp_weight})")
     training.add_argument("--optimizer", choices=("adam", "rmsprop", "sgd"), help=f"({t.optimizer})")
     training.add_argument("--lr", type=float, help=f"learning rate of both networks ({t.lr_g})")
     training.add_argument("--lr-g", type=float, help="G's learning rate")
@@ -132,6 +137,9 @@ def build_parser():
 
 # options that only pick among models/settings and are allowed to change on --resume
 RESUME_OVERRIDES = ("epochs", "device", "progress", "report", "resume")
+# what --loss wgan_gp sets when not given (Gulrajani et al. 2017, Algorithm 1)
+WGAN_GP_RECIPE = {"optimizer": "adam", "lr": 1e-4, "beta1": 0.0, "beta2": 0.9, "balance": "ratio", "n_d": 5,
+                  "label_smoothing": 0.0}
 MODEL_OPTIONS = {"g_width": "g_width", "d_width": "d_width", "d_dropout": "d_dropout", "g_dropout": "g_dropout",
                  "spectral_norm": "d_spectral_norm", "d_input_dropout": "d_input_dropout"}
 
@@ -140,6 +148,9 @@ def config_from_args(given):
     """A FacesGANConfig from the options given on the command line (the rest: the defaults)."""
     given = dict(given)
     given.pop("resume", None)
+    if given.get("loss") == "wgan_gp":
+        for key, value in WGAN_GP_RECIPE.items():
+            given.setdefault(key, value)
     cfg = FacesGANConfig()
     train = {}
     model_options = {}

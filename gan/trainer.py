@@ -12,6 +12,10 @@ One turn (`step`), with the batch's real images x and fresh latents z:
    passes, so each has its own BatchNorm statistics, as in DCGAN. The D loss and D's statistics
    are measured every turn, trained or not.
 3. D's turn (when it trains): backward of both passes, one optimiser step; WGAN clips D's weights.
+   WGAN-GP (loss="wgan_gp") instead adds the gradient penalty's exact gradient
+   (gan/gradient_penalty.py, on points between the real and the fake batch D saw) before the step,
+   and records the penalty ("gp"), the mean input-gradient norm ("grad_norm") and the Wasserstein
+   estimate mean D(x) - mean D(G(z)) ("wasserstein").
 4. G's turn (when it trains): D is frozen (D.requires_grad_(False): no weight gradients are
    computed), D(fake) is run again (D has changed), and the G loss is backpropagated through D
    into G; one optimiser step; D is unfrozen. When D did not train, its forward pass on the fakes
@@ -47,6 +51,7 @@ from nnbox import backend
 from nnbox.backend import get_array_module, to_device, to_numpy
 
 from .balance import StepStats, get_balance_rule
+from .gradient_penalty import gradient_penalty
 from .history import History, atomic_write_text
 from .losses import get_gan_loss, sigmoid
 from .tricks import InstanceNoise, LabelPolicy, sample_latent
@@ -55,8 +60,9 @@ CHECKPOINT_NAME = "checkpoint.npz"
 CHECKPOINT_FORMAT = 1
 SAMPLES_DIR = "samples"
 # Independent random streams derived from TrainConfig.seed: np.random.default_rng([seed, stream]).
-RNG_STREAMS = {"model": 0, "latent": 1, "labels": 2, "noise": 3, "fixed_noise": 4, "data": 5}
+RNG_STREAMS = {"model": 0, "latent": 1, "labels": 2, "noise": 3, "fixed_noise": 4, "data": 5, "penalty": 6}
 PROBABILITY_LOSSES = ("minimax", "non_saturating")  # losses whose logits mean a probability via sigmoid
+WGAN_GP = "wgan_gp"  # the Wasserstein loss with the gradient penalty (Gulrajani et al. 2017) instead of clipping
 
 
 def stream_rng(seed, stream):
@@ -76,8 +82,9 @@ class TrainConfig:
     width: Optional[int] = None       # network width; None: build_gan's defaults (faces G 64, D 32)
     model_options: dict = field(default_factory=dict)  # more build_gan options, e.g. {"d_dropout": 0.3}
     # --- the objective
-    loss: str = "non_saturating"      # "minimax", "non_saturating", "least_squares", "hinge", "wasserstein"
+    loss: str = "non_saturating"      # "minimax", "non_saturating", "least_squares", "hinge", "wasserstein", "wgan_gp"
     clip_value: float = 0.01          # WGAN: D's weights are clipped to [-clip_value, clip_value] (wasserstein only)
+    gp_weight: float = 10.0           # WGAN-GP: lambda, the gradient penalty's weight (wgan_gp only; no clipping)
     # --- the optimisers (one for D, one for G)
     optimizer: str = "adam"           # "adam", "rmsprop" (the WGAN recipe) or "sgd"
     lr_g: float = 2e-4                # G's learning rate (DCGAN: 2e-4)
@@ -118,6 +125,13 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
         if self.n_samples < 1:
             raise ValueError(f"TrainConfig: n_samples must be >= 1, got {self.n_samples}")
+        if not self.gp_weight >= 0:
+            raise ValueError(f"TrainConfig: gp_weight (WGAN-GP's lambda) must be >= 0, got {self.gp_weight}")
+
+    @property
+    def uses_gradient_penalty(self):
+        """WGAN-GP: the Wasserstein loss, D's weights unclipped, the gradient penalty in D's step."""
+        return self.loss == WGAN_GP
 
     def balance_kwargs(self):
         """The arguments of get_balance_rule(self.balance, ...)."""
@@ -208,7 +222,9 @@ class GANTrainer:
                              f"the config says {config.latent_dim}")
         self.G = generator.to(config.device)
         self.D = discriminator.to(config.device)
-        self.loss = get_gan_loss(config.loss)
+        self.loss = get_gan_loss("wasserstein" if config.uses_gradient_penalty else config.loss)
+        # eps of the penalty's interpolation; only WGAN-GP runs have (and checkpoint) this stream
+        self.penalty_rng = stream_rng(config.seed, "penalty") if config.uses_gradient_penalty else None
         self.opt_g = OPTIMIZERS[config.optimizer](self.G.parameters(), config, config.lr_g)
         self.opt_d = OPTIMIZERS[config.optimizer](self.D.parameters(), config, config.lr_d)
         self.rule = get_balance_rule(config.balance, **config.balance_kwargs())
@@ -295,9 +311,11 @@ class GANTrainer:
         fake = self.G(z)
 
         # D on the real and the fake batch, in separate passes (separate BatchNorm statistics).
-        real_logits = self.D(self.instance_noise(real, self.global_step))
+        d_real_input = self.instance_noise(real, self.global_step)
+        real_logits = self.D(d_real_input)
         real_pass = _saved_state(self.D)
-        fake_logits = self.D(self.instance_noise(fake, self.global_step))
+        d_fake_input = self.instance_noise(fake, self.global_step)
+        fake_logits = self.D(d_fake_input)
         real_targets, fake_targets = self._targets(n, xp)
         d_loss, d_real_grad, d_fake_grad = self.loss.discriminator_loss(real_logits, fake_logits,
                                                                        real_targets, fake_targets)
@@ -306,8 +324,12 @@ class GANTrainer:
             self.D.backward(d_fake_grad)         # D still holds the fake pass
             _restore_saved_state(real_pass)
             self.D.backward(d_real_grad)
+            penalty = None
+            if self.penalty_rng is not None:   # WGAN-GP: on the images D just saw
+                _, penalty = gradient_penalty(self.D, d_real_input, d_fake_input, self.config.gp_weight,
+                                              self.penalty_rng)
             self.opt_d.step()
-            if self.loss.wants_weight_clipping:
+            if self.loss.wants_weight_clipping and self.penalty_rng is None:
                 self._clip_discriminator()
 
         # G's turn: through a frozen D into G.
@@ -338,12 +360,15 @@ class GANTrainer:
             d_real, d_fake = real_logits.mean(), fake_logits.mean()
         scalars = [d_real, d_fake, (real_logits > thr).mean(), (fake_logits < thr).mean(), (g_logits > thr).mean(),
                    d_loss, g_loss]           # the losses: Python floats or 0-d arrays, whichever the loss returns
+        if self.penalty_rng is not None:     # NaN on turns where D did not train (no penalty computed)
+            scalars += [penalty["gp"], penalty["grad_norm"]] if decision.train_d else [math.nan, math.nan]
         on_device = [i for i, v in enumerate(scalars) if backend.is_gpu_array(v)]
         if on_device:                        # one device-to-host copy for all of them
             fetched = to_numpy(xp.stack([scalars[i].astype(xp.float64) for i in on_device]))
             for i, value in zip(on_device, fetched):
                 scalars[i] = value
-        d_real, d_fake, acc_real, acc_fake, g_success, d_loss, g_loss = (float(v) for v in scalars)
+        scalars = [float(v) for v in scalars]
+        d_real, d_fake, acc_real, acc_fake, g_success, d_loss, g_loss = scalars[:7]
         seconds = time.perf_counter() - started
 
         record = {"step": self.global_step, "epoch": self.epoch, "d_loss": d_loss, "g_loss": g_loss,
@@ -351,6 +376,8 @@ class GANTrainer:
                   "g_success": g_success, "train_d": int(decision.train_d), "train_g": int(decision.train_g),
                   "reason": decision.reason, "noise_std": noise_std,
                   "images_per_sec": n / seconds if seconds > 0 else float("nan"), "step_seconds": seconds}
+        if self.penalty_rng is not None:
+            record.update(gp=scalars[7], grad_norm=scalars[8], wasserstein=d_real - d_fake)
         self.history.append(record)
         if not all(math.isfinite(v) for v in (d_loss, g_loss, d_real, d_fake)):
             raise NonFiniteLossError(self._non_finite_message(record))
@@ -482,7 +509,11 @@ class GANTrainer:
             return f"epoch {self.epoch}/{epochs}: no steps"
         mean = {k: float(np.mean([r[k] for r in rows])) for k in
                 ("d_loss", "g_loss", "d_real", "d_fake", "d_acc_real", "d_acc_fake", "g_success")}
-        return (f"epoch {self.epoch}/{epochs}: D loss {mean['d_loss']:.3f}, G loss {mean['g_loss']:.3f}, "
+        penalty = ""
+        if self.penalty_rng is not None:
+            gp, w = (float(np.nanmean([r[k] for r in rows])) for k in ("gp", "wasserstein"))
+            penalty = f", GP {gp:.3f}, W estimate {w:.3f}"
+        return (f"epoch {self.epoch}/{epochs}: D loss {mean['d_loss']:.3f}{penalty}, G loss {mean['g_loss']:.3f}, "
                 f"D(x) {mean['d_real']:.3f}, D(G(z)) {mean['d_fake']:.3f}, D acc real/fake "
                 f"{mean['d_acc_real']:.2f}/{mean['d_acc_fake']:.2f}, G success {mean['g_success']:.2f}, "
                 f"D trained {sum(r['train_d'] for r in rows)}/{len(rows)}, G {sum(r['train_g'] for r in rows)}/"
@@ -532,6 +563,8 @@ class GANTrainer:
         states = {"latent": self.latent_rng.bit_generator.state,
                   "labels": self.label_policy.rng.bit_generator.state,
                   "noise": self.instance_noise.rng.bit_generator.state}
+        if self.penalty_rng is not None:
+            states["penalty"] = self.penalty_rng.bit_generator.state
         for prefix, module in (("G", self.G), ("D", self.D)):
             for name, rng in _module_generators(module, prefix):
                 states[name] = rng.bit_generator.state
@@ -539,6 +572,8 @@ class GANTrainer:
 
     def _set_rng_states(self, states):
         own = {"latent": self.latent_rng, "labels": self.label_policy.rng, "noise": self.instance_noise.rng}
+        if self.penalty_rng is not None:
+            own["penalty"] = self.penalty_rng
         for prefix, module in (("G", self.G), ("D", self.D)):
             own.update(_module_generators(module, prefix))
         missing, unexpected = sorted(set(own) - set(states)), sorted(set(states) - set(own))
