@@ -1,0 +1,99 @@
+"""examples/cyclegan_mnist.py: the colour domains and measures, and a tiny run through main() on MNIST IDX
+files the test writes (then --resume)."""
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnbox import backend
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cyclegan_mnist.py"
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("cyclegan_mnist_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_idx(path, array, magic):
+    header = int(magic).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    """Four gzipped IDX files in MNIST's layout: bars of random position and length as 'digits'."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for prefix, n in (("train", 48), ("t10k", 12)):
+        images = np.zeros((n, 28, 28), np.uint8)
+        for i, (row, col, length) in enumerate(zip(rng.integers(4, 20, n), rng.integers(4, 20, n),
+                                                   rng.integers(6, 18, n))):
+            images[i, row:row + length, col:col + 4] = 255
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images, 2051)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n).astype(np.uint8), 2049)
+    return folder
+
+
+def test_domains_are_coloured_from_their_bands(example):
+    rng = np.random.default_rng(0)
+    digits = -np.ones((20, 1, 28, 28), np.float32)
+    digits[:, :, 8:20, 10:16] = 1.0
+    small = example.resize_digits(digits, 16)
+    assert small.shape == (20, 1, 16, 16) and small.min() == -1.0 and small.max() == 1.0
+    assert example.resize_digits(digits, 32).shape == (20, 1, 32, 32)
+    warm, cool = example.tint(small, "warm", rng), example.tint(small, "cool", rng)
+    assert warm.shape == (20, 3, 16, 16) and warm.dtype == np.float32
+    np.testing.assert_array_equal(warm[:, :, 0, 0], -1.0)              # the background stays black
+    assert example.in_band(warm, "warm").all() and not example.in_band(warm, "cool").any()
+    assert example.in_band(cool, "cool").all() and not example.in_band(cool, "warm").any()
+    assert not example.in_band(np.zeros_like(warm), "warm").any()      # grey has no hue
+    red = example.tint(small, "red", rng)                               # a band across hue 0
+    assert example.in_band(red, "red").all()
+
+
+def test_main_trains_writes_its_files_and_resumes(example, mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--data", str(mnist_dir), "--max-images", "32", "--test-images", "12", "--image-size", "16",
+            "--batch-size", "8", "--width", "2", "--epochs", "1", "--out", str(out), "--no-progress"]
+    assert example.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "16 digits as A (warm), 16 other digits as B (cool), 16x16" in printed and "epoch 1/1" in printed
+    for name in ("checkpoint.npz", "history.csv", "history.json", "epochs.json", "losses.png",
+                 "translations_A_to_B.png", "translations_B_to_A.png", "samples/epoch_000.png",
+                 "samples/epoch_001.png"):
+        assert (out / name).is_file(), name
+    assert len(json.loads((out / "history.json").read_text())) == 2          # 16 digits a side, batches of 8
+    (log,) = json.loads((out / "epochs.json").read_text())
+    assert log["epoch"] == 1 and 0 <= log["hue_hit_ab"] <= 1 and log["cycle_l1_a"] > 0
+
+    assert example.main(args) == 2                                           # the folder holds a run
+    assert "--resume" in capsys.readouterr().err
+    assert example.main(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert len(json.loads((out / "history.json").read_text())) == 4
+    assert [e["epoch"] for e in json.loads((out / "epochs.json").read_text())] == [1, 2]
+    assert example.main(["--resume", str(out), "--lr", "0.1"]) == 2          # settings cannot change
+    assert "--lr" in capsys.readouterr().err
+
+
+def test_settings_from_the_command_line(example):
+    given = vars(example.build_parser().parse_args(["--width", "12", "--lambda-identity", "0.5", "--domain-a",
+                                                    "red", "--max-images", "100", "--lr", "1e-3"]))
+    settings, config = example.settings_from_args(given)
+    assert (config.g_width, config.d_width, config.lambda_identity, config.lr) == (12, 12, 0.5, 1e-3)
+    assert (settings.domain_a, settings.domain_b, settings.max_images) == ("red", "cool", 100)
+    assert (config.lambda_cycle, config.beta1, config.gan_loss) == (10.0, 0.5, "least_squares")
+
+
+@pytest.mark.skipif(backend.cupy_available(), reason="checks the message shown when CuPy is missing")
+def test_gpu_without_cupy_is_one_line(example, tmp_path, capsys):
+    assert example.main(["--device", "gpu", "--out", str(tmp_path / "run")]) == 2
+    assert "CuPy" in capsys.readouterr().err and not (tmp_path / "run").exists()
