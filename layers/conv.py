@@ -59,9 +59,10 @@ class _ConvNd(Module):
     def _geometry(self):
         return self.kernel_size, self.stride, self.padding, self.dilation
 
-    def _convolve(self, large, small_size):
-        """large (N, C_large, H, W) -> (W2 @ cols as (C_small, N * OH * OW), cols)."""
-        cols = conv_maths.im2col(large, *self._geometry(), small_size)
+    def _convolve(self, large, small_size, batch_last=False):
+        """large (N, C_large, H, W) -> (W2 @ cols as (C_small, N * OH * OW), cols); with batch_last
+        the columns are ordered (OH, OW, N) (conv_maths.batch_last_layout)."""
+        cols = conv_maths.im2col(large, *self._geometry(), small_size, batch_last=batch_last)
         w2 = self.weight.data.reshape(self.weight.data.shape[0], -1)
         if w2.shape[0] >= 256 and get_array_module(cols) is np:
             # the same product computed transposed (the result is a transposed view, which the
@@ -71,10 +72,11 @@ class _ConvNd(Module):
             return (cols.T @ w2.T).T, cols
         return w2 @ cols, cols
 
-    def _convolve_adjoint(self, small_matrix, large_shape, small_size):
+    def _convolve_adjoint(self, small_matrix, large_shape, small_size, batch_last=False):
         """small_matrix (C_small, N * OH * OW) -> the large image col2im(W2^T @ small_matrix)."""
         w2 = self.weight.data.reshape(self.weight.data.shape[0], -1)
-        return conv_maths.col2im(w2.T @ small_matrix, large_shape, *self._geometry(), small_size)
+        return conv_maths.col2im(w2.T @ small_matrix, large_shape, *self._geometry(), small_size,
+                                 batch_last=batch_last)
 
     def _accumulate_weight_grad(self, small_matrix, cols):
         """weight.grad += small_matrix @ cols^T (when the weight is trainable)."""
@@ -155,22 +157,24 @@ class Conv2d(_ConvNd):
         self._check(x)
         n = x.shape[0]
         out_size = self.output_size(*x.shape[2:])
-        y_matrix, cols = self._convolve(x, out_size)
+        batch_last = conv_maths.batch_last_layout(out_size)
+        y_matrix, cols = self._convolve(x, out_size, batch_last)
         bias = None if self.bias is None else self.bias.data
         # cols are only needed for the weight gradient (a frozen D in a generator step skips them)
         self.save_for_backward(cols=cols if self.weight.requires_grad else None,
                                x_shape=tuple(x.shape), out_size=out_size)
-        return conv_maths.from_channel_major(y_matrix, (n, self.out_channels) + out_size, bias)
+        return conv_maths.from_channel_major(y_matrix, (n, self.out_channels) + out_size, bias, batch_last)
 
     def backward(self, dy):
         saved = self.saved_for_backward()
         n = saved.x_shape[0]
         self._check_grad(dy, (n, self.out_channels) + saved.out_size)
-        dy_matrix = conv_maths.to_channel_major(dy)
+        batch_last = conv_maths.batch_last_layout(saved.out_size)
+        dy_matrix = conv_maths.to_channel_major(dy, batch_last)
         if saved.cols is not None:
             self._accumulate_weight_grad(dy_matrix, saved.cols)
         self._accumulate_bias_grad(dy)
-        return self._convolve_adjoint(dy_matrix, saved.x_shape, saved.out_size)
+        return self._convolve_adjoint(dy_matrix, saved.x_shape, saved.out_size, batch_last)
 
 
 class ConvTranspose2d(_ConvNd):
@@ -233,8 +237,9 @@ class ConvTranspose2d(_ConvNd):
     def forward(self, x):
         out_size = self._check(x)
         n, _, h, w = x.shape
-        x_matrix = conv_maths.to_channel_major(x)
-        y = self._convolve_adjoint(x_matrix, (n, self.out_channels) + out_size, (h, w))
+        batch_last = conv_maths.batch_last_layout((h, w))
+        x_matrix = conv_maths.to_channel_major(x, batch_last)
+        y = self._convolve_adjoint(x_matrix, (n, self.out_channels) + out_size, (h, w), batch_last)
         if self.bias is not None:
             y += self.bias.data.reshape(1, -1, 1, 1)
         self.save_for_backward(x_matrix=x_matrix if self.weight.requires_grad else None,
@@ -245,8 +250,9 @@ class ConvTranspose2d(_ConvNd):
         saved = self.saved_for_backward()
         n, _, h, w = saved.x_shape
         self._check_grad(dy, (n, self.out_channels) + saved.out_size)
-        dx_matrix, cols = self._convolve(dy, (h, w))
+        batch_last = conv_maths.batch_last_layout((h, w))
+        dx_matrix, cols = self._convolve(dy, (h, w), batch_last)
         if saved.x_matrix is not None:
             self._accumulate_weight_grad(saved.x_matrix, cols)
         self._accumulate_bias_grad(dy)
-        return conv_maths.from_channel_major(dx_matrix, saved.x_shape)
+        return conv_maths.from_channel_major(dx_matrix, saved.x_shape, None, batch_last)

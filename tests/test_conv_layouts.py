@@ -1,0 +1,111 @@
+"""The batch-last column order of the convolution maths ((oh, ow, n) instead of (n, oh, ow)).
+
+The layers pick the order by map size (conv_maths.batch_last_layout); both orders must give the
+same layers. Checked here: im2col/col2im in batch-last order are the same matrices with permuted
+columns and stay adjoint; the channel-major conversions round-trip; and Conv2d/ConvTranspose2d
+give identical outputs and gradients whichever order is forced, with gradchecks in both.
+"""
+import numpy as np
+import pytest
+
+from layers import conv_maths
+from layers.conv import Conv2d, ConvTranspose2d
+from nnbox.gradcheck import gradcheck
+
+GEOMETRIES = [
+    (((3, 2), (2, 3), (1, 0), (2, 1)), (9, 8)),   # stride phases with dilation and padding
+    (((4, 4), (2, 2), (1, 1), (1, 1)), (8, 8)),   # the DCGAN block
+    (((4, 4), (1, 1), (0, 0), (1, 1)), (4, 4)),   # one output pixel
+    (((3, 3), (1, 1), (1, 1), (1, 1)), (5, 6)),   # the faces GAN's 3x3 convolutions
+    (((2, 2), (3, 3), (0, 0), (1, 1)), (7, 8)),   # stride > kernel: pixels no window reads
+]
+
+
+def _out_size(geometry, size):
+    return tuple(conv_maths.conv_output_size(s, k, st_, p, d) for s, k, st_, p, d in zip(size, *geometry))
+
+
+def _to_batch_last_columns(cols, n, out_size):
+    """Reorder the columns of a (rows, N * OH * OW) matrix from (n, oh, ow) to (oh, ow, n)."""
+    rows = cols.shape[0]
+    return np.ascontiguousarray(cols.reshape(rows, n, *out_size).transpose(0, 2, 3, 1)).reshape(rows, -1)
+
+
+@pytest.mark.parametrize("geometry, size", GEOMETRIES)
+def test_batch_last_im2col_is_the_column_permutation(geometry, size, rng):
+    x = rng.standard_normal((3, 2) + size)
+    out_size = _out_size(geometry, size)
+    cols = conv_maths.im2col(x, *geometry, out_size)
+    cols_last = conv_maths.im2col(x, *geometry, out_size, batch_last=True)
+    assert cols_last.flags.c_contiguous and cols_last.shape == cols.shape
+    np.testing.assert_array_equal(cols_last, _to_batch_last_columns(cols, 3, out_size))
+
+
+@pytest.mark.parametrize("geometry, size", GEOMETRIES)
+def test_batch_last_col2im_matches_and_is_adjoint(geometry, size, rng):
+    x = rng.standard_normal((3, 2) + size)
+    out_size = _out_size(geometry, size)
+    cols_last = conv_maths.im2col(x, *geometry, out_size, batch_last=True)
+    other = rng.standard_normal(cols_last.shape)
+    back_last = conv_maths.col2im(other, x.shape, *geometry, out_size, batch_last=True)
+    np.testing.assert_allclose(np.sum(cols_last * other), np.sum(x * back_last), rtol=1e-12)
+    # the same image as the default order given the same entries in (n, oh, ow) order
+    rows = other.shape[0]
+    other_default = np.ascontiguousarray(other.reshape(rows, *out_size, 3).transpose(0, 3, 1, 2)).reshape(rows, -1)
+    back = conv_maths.col2im(other_default, x.shape, *geometry, out_size)
+    np.testing.assert_allclose(back_last, back, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("batch_last", [False, True])
+def test_channel_major_round_trip_with_bias(batch_last, rng):
+    y = rng.standard_normal((3, 4, 2, 5))
+    bias = rng.standard_normal(4)
+    matrix = conv_maths.to_channel_major(y, batch_last)
+    assert matrix.shape == (4, 3 * 2 * 5) and matrix.flags.c_contiguous
+    expected = y.transpose(1, 2, 3, 0) if batch_last else y.transpose(1, 0, 2, 3)
+    np.testing.assert_array_equal(matrix, expected.reshape(4, -1))
+    back = conv_maths.from_channel_major(matrix, y.shape, bias, batch_last)
+    assert back.flags.c_contiguous
+    np.testing.assert_allclose(back, y + bias.reshape(1, 4, 1, 1), rtol=1e-15)
+
+
+def test_layout_rule():
+    assert conv_maths.batch_last_layout((8, 8)) and conv_maths.batch_last_layout((1, 1))
+    assert not conv_maths.batch_last_layout((16, 16)) and not conv_maths.batch_last_layout((9, 8))
+
+
+LAYERS = [
+    (Conv2d, dict(in_channels=3, out_channels=4, kernel_size=4, stride=2, padding=1), (10, 10)),
+    (Conv2d, dict(in_channels=2, out_channels=3, kernel_size=3, padding=1, dilation=2), (7, 6)),
+    (ConvTranspose2d, dict(in_channels=4, out_channels=3, kernel_size=4, stride=2, padding=1), (5, 5)),
+    (ConvTranspose2d, dict(in_channels=3, out_channels=2, kernel_size=3, stride=2, padding=1,
+                           output_padding=1), (4, 3)),
+]
+
+
+def _run(layer, x, dy):
+    layer.zero_grad()
+    y = layer(x)
+    dx = layer.backward(dy)
+    return y, dx, layer.weight.grad.copy(), layer.bias.grad.copy()
+
+
+@pytest.mark.parametrize("cls, kwargs, size", LAYERS)
+def test_layers_identical_in_both_layouts(cls, kwargs, size, rng, monkeypatch):
+    layer = cls(**kwargs, rng=rng).to(np.float64)
+    x = rng.standard_normal((3, kwargs["in_channels"]) + size)
+    dy = rng.standard_normal(layer(x).shape)
+    results = {}
+    for max_pixels in (-1, 10**9):   # never, always batch-last
+        monkeypatch.setattr(conv_maths, "BATCH_LAST_MAX_PIXELS", max_pixels)
+        results[max_pixels] = _run(layer, x, dy)
+    for default, last in zip(results[-1], results[10**9]):
+        np.testing.assert_allclose(last, default, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("max_pixels", [-1, 10**9])
+@pytest.mark.parametrize("cls, kwargs, size", LAYERS)
+def test_gradcheck_in_each_layout(cls, kwargs, size, max_pixels, rng, monkeypatch):
+    monkeypatch.setattr(conv_maths, "BATCH_LAST_MAX_PIXELS", max_pixels)
+    layer = cls(**kwargs, rng=rng).to(np.float64)
+    gradcheck(layer, rng.standard_normal((2, kwargs["in_channels"]) + size))
