@@ -30,9 +30,11 @@ class _BatchNorm(Module):
 
     Statistics, over the m = N * (spatial size) values of each channel, as PyTorch:
         mean = sum(x) / m, var = sum((x - mean)^2) / m (biased: it normalises the batch);
-        running_var is updated with the unbiased var * m / (m - 1). For float32 input, mean and
-        var are accumulated in float64 (a float32 sum over 10^5 values loses digits); the output
-        keeps the input's dtype. Training needs m > 1 (a single value has no variance).
+        running_var is updated with the unbiased var * m / (m - 1). For float32 input, the sums
+        over the samples are accumulated in float64 (a float32 sum over 10^5 values loses
+        digits), the mean's from float64 sums over each sample's pixels too (see
+        `_batch_statistics`); the output keeps the input's dtype. Training needs m > 1 (a single
+        value has no variance).
 
     Backward, with xhat = (x - mean) * inv_std, inv_std = 1 / sqrt(var + eps), sums over the
     m values of a channel:
@@ -81,7 +83,6 @@ class _BatchNorm(Module):
     def forward(self, x):
         self._check(x)
         xp = get_array_module(x)
-        axes = (0,) + tuple(range(2, x.ndim))            # every axis but the channels
         stat_shape = (1, self.num_features) + (1,) * (x.ndim - 2)
         count = x.size // self.num_features              # m, the values per channel
         use_batch_stats = self.training or not self.track_running_stats
@@ -90,27 +91,50 @@ class _BatchNorm(Module):
                 raise ValueError(
                     f"{type(self).__name__}: expected more than 1 value per channel when training, got input "
                     f"shape {tuple(x.shape)} ({count} value per channel); use a batch of 2 or more, or eval()")
-            # float64 accumulation for float32 input: only the C statistics are kept in float64
-            acc = np.float64 if x.dtype == np.float32 else x.dtype
-            mean = x.mean(axis=axes, dtype=acc, keepdims=True)
-            centred = x - mean                           # in `acc` precision
-            var = (centred * centred).mean(axis=axes, keepdims=True)
+            mean, var, xhat = self._batch_statistics(x, count)
             if self.training and self.track_running_stats:
                 m = self.momentum
-                unbiased = var.reshape(-1) * (count / (count - 1))
+                unbiased = var * (count / (count - 1))
                 # in place (cast to the buffers' dtype), so references to the buffers stay valid
-                self.running_mean[...] = (1 - m) * self.running_mean + m * mean.reshape(-1)
+                self.running_mean[...] = (1 - m) * self.running_mean + m * mean
                 self.running_var[...] = (1 - m) * self.running_var + m * unbiased
-            inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)
-            xhat = (centred * inv_std).astype(x.dtype, copy=False)
+            inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype).reshape(stat_shape)
+            xhat *= inv_std                              # xhat held x - mean32: now (x - mean) * inv_std
         else:
             inv_std = (1.0 / xp.sqrt(self.running_var.astype(x.dtype) + x.dtype.type(self.eps))).reshape(stat_shape)
             xhat = (x - self.running_mean.astype(x.dtype).reshape(stat_shape)) * inv_std
         self.save_for_backward(xhat=xhat, inv_std=inv_std, batch_stats=use_batch_stats)
         if not self.affine:
             return xhat
-        return xhat * self.weight.data.astype(x.dtype).reshape(stat_shape) + \
-            self.bias.data.astype(x.dtype).reshape(stat_shape)
+        y = xp.multiply(xhat, self.weight.data.astype(x.dtype, copy=False).reshape(stat_shape))
+        y += self.bias.data.astype(x.dtype, copy=False).reshape(stat_shape)
+        return y
+
+    def _batch_statistics(self, x, count):
+        """(mean, var, x - mean) of a batch: mean and var (C,) in float64 for float32 input, x - mean
+        in x's dtype (a fresh array, which forward turns into xhat in place).
+
+        Passes over x: the per-channel sums accumulated in float64 (`acc`); x - mean32, with mean32
+        the mean rounded to x's dtype (exact for x near the mean); the sums of its squares, per
+        (sample, channel) in x's dtype (np.einsum's vectorised dot) then over the samples in
+        `acc`. With the rounding error r = mean - mean32 (tiny, and known),
+        var = sum((x - mean32)^2) / m - r^2, and x - mean = (x - mean32) - r (one more pass, only
+        for float32 input: with float64, mean32 is the mean).
+        """
+        xp = get_array_module(x)
+        acc = np.float64 if x.dtype == np.float32 else x.dtype
+        n, c = x.shape[:2]
+        rows = x.reshape(n, c, -1)                       # (N, C, L): L = H * W (or L, or 1)
+        mean = rows.sum(axis=2, dtype=acc).sum(axis=0) / count
+        mean_x = mean.astype(x.dtype)
+        centred = xp.subtract(x, mean_x.reshape((1, c) + (1,) * (x.ndim - 2)))
+        flat = centred.reshape(n, c, -1)
+        squares = xp.einsum("ncl,ncl->nc", flat, flat).sum(axis=0, dtype=acc)
+        rounding = mean - mean_x.astype(acc)
+        var = xp.maximum(squares / count - rounding * rounding, 0.0)
+        if acc != x.dtype:   # (no test of r's values: on CuPy that would wait for the device)
+            centred -= rounding.astype(x.dtype).reshape((1, c) + (1,) * (x.ndim - 2))
+        return mean, var, centred
 
     def backward(self, dy):
         saved = self.saved_for_backward()
@@ -118,22 +142,29 @@ class _BatchNorm(Module):
         if tuple(dy.shape) != tuple(xhat.shape):
             raise ValueError(f"{type(self).__name__}.backward expects dy shaped like the forward output "
                              f"{tuple(xhat.shape)}, got shape {tuple(dy.shape)}")
-        axes = (0,) + tuple(range(2, dy.ndim))
+        xp = get_array_module(dy)
         stat_shape = inv_std.shape
-        sum_dy = dy.sum(axis=axes, keepdims=True)
-        sum_dy_xhat = (dy * xhat).sum(axis=axes, keepdims=True)
+        n, c = dy.shape[:2]
+        dy_rows = dy.reshape(n, c, -1)
+        sum_dy = dy_rows.sum(axis=2).sum(axis=0)                                          # (C,)
+        sum_dy_xhat = xp.einsum("ncl,ncl->nc", dy_rows, xhat.reshape(n, c, -1)).sum(axis=0)  # (C,)
         if self.affine:
             if self.weight.requires_grad:
-                self.weight.grad += sum_dy_xhat.reshape(-1).astype(self.weight.grad.dtype, copy=False)
+                self.weight.grad += sum_dy_xhat.astype(self.weight.grad.dtype, copy=False)
             if self.bias.requires_grad:
-                self.bias.grad += sum_dy.reshape(-1).astype(self.bias.grad.dtype, copy=False)
-            scale = self.weight.data.astype(dy.dtype).reshape(stat_shape) * inv_std
+                self.bias.grad += sum_dy.astype(self.bias.grad.dtype, copy=False)
+            scale = self.weight.data.astype(dy.dtype, copy=False).reshape(stat_shape) * inv_std
         else:
             scale = inv_std
         if not saved.batch_stats:
             return dy * scale
+        # dx = scale * (dy - xhat * sum(dy xhat) / m - sum(dy) / m), in four passes over one array
         count = dy.size // self.num_features
-        return (scale / count) * (count * dy - sum_dy - xhat * sum_dy_xhat)
+        dx = xp.multiply(xhat, (sum_dy_xhat / count).astype(dy.dtype, copy=False).reshape(stat_shape))
+        xp.subtract(dy, dx, out=dx)
+        dx -= (sum_dy / count).astype(dy.dtype, copy=False).reshape(stat_shape)
+        dx *= scale
+        return dx
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
