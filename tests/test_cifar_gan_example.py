@@ -1,0 +1,92 @@
+"""examples/cifar_gan.py: a few-step run of both architectures on a tiny CIFAR-10 binary batch the test writes."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cifar_gan.py"
+# tiny networks (DCGAN width 4, MLP hidden 8) keep both runs to a few seconds on two cores
+TINY = ["--epochs", "1", "--max-images", "32", "--batch-size", "16", "--dcgan-width", "4", "--mlp-hidden", "8",
+        "--no-download", "--no-progress", "--no-report"]
+
+
+@pytest.fixture(scope="module")
+def cifar_gan():
+    spec = importlib.util.spec_from_file_location("cifar_gan_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_cifar_test_batch(root, n, seed=0):
+    """root/cifar-10-batches-bin/test_batch.bin in the official layout: n records of 1 label byte + 3072 pixels
+    (R, G, B planes of 32x32). Like ../shared/data, the folder holds only the test split."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    labels = rng.integers(0, 10, size=(n, 1), dtype=np.uint8)
+    pixels = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    np.concatenate([labels, pixels], axis=1).tofile(folder / "test_batch.bin")
+    return root
+
+
+@pytest.fixture(scope="module")
+def comparison(cifar_gan, tmp_path_factory):
+    """Both architectures trained for one epoch of two batches; returns (run folder, printed output)."""
+    root = tmp_path_factory.mktemp("cifar")
+    data = write_cifar_test_batch(root / "data", 40)
+    out = root / "runs"
+    import contextlib
+    import io
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cifar_gan.main(TINY + ["--data", str(data), "--arch", "mlp", "dcgan", "--eval-images", "0",
+                                      "--out", str(out)])
+    assert code == 0
+    return out, printed.getvalue(), data
+
+
+def test_main_trains_both_architectures_on_the_test_split(comparison):
+    out, printed, _ = comparison
+    assert "training on the test split instead" in printed          # the folder holds test_batch.bin only
+    assert "32 images of 32x32 from the CIFAR-10 test split" in printed
+    for arch in ("mlp", "dcgan"):
+        run = out / arch
+        for name in ("checkpoint.npz", "history.json", "samples/epoch_000.png", "samples/epoch_001.png"):
+            assert (run / name).is_file(), f"{arch}/{name}"
+        config = json.loads((run / "config.json").read_text())["train"]
+        assert (config["arch"], config["latent_dim"], config["loss"], config["optimizer"], config["lr_g"],
+                config["lr_d"], config["beta1"]) == (arch, 128, "non_saturating", "adam", 2e-4, 2e-4, 0.5)
+        history = json.loads((run / "history.json").read_text())
+        assert len(history) == 2                                     # 32 images in batches of 16
+        assert np.isfinite([[r["d_loss"], r["g_loss"], r["d_real"], r["d_fake"]] for r in history]).all()
+    for name in ("losses.png", "samples_per_epoch.png", "throughput.png"):
+        assert (out / "compare" / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"mlp", "dcgan"}
+    assert summary["mlp"]["epochs"][0]["images"] == 32 and np.isfinite(summary["dcgan"]["epochs"][0]["images_per_sec"])
+    assert summary["mlp"]["parameters"]["G"] == 128 * 8 + 8 + 8 * 16 + 16 + 16 * 3072 + 3072   # hidden 8
+
+
+def test_evaluation_of_a_run_writes_finite_measures_and_figures(cifar_gan, comparison):
+    from compare_runs import evaluate_variant
+    out, _, data = comparison
+    images, _, _ = cifar_gan.load_cifar(data, "test", download=False)
+    result = evaluate_variant(out / "dcgan", images[:32], n=16, report=False)
+    assert np.isfinite([result["swd"], result["fid"], result["kid"]]).all() and result["fid"] >= 0
+    assert 0.0 <= result["memorization"]["fraction"] <= 1.0
+    for name in ("nearest_l2", "interp_linear", "interp_slerp"):
+        assert (out / "dcgan" / result["figures"][name]).is_file(), name
+    assert json.loads((out / "dcgan" / "metrics.json").read_text())["n_generated"] == 16
+    assert np.load(out / "dcgan" / "real_images.npy", allow_pickle=False).shape == (32, 32, 32, 3)
+
+
+def test_a_missing_split_is_a_clear_error(cifar_gan, tmp_path, capsys):
+    data = write_cifar_test_batch(tmp_path / "data", 4)
+    assert cifar_gan.main(TINY + ["--data", str(data), "--split", "train", "--out", str(tmp_path / "r")]) == 2
+    assert "lacks data_batch_1.bin" in capsys.readouterr().err
+    assert cifar_gan.main(TINY + ["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
+    assert "no CIFAR-10 batches" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

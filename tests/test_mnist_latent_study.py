@@ -1,0 +1,111 @@
+"""examples/mnist_latent_study.py: a few-step run of the uniform and the normal DCGAN on tiny MNIST IDX files."""
+import contextlib
+import gzip
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist_latent_study.py"
+TINY = ["--epochs", "1", "--max-images", "32", "--batch-size", "16", "--width", "4", "--latent-dim", "16",
+        "--no-progress", "--no-report"]
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("mnist_latent_study_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _idx(array, magic):
+    """The IDX encoding: magic number, one big-endian uint32 per dimension, then the uint8 data."""
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+def write_mnist_train(folder, n, seed=0):
+    """folder/train-{images-idx3,labels-idx1}-ubyte.gz as in the official MNIST files: blobs on a dark ground."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    yy, xx = np.mgrid[:28, :28]
+    centres = rng.uniform(8, 20, size=(n, 2, 1, 1))
+    images = (255 * np.exp(-((yy - centres[:, 0]) ** 2 + (xx - centres[:, 1]) ** 2) / 18)).astype(np.uint8)
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(images, 2051)))
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(labels, 2049)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def classifier_weights(tmp_path_factory):
+    """An untrained MNIST classifier's weights, in the format examples/train_mnist_classifier.py saves."""
+    from gan.classifier import MNISTClassifier
+    from nnbox.serialization import save_state
+    path = tmp_path_factory.mktemp("classifier") / "mnist_classifier.npz"
+    save_state(path, MNISTClassifier(rng=0).state_dict())
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(study, tmp_path_factory, classifier_weights):
+    root = tmp_path_factory.mktemp("mnist")
+    data = write_mnist_train(root / "data", 40)
+    out = root / "runs"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = study.main(TINY + ["--data", str(data), "--eval-images", "0", "--classifier-weights",
+                                  str(classifier_weights), "--out", str(out)])
+    assert code == 0
+    return out, printed.getvalue(), data
+
+
+def test_both_laws_train_the_same_dcgan(runs):
+    out, printed, _ = runs
+    assert "32 MNIST training digits padded to 32x32" in printed
+    configs = {}
+    for kind in ("uniform", "normal"):
+        run = out / kind
+        for name in ("checkpoint.npz", "samples/epoch_000.png", "samples/epoch_001.png"):
+            assert (run / name).is_file(), f"{kind}/{name}"
+        configs[kind] = json.loads((run / "config.json").read_text())["train"]
+        assert configs[kind]["latent_kind"] == kind
+        history = json.loads((run / "history.json").read_text())
+        assert len(history) == 2
+        assert np.isfinite([[r["d_loss"], r["g_loss"], r["d_real"], r["d_fake"]] for r in history]).all()
+    assert configs["uniform"]["arch"] == "dcgan" and configs["uniform"]["channels"] == 1
+    assert configs["uniform"]["model_options"] == {"d_input_dropout": 0.2}
+    del configs["uniform"]["latent_kind"], configs["normal"]["latent_kind"]
+    assert configs["uniform"] == configs["normal"]                  # the law of z is the only difference
+    for name in ("losses.png", "samples_per_epoch.png", "throughput.png", "noise.png", "classes.png"):
+        assert (out / "compare" / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    for kind in ("uniform", "normal"):
+        fractions = summary[kind]["metrics"]["digit_fractions"]
+        assert len(fractions) == 10 and np.isclose(sum(fractions), 1.0)
+        assert 0.1 <= summary[kind]["metrics"]["classifier_confidence"] <= 1.0
+
+
+def test_padding_keeps_the_digit_and_the_crop_undoes_it(study, rng):
+    digits = rng.uniform(-1, 1, size=(3, 1, 28, 28)).astype(np.float32)
+    padded = study.pad_digits(digits)
+    assert padded.shape == (3, 1, 32, 32) and (padded[:, :, :2] == -1).all() and (padded[:, :, :, -2:] == -1).all()
+    np.testing.assert_array_equal(study.crop_digits(padded), digits)
+
+
+def test_evaluation_with_digit_classifier_features(study, runs, classifier_weights):
+    from compare_runs import evaluate_variant
+    out, _, data = runs
+    from nnbox.datasets import load_mnist
+    images = study.pad_digits(load_mnist(data, download=False)[0][:32])
+    result = evaluate_variant(out / "uniform", images, n=16, features="mnist",
+                              classifier_weights=str(classifier_weights), report=False)
+    assert result["features"] == "mnist"
+    assert np.isfinite([result["swd"], result["fid"], result["inception_score"]]).all()
+    assert 1.0 <= result["inception_score"] <= 10.0
+    for name in ("interp_linear", "interp_slerp", "nearest_l2"):
+        assert (out / "uniform" / result["figures"][name]).is_file(), name
