@@ -27,6 +27,7 @@ pixel it was read from. It is done as kh * kw slice-adds, one per kernel offset,
 stride phase so that each add is unit-stride (no scatter-add, no loop over the batch or pixels),
 then the padding is cropped away.
 """
+from nnbox import parallel
 from nnbox.backend import get_array_module
 
 
@@ -65,7 +66,7 @@ def pad2d(x, padding, value=0.0):
         padded.fill(0)
     else:
         padded.fill(value)
-    padded[:, :, ph:ph + h, pw:pw + w] = x
+    parallel.assign(padded[:, :, ph:ph + h, pw:pw + w], x)
     return padded
 
 
@@ -100,14 +101,13 @@ def im2col(x, kernel, stride, padding, dilation, out_size, batch_last=False):
         ph, pw = padding
         h, w = x.shape[2:]
         padded = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=x.dtype)
-        padded[:, ph:ph + h, pw:pw + w, :] = x.transpose(1, 2, 3, 0)
+        parallel.assign(padded[:, ph:ph + h, pw:pw + w, :], x.transpose(1, 2, 3, 0))
         (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_size
         s_c, s_h, s_w, s_n = padded.strides
         view = _as_strided(padded, (c, kh, kw, oh, ow, n), (s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw, s_n))
-        cols = xp.ascontiguousarray(view)
     else:
-        view = window_view(pad2d(x, padding), kernel, stride, dilation, out_size)
-        cols = xp.ascontiguousarray(view.transpose(1, 2, 3, 0, 4, 5))
+        view = window_view(pad2d(x, padding), kernel, stride, dilation, out_size).transpose(1, 2, 3, 0, 4, 5)
+    cols = parallel.assign(xp.empty(view.shape, dtype=x.dtype), view)   # one copy, split over channels
     return cols.reshape(c * kernel[0] * kernel[1], n * out_size[0] * out_size[1])
 
 
@@ -147,13 +147,26 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
         padded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
         padded[:, :, 0:dh * (kh - 1) + 1:dh, 0:dw * (kw - 1) + 1:dw] = cols.transpose(3, 0, 1, 2)
         return xp.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w]) if ph or pw else padded
+    image = xp.empty((n, c, h, w), dtype=cols.dtype)
+    per_channel = kh * kw
+    parallel.run(c, lambda start, stop: _col2im_channels(
+        cols[start * per_channel:stop * per_channel], image[:, start:stop], kernel, stride, padding, dilation,
+        out_size, batch_last), size=cols.size, xp=xp)
+    return image
+
+
+def _col2im_channels(cols, image, kernel, stride, padding, dilation, out_size, batch_last):
+    """col2im of the channels that `image` (a view (N, C', H, W) of the whole image) holds, from
+    their rows of cols (C' * kh * kw, N * OH * OW): the phases of the col2im docstring."""
+    xp = get_array_module(cols)
+    n, c, h, w = image.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out_size
     if batch_last:   # phases (C, rows, columns, N); the image is (N, C, H, W): move N back when writing
         cols = cols.reshape(c, kh, kw, oh, ow, n)
         spatial, to_image = (1, 2), (3, 0, 1, 2)
     else:            # channel-major like cols, so every add is between two arrays laid out the same way
         cols = cols.reshape(c, kh, kw, n, oh, ow)
         spatial, to_image = (2, 3), (1, 0, 2, 3)
-    image = xp.empty((n, c, h, w), dtype=cols.dtype)
     for a in range(sh):
         first_row, rows = _phase_crop(a, sh, ph, h)
         for b in range(sw):
@@ -172,7 +185,6 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
             crop = _spatial_index(spatial, slice(first_row, first_row + len(range(h)[rows])),
                                   slice(first_col, first_col + len(range(w)[columns])))
             image[:, :, rows, columns] = phase[crop].transpose(*to_image)
-    return image
 
 
 def _spatial_index(spatial, rows, columns):
@@ -237,8 +249,8 @@ def to_channel_major(y, batch_last=False):
     with batch_last, (C, H * W * N)."""
     xp = get_array_module(y)
     n, c, h, w = y.shape
-    order = (1, 2, 3, 0) if batch_last else (1, 0, 2, 3)
-    return xp.ascontiguousarray(y.transpose(*order)).reshape(c, n * h * w)
+    source = y.transpose(1, 2, 3, 0) if batch_last else y.transpose(1, 0, 2, 3)
+    return parallel.assign(xp.empty(source.shape, dtype=y.dtype), source).reshape(c, n * h * w)
 
 
 def from_channel_major(matrix, shape, bias=None, batch_last=False):
@@ -254,7 +266,11 @@ def from_channel_major(matrix, shape, bias=None, batch_last=False):
         source, target = matrix.reshape(c, n, h * w).transpose(1, 0, 2), out.reshape(n, c, h * w)
         bias_shape = (1, c, 1)
     if bias is None:
-        target[...] = source
+        parallel.assign(target, source)
+        return out
+    bias = bias.reshape(bias_shape).astype(matrix.dtype, copy=False)
+    if batch_last:
+        parallel.run(c, lambda a, b: xp.add(source[a:b], bias[a:b], out=target[a:b]), size=out.size, xp=xp)
     else:
-        xp.add(source, bias.reshape(bias_shape).astype(matrix.dtype, copy=False), out=target)
+        parallel.run(n, lambda a, b: xp.add(source[a:b], bias, out=target[a:b]), size=out.size, xp=xp)
     return out

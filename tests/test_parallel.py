@@ -1,0 +1,129 @@
+"""nnbox.parallel: large array work split over threads, with results that do not depend on the split."""
+import threading
+
+import numpy as np
+import pytest
+
+from layers import conv_maths
+from layers.conv import Conv2d, ConvTranspose2d
+from nnbox import parallel
+
+
+@pytest.fixture
+def threaded(monkeypatch):
+    """Four threads and a tiny MIN_SIZE, so that the small test arrays are split."""
+    previous = parallel.set_threads(4)
+    monkeypatch.setattr(parallel, "MIN_SIZE", 8)
+    yield
+    parallel.set_threads(previous)
+
+
+@pytest.mark.parametrize("n, parts", [(10, 3), (3, 5), (1, 2), (8, 8), (7, 1)])
+def test_split_covers_the_range_in_near_equal_pieces(n, parts):
+    pieces = parallel.split(n, parts)
+    assert pieces[0][0] == 0 and pieces[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+    sizes = [stop - start for start, stop in pieces]
+    assert len(pieces) == min(parts, n) and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+def test_run_returns_results_in_piece_order_from_several_threads(threaded):
+    names = set()
+
+    def work(start, stop):
+        names.add(threading.current_thread().name)
+        return list(range(start, stop))
+
+    results = parallel.run(10, work, size=100)
+    assert len(results) == 4 and sum(results, []) == list(range(10))
+    assert len(names) > 1   # the caller took one piece, workers the others
+
+
+def test_run_stays_in_the_calling_thread_when_small_nested_or_not_numpy(threaded, monkeypatch):
+    caller = threading.current_thread().name
+    seen = []
+
+    def record(start, stop):
+        seen.append((threading.current_thread().name, start, stop))
+        return stop - start
+
+    assert parallel.run(10, record, size=4) == [10]                   # below MIN_SIZE
+    assert parallel.run(10, record, size=100, xp=object()) == [10]    # not NumPy (CuPy)
+    assert seen == [(caller, 0, 10)] * 2
+
+    def outer(start, stop):   # a nested call inside a worker runs in that worker, in one piece
+        return parallel.run(stop - start, lambda a, b: (threading.current_thread().name, a, b), size=100)
+
+    nested = parallel.run(8, outer, size=100)
+    assert all(len(inner) == 1 for inner in nested[1:])
+
+
+def test_run_raises_a_workers_error(threaded):
+    def work(start, stop):
+        if start > 0:
+            raise ValueError(f"piece {start}")
+        return start
+
+    with pytest.raises(ValueError, match="piece"):
+        parallel.run(8, work, size=100)
+
+
+def test_assign_matches_plain_assignment(threaded, rng):
+    source = rng.standard_normal((3, 5, 4, 6))
+    cases = [(source.transpose(1, 2, 3, 0), (5, 4, 6, 3)),     # a transposing copy
+             (source[:, 1:4, ::2], (3, 3, 2, 6)),              # a strided view
+             (np.float64(2.5), (5, 4, 6, 3)),                   # a broadcast scalar
+             (source[0, 0, 0], (2, 4, 6)),                      # a broadcast row
+             (source[:1, :1], (1, 1, 4, 6))]                   # no axis long enough: split along axis 0
+    for value, shape in cases:
+        dest = np.empty(shape)
+        assert parallel.assign(dest, value) is dest
+        np.testing.assert_array_equal(dest, np.broadcast_to(value, shape))
+
+
+def test_set_threads_and_environment_checked(monkeypatch):
+    with pytest.raises(ValueError, match="positive integer"):
+        parallel.set_threads(0)
+    monkeypatch.setenv("NNBOX_THREADS", "two")
+    with pytest.raises(ValueError, match="NNBOX_THREADS"):
+        parallel._default_threads()
+    monkeypatch.setenv("NNBOX_THREADS", "3")
+    assert parallel._default_threads() == 3
+
+
+@pytest.mark.parametrize("batch_last", [False, True])
+def test_im2col_col2im_identical_with_and_without_threads(batch_last, rng, monkeypatch):
+    geometry, x = ((4, 4), (2, 2), (1, 1), (1, 1)), rng.standard_normal((3, 5, 8, 8)).astype(np.float32)
+    cols_shape = (5 * 16, 3 * 16)
+    other = rng.standard_normal(cols_shape).astype(np.float32)
+    results = []
+    for threads in (1, 3):
+        previous = parallel.set_threads(threads)
+        monkeypatch.setattr(parallel, "MIN_SIZE", 8)
+        try:
+            results.append((conv_maths.im2col(x, *geometry, (4, 4), batch_last=batch_last),
+                            conv_maths.col2im(other, x.shape, *geometry, (4, 4), batch_last=batch_last),
+                            conv_maths.to_channel_major(x, batch_last),
+                            conv_maths.from_channel_major(other[:5], (3, 5, 4, 4), np.arange(5.0), batch_last)))
+        finally:
+            parallel.set_threads(previous)
+    for single, split in zip(*results):
+        np.testing.assert_array_equal(single, split)
+
+
+@pytest.mark.parametrize("cls", [Conv2d, ConvTranspose2d])
+def test_conv_layers_identical_with_and_without_threads(cls, rng, monkeypatch):
+    x = rng.standard_normal((4, 6, 9, 9)).astype(np.float32)
+    outputs = []
+    for threads in (1, 2):
+        layer = cls(6, 5, 3, stride=2, padding=1, rng=0)
+        previous = parallel.set_threads(threads)
+        monkeypatch.setattr(parallel, "MIN_SIZE", 8)
+        try:
+            y = layer(x)
+            dx = layer.backward(np.ones_like(y))
+            outputs.append((y, dx, layer.weight.grad, layer.bias.grad))
+        finally:
+            parallel.set_threads(previous)
+    for single, split in zip(*outputs):
+        np.testing.assert_array_equal(single, split)
