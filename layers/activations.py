@@ -51,6 +51,9 @@ class LeakyReLU(Module):
 
     Backward: dx = dy * s with s = 1 where x > 0 and negative_slope elsewhere
     (negative_slope at x = 0, as PyTorch).
+
+    For 0 <= negative_slope <= 1 the forward is y = max(x, negative_slope * x) (min for a slope
+    above 1): two passes and no float temporary besides y.
     """
 
     def __init__(self, negative_slope=0.01):
@@ -59,18 +62,30 @@ class LeakyReLU(Module):
 
     def _slopes(self, positive, dtype):
         # slope + (1 - slope) * [x > 0]: 1 where positive, slope elsewhere, without a branch
-        return positive.astype(dtype) * (1.0 - self.negative_slope) + self.negative_slope
+        xp = get_array_module(positive)
+        dtype = xp.dtype(dtype)
+        slopes = xp.multiply(positive, dtype.type(1.0 - self.negative_slope), dtype=dtype)
+        slopes += dtype.type(self.negative_slope)
+        return slopes
 
     def forward(self, x):
         _check_array(self, x)
+        xp = get_array_module(x)
         positive = x > 0
         self.save_for_backward(positive=positive)
-        return x * self._slopes(positive, x.dtype)
+        slope = self.negative_slope
+        if not 0.0 <= slope or not hasattr(x, "dtype") or x.dtype.kind != "f":
+            return x * self._slopes(positive, x.dtype)
+        y = xp.multiply(x, x.dtype.type(slope))
+        (xp.maximum if slope <= 1.0 else xp.minimum)(y, x, out=y)
+        return y
 
     def backward(self, dy):
         positive = self.saved_for_backward().positive
         _check_grad(self, dy, positive)
-        return dy * self._slopes(positive, dy.dtype)
+        dx = self._slopes(positive, dy.dtype)
+        dx *= dy
+        return dx
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
