@@ -42,7 +42,9 @@ rng = np.random.default_rng(0)
 # A `ConvTranspose2d` with the same $k, s, p, d$ goes the other way: it is the layer whose *input*
 # has the size of that convolution's output. Inverting the formula (without the floor) gives
 #
-# $$ H_\text{out} = (H - 1)\,s - 2p + d(k-1) + \text{output\_padding} + 1 . $$
+# $$ H_\text{out} = (H - 1)\,s - 2p + d(k-1) + o + 1 , $$
+#
+# where $o$ is the layer's `output_padding` (0 by default).
 #
 # The floor is why `output_padding` exists: with $s > 1$ several input sizes of the convolution give
 # the same output size. With $k=4, s=2, p=1$ an 8x8 image gives $\lfloor 6/2 \rfloor + 1 = 4$ and a
@@ -348,7 +350,7 @@ if run_parity:
 # ## Summary
 #
 # - Convolution output: $\lfloor (H + 2p - d(k-1) - 1)/s \rfloor + 1$; transposed:
-#   $(H-1)s - 2p + d(k-1) + \text{output\_padding} + 1$.
+#   $(H-1)s - 2p + d(k-1) + o + 1$ with $o$ = `output_padding`.
 # - A transposed convolution scatters: every input pixel adds a scaled copy of the kernel into the
 #   output, $s$ pixels apart. Kernel 4 with stride 2 covers every output pixel equally often.
 # - im2col turns the convolution into one matrix product $W_2 \cdot \text{cols}$.
