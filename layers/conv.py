@@ -13,12 +13,18 @@ Conv2d's backward is the adjoint (for dx); ConvTranspose2d's backward is the con
 """
 import numpy as np
 
-from nnbox import init
+from nnbox import init, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter
 
 from . import conv_maths
 from ._checks import check_input
+
+
+def _matmul(a, b):
+    """a @ b, into a recycled array (nnbox.workspace): these products are the largest arrays of a step."""
+    xp = get_array_module(a, b)
+    return xp.matmul(a, b, out=workspace.empty((a.shape[0], b.shape[1]), xp.result_type(a, b), xp))
 
 
 class _ConvNd(Module):
@@ -69,13 +75,14 @@ class _ConvNd(Module):
             # callers read through a transpose anyway): with OpenBLAS and 256+ output rows it is
             # faster, e.g. 164 -> 86 ms for D.conv4 / G.convT2 and 20% for D.conv3 / G.convT3 at
             # batch 64; below 256 rows it is as fast or slower (5x slower for G.convT1)
-            return (cols.T @ w2.T).T, cols
-        return w2 @ cols, cols
+            product = workspace.empty((cols.shape[1], w2.shape[0]), cols.dtype, np)
+            return np.matmul(cols.T, w2.T, out=product).T, cols
+        return _matmul(w2, cols), cols
 
     def _convolve_adjoint(self, small_matrix, large_shape, small_size, batch_last=False):
         """small_matrix (C_small, N * OH * OW) -> the large image col2im(W2^T @ small_matrix)."""
         w2 = self.weight.data.reshape(self.weight.data.shape[0], -1)
-        return conv_maths.col2im(w2.T @ small_matrix, large_shape, *self._geometry(), small_size,
+        return conv_maths.col2im(_matmul(w2.T, small_matrix), large_shape, *self._geometry(), small_size,
                                  batch_last=batch_last)
 
     def _accumulate_weight_grad(self, small_matrix, cols):

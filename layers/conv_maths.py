@@ -27,7 +27,7 @@ pixel it was read from. It is done as kh * kw slice-adds, one per kernel offset,
 stride phase so that each add is unit-stride (no scatter-add, no loop over the batch or pixels),
 then the padding is cropped away.
 """
-from nnbox import parallel
+from nnbox import parallel, workspace
 from nnbox.backend import get_array_module
 
 
@@ -61,7 +61,7 @@ def pad2d(x, padding, value=0.0):
         return x
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    padded = xp.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    padded = workspace.empty((n, c, h + 2 * ph, w + 2 * pw), x.dtype, xp)
     if value == 0.0:
         padded.fill(0)
     else:
@@ -100,14 +100,14 @@ def im2col(x, kernel, stride, padding, dilation, out_size, batch_last=False):
     if batch_last:
         ph, pw = padding
         h, w = x.shape[2:]
-        padded = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=x.dtype)
+        padded = workspace.zeros((c, h + 2 * ph, w + 2 * pw, n), x.dtype, xp)
         parallel.assign(padded[:, ph:ph + h, pw:pw + w, :], x.transpose(1, 2, 3, 0))
         (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_size
         s_c, s_h, s_w, s_n = padded.strides
         view = _as_strided(padded, (c, kh, kw, oh, ow, n), (s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw, s_n))
     else:
         view = window_view(pad2d(x, padding), kernel, stride, dilation, out_size).transpose(1, 2, 3, 0, 4, 5)
-    cols = parallel.assign(xp.empty(view.shape, dtype=x.dtype), view)   # one copy, split over channels
+    cols = parallel.assign(workspace.empty(view.shape, x.dtype, xp), view)   # one copy, split over channels
     return cols.reshape(c * kernel[0] * kernel[1], n * out_size[0] * out_size[1])
 
 
@@ -144,10 +144,10 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
         # transposing copy; slice-adds over (C, N, 1, 1) slabs would be 3x slower. With one window
         # the (n, oh, ow) and (oh, ow, n) column orders are the same.
         cols = cols.reshape(c, kh, kw, n)
-        padded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+        padded = workspace.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype, xp)
         padded[:, :, 0:dh * (kh - 1) + 1:dh, 0:dw * (kw - 1) + 1:dw] = cols.transpose(3, 0, 1, 2)
         return xp.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w]) if ph or pw else padded
-    image = xp.empty((n, c, h, w), dtype=cols.dtype)
+    image = workspace.empty((n, c, h, w), cols.dtype, xp)
     per_channel = kh * kw
     parallel.run(c, lambda start, stop: _col2im_channels(
         cols[start * per_channel:stop * per_channel], image[:, start:stop], kernel, stride, padding, dilation,
@@ -173,7 +173,7 @@ def _col2im_channels(cols, image, kernel, stride, padding, dilation, out_size, b
             first_col, columns = _phase_crop(b, sw, pw, w)
             size = [c, n, n, n]
             size[spatial[0]], size[spatial[1]] = -(-(h + 2 * ph - a) // sh), -(-(w + 2 * pw - b) // sw)
-            phase = xp.zeros(tuple(size), dtype=cols.dtype)
+            phase = workspace.zeros(size, cols.dtype, xp)
             for i in range(kh):
                 if (i * dh) % sh != a:
                     continue
@@ -250,7 +250,7 @@ def to_channel_major(y, batch_last=False):
     xp = get_array_module(y)
     n, c, h, w = y.shape
     source = y.transpose(1, 2, 3, 0) if batch_last else y.transpose(1, 0, 2, 3)
-    return parallel.assign(xp.empty(source.shape, dtype=y.dtype), source).reshape(c, n * h * w)
+    return parallel.assign(workspace.empty(source.shape, y.dtype, xp), source).reshape(c, n * h * w)
 
 
 def from_channel_major(matrix, shape, bias=None, batch_last=False):
@@ -258,7 +258,7 @@ def from_channel_major(matrix, shape, bias=None, batch_last=False):
     array, adding bias (C,) on the way."""
     xp = get_array_module(matrix)
     n, c, h, w = shape
-    out = xp.empty((n, c, h, w), dtype=matrix.dtype)
+    out = workspace.empty((n, c, h, w), matrix.dtype, xp)
     if batch_last:
         source, target = matrix.reshape(c, h * w, n), out.reshape(n, c, h * w).transpose(1, 2, 0)
         bias_shape = (c, 1, 1)
