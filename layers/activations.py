@@ -4,6 +4,7 @@ Each keeps only what its backward needs: a boolean mask (ReLU, LeakyReLU) or its
 (Tanh, Sigmoid, whose derivatives are functions of the output). Backward multiplies by the
 mask instead of branching with `where`.
 """
+from nnbox import workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module
 
@@ -11,6 +12,17 @@ from nnbox.module import Module
 def _check_array(layer, x):
     if not hasattr(x, "ndim"):
         raise TypeError(f"{type(layer).__name__} expects an array, got {type(x).__name__}")
+
+
+def _positive(x):
+    """The mask x > 0 (bool), in a recycled array (nnbox.workspace)."""
+    xp = get_array_module(x)
+    return xp.greater(x, 0, out=workspace.empty(x.shape, bool, xp))
+
+
+def _like(x, dtype=None):
+    """An uninitialised recycled array shaped like x."""
+    return workspace.empty(x.shape, x.dtype if dtype is None else dtype, get_array_module(x))
 
 
 def _check_grad(layer, dy, like):
@@ -30,14 +42,14 @@ class ReLU(Module):
 
     def forward(self, x):
         _check_array(self, x)
-        positive = x > 0
+        positive = _positive(x)
         self.save_for_backward(positive=positive)
-        return get_array_module(x).maximum(x, 0)
+        return get_array_module(x).maximum(x, 0, out=_like(x))
 
     def backward(self, dy):
         positive = self.saved_for_backward().positive
         _check_grad(self, dy, positive)
-        return dy * positive
+        return get_array_module(dy).multiply(dy, positive, out=_like(dy))
 
 
 class LeakyReLU(Module):
@@ -64,19 +76,20 @@ class LeakyReLU(Module):
         # slope + (1 - slope) * [x > 0]: 1 where positive, slope elsewhere, without a branch
         xp = get_array_module(positive)
         dtype = xp.dtype(dtype)
-        slopes = xp.multiply(positive, dtype.type(1.0 - self.negative_slope), dtype=dtype)
+        slopes = xp.multiply(positive, dtype.type(1.0 - self.negative_slope), dtype=dtype,
+                             out=_like(positive, dtype))
         slopes += dtype.type(self.negative_slope)
         return slopes
 
     def forward(self, x):
         _check_array(self, x)
         xp = get_array_module(x)
-        positive = x > 0
+        positive = _positive(x)
         self.save_for_backward(positive=positive)
         slope = self.negative_slope
-        if not 0.0 <= slope or not hasattr(x, "dtype") or x.dtype.kind != "f":
+        if not 0.0 <= slope or x.dtype.kind != "f":
             return x * self._slopes(positive, x.dtype)
-        y = xp.multiply(x, x.dtype.type(slope))
+        y = xp.multiply(x, x.dtype.type(slope), out=_like(x))
         (xp.maximum if slope <= 1.0 else xp.minimum)(y, x, out=y)
         return y
 

@@ -5,7 +5,7 @@ channel c are taken over every axis but the channel axis 1 (N; N and L; N, H and
 """
 import numpy as np
 
-from nnbox import init
+from nnbox import init, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter
 
@@ -106,7 +106,8 @@ class _BatchNorm(Module):
         self.save_for_backward(xhat=xhat, inv_std=inv_std, batch_stats=use_batch_stats)
         if not self.affine:
             return xhat
-        y = xp.multiply(xhat, self.weight.data.astype(x.dtype, copy=False).reshape(stat_shape))
+        y = xp.multiply(xhat, self.weight.data.astype(x.dtype, copy=False).reshape(stat_shape),
+                        out=workspace.empty(x.shape, x.dtype, xp))
         y += self.bias.data.astype(x.dtype, copy=False).reshape(stat_shape)
         return y
 
@@ -127,7 +128,7 @@ class _BatchNorm(Module):
         rows = x.reshape(n, c, -1)                       # (N, C, L): L = H * W (or L, or 1)
         mean = rows.sum(axis=2, dtype=acc).sum(axis=0) / count
         mean_x = mean.astype(x.dtype)
-        centred = xp.subtract(x, mean_x.reshape((1, c) + (1,) * (x.ndim - 2)))
+        centred = xp.subtract(x, mean_x.reshape((1, c) + (1,) * (x.ndim - 2)), out=workspace.empty(x.shape, x.dtype, xp))
         flat = centred.reshape(n, c, -1)
         squares = xp.einsum("ncl,ncl->nc", flat, flat).sum(axis=0, dtype=acc)
         rounding = mean - mean_x.astype(acc)
@@ -160,7 +161,8 @@ class _BatchNorm(Module):
             return dy * scale
         # dx = scale * (dy - xhat * sum(dy xhat) / m - sum(dy) / m), in four passes over one array
         count = dy.size // self.num_features
-        dx = xp.multiply(xhat, (sum_dy_xhat / count).astype(dy.dtype, copy=False).reshape(stat_shape))
+        dx = xp.multiply(xhat, (sum_dy_xhat / count).astype(dy.dtype, copy=False).reshape(stat_shape),
+                         out=workspace.empty(dy.shape, dy.dtype, xp))
         xp.subtract(dy, dx, out=dx)
         dx -= (sum_dy / count).astype(dy.dtype, copy=False).reshape(stat_shape)
         dx *= scale
