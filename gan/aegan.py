@@ -174,13 +174,17 @@ class GeneratorEncoderLoss(Module):
     backward(grad=1.0) -> (dL/dx, dL/dz), and adds dL/dtheta into every parameter with requires_grad
     (the trainer freezes D_x and D_z, so only G's and E's gradients are computed).
 
-    Forward: z_hat = E(x) (E's first pass); images = G([z; z_hat]) (one pass of 2N latents);
-    z_tilde = E(G(z)) (E's second pass); D_x(images); D_z(z_hat). Backward, by the chain rule:
-        dimages = w_ai D_x^T(dL_G/dlogits)          dimages[N:] += w_ri sign(G(E(x)) - x) / (N C s s)
-        dz_tilde = w_rl 2 (z_tilde - z) / (N d)     dimages[:N] += E^T(dz_tilde)      (E's second pass)
-        [dz; dz_hat] = G^T(dimages)                 dz -= dz_tilde  (z is also the L2 target)
-        dz_hat += w_al D_z^T(dL_G/dlogits)          dx = E^T(dz_hat) - w_ri sign(G(E(x)) - x) / (N C s s)
-    where E^T(.) is E's backward for the pass named (its first pass's saved state is put back first).
+    Forward: z_hat = E(x) (E's first pass); G(z) and G(z_hat) (G's two passes: separate BatchNorm
+    statistics, so early on, while E's outputs are still tiny next to z ~ N(0, I), they are not
+    normalised away and G(E(x)) can depend on x); z_tilde = E(G(z)) (E's second pass); D_x on
+    images = [G(z); G(E(x))]; D_z(z_hat). Backward, by the chain rule (n = N, m = N C s s, d = latent_dim):
+        [dfake; drecon] = w_ai D_x^T(dL_G/dlogits)  drecon += w_ri sign(G(E(x)) - x) / m
+        dz_tilde = w_rl 2 (z_tilde - z) / (N d)     dfake += E^T(dz_tilde)            (E's second pass)
+        dz_hat = G^T(drecon)   (G's second pass)    dz = G^T(dfake) - dz_tilde        (G's first pass;
+                                                                  z is also the L2 target)
+        dz_hat += w_al D_z^T(dL_G/dlogits)          dx = E^T(dz_hat) - w_ri sign(G(E(x)) - x) / m
+    where E^T(.) and G^T(.) are backward passes for the pass named (an earlier pass's saved state is
+    put back first).
     """
 
     def __init__(self, networks, loss="non_saturating", weights=None):
@@ -197,16 +201,20 @@ class GeneratorEncoderLoss(Module):
         xp, n, w = get_array_module(x), x.shape[0], self.weights
         z_hat = self.encoder(x)
         encoder_on_x = _saved_state(self.encoder)
-        images = self.generator(xp.concatenate([z, z_hat.astype(z.dtype, copy=False)]))
-        z_tilde = self.encoder(images[:n])
+        fake = self.generator(z)
+        generator_on_z = _saved_state(self.generator)
+        recon = self.generator(z_hat.astype(z.dtype, copy=False))
+        z_tilde = self.encoder(fake)
+        images = xp.concatenate([fake, recon])
         image_logits = self.image_discriminator(images)
         latent_logits = self.latent_discriminator(z_hat)
         adv_image, d_image_logits = self.gan_loss.generator_loss(image_logits)
         adv_latent, d_latent_logits = self.gan_loss.generator_loss(latent_logits)
-        rec_image, d_recon = l1(images[n:], x, name="AEGAN image reconstruction")
+        rec_image, d_recon = l1(recon, x, name="AEGAN image reconstruction")
         rec_latent, d_z_tilde = mse(z_tilde, z, name="AEGAN latent reconstruction")
-        self.save_for_backward(n=n, encoder_on_x=encoder_on_x, d_image_logits=d_image_logits,
-                               d_latent_logits=d_latent_logits, d_recon=d_recon, d_z_tilde=d_z_tilde)
+        self.save_for_backward(n=n, encoder_on_x=encoder_on_x, generator_on_z=generator_on_z,
+                               d_image_logits=d_image_logits, d_latent_logits=d_latent_logits, d_recon=d_recon,
+                               d_z_tilde=d_z_tilde)
         self.terms = {"adv_image": float(adv_image), "adv_latent": float(adv_latent),
                       "rec_image": float(rec_image), "rec_latent": float(rec_latent)}
         self.images, self.z_hat, self.image_logits, self.latent_logits = images, z_hat, image_logits, latent_logits
@@ -220,11 +228,11 @@ class GeneratorEncoderLoss(Module):
         d_recon = s.d_recon * (grad * w.rec_image)
         d_z_tilde = s.d_z_tilde * (grad * w.rec_latent)
         d_images = self.image_discriminator.backward(s.d_image_logits * (grad * w.adv_image))
-        d_images[n:] += d_recon
-        d_images[:n] += self.encoder.backward(d_z_tilde)           # E's second pass: E(G(z))
-        d_latents = self.generator.backward(d_images)
-        dz = d_latents[:n] - d_z_tilde
-        d_z_hat = d_latents[n:] + self.latent_discriminator.backward(s.d_latent_logits * (grad * w.adv_latent))
+        d_fake = d_images[:n] + self.encoder.backward(d_z_tilde)   # E's second pass: E(G(z))
+        d_z_hat = self.generator.backward(d_images[n:] + d_recon)  # G's second pass: G(E(x))
+        _restore_saved_state(s.generator_on_z)                     # G's first pass: G(z)
+        dz = self.generator.backward(d_fake) - d_z_tilde
+        d_z_hat = d_z_hat + self.latent_discriminator.backward(s.d_latent_logits * (grad * w.adv_latent))
         _restore_saved_state(s.encoder_on_x)                       # E's first pass: E(x)
         dx = self.encoder.backward(d_z_hat.astype(s.d_recon.dtype, copy=False)) - d_recon
         return dx, dz
