@@ -24,7 +24,9 @@ scalars are fetched with `.item()`. Models:
     faces    build_gan("faces", image_size=32): G width 64 (dropout 0), D width 32 (dropout 0.3)
 
 Timing: warm-up iterations first, then nnbox and torch iterations alternate, so both see the same
-machine noise; the median and the interquartile range of the repeats are reported. torch keeps its
+machine noise; the median and the interquartile range of the repeats are reported, and the median
+CPU time of the process per iteration (time.process_time: all its threads; with one thread each
+it is the work done, nearly free of the waiting that other processes on a shared machine add). torch keeps its
 default thread count (torch.get_num_threads(), printed) unless --torch-threads says otherwise;
 NumPy's BLAS uses its own (printed). On a loaded machine torch's OpenMP threads can wait on each
 other badly (2 threads 10x slower than 1 was seen on a shared 2-core VM): compare both settings.
@@ -230,10 +232,10 @@ def bench_model(model, args, torch, run_dir):
 
     def timed(function, value):
         sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         function(value)
         sync()
-        return (time.perf_counter() - start) * 1e3
+        return (time.perf_counter() - start) * 1e3, (time.process_time() - cpu_start) * 1e3
 
     for _ in range(args.warmup):
         timed(trainer.step, batch)
@@ -246,14 +248,17 @@ def bench_model(model, args, torch, run_dir):
         if t_step is not None:
             times["torch"].append(timed(t_step, t_batch))
     row = {"model": model, "batch": BATCH, "image_size": MODELS[model][1], "gflop_per_iteration": flops / 1e9}
-    for name, values in times.items():
-        if not values:
+    for name, pairs in times.items():
+        if not pairs:
             continue
+        values, cpu = [wall for wall, _ in pairs], [used for _, used in pairs]
         median, iqr = quartiles(values)
         row[name] = {"median_ms": median, "iqr_ms": iqr, "min_ms": min(values), "images_per_s": BATCH / median * 1e3,
-                     "gflop_per_s": flops / median / 1e6, "times_ms": values}
+                     "gflop_per_s": flops / median / 1e6, "cpu_median_ms": statistics.median(cpu),
+                     "times_ms": values, "cpu_times_ms": cpu}
     if t_step is not None:
         row["time_ratio"] = row["nnbox"]["median_ms"] / row["torch"]["median_ms"]
+        row["cpu_time_ratio"] = row["nnbox"]["cpu_median_ms"] / row["torch"]["cpu_median_ms"]
         if args.device == "cpu":
             row["target_ratio"] = TARGETS[model]
     return row
@@ -372,6 +377,8 @@ def print_row(row, memory):
                  f"{t['gflop_per_s']:6.1f} GFLOP/s | time x{row['time_ratio']:.2f}")
         if "target_ratio" in row:
             line += f" (target <= {row['target_ratio']})"
+        line += (f" | CPU time nnbox {nn['cpu_median_ms']:.0f} ms, torch {t['cpu_median_ms']:.0f} ms, "
+                 f"x{row['cpu_time_ratio']:.2f}")
     print(line, flush=True)
     if memory:
         key = memory["measure"]
