@@ -105,14 +105,14 @@ class ImageTranslator(_ImageNetwork):
         channels: C, the images' channels (3 for RGB).
         width: w above.
         n_residual: residual blocks at the bottleneck (0: none).
-        norm: "none" or "batch" (BatchNorm2d after every inner convolution).
+        norm: "batch" (BatchNorm2d after every inner convolution) or "none".
         rng: NumPy Generator or seed for the weights.
 
     Shape: x (N, C, H, W) with H, W multiples of 4 -> y (N, C, H, W).
     Backward: through the layers in reverse (`Sequential`); returns dx.
     """
 
-    def __init__(self, channels=3, width=16, n_residual=1, norm="none", rng=None):
+    def __init__(self, channels=3, width=16, n_residual=1, norm="batch", rng=None):
         super().__init__()
         rng = backend.as_rng(rng)
         bias = norm == "none"  # a bias before BatchNorm is cancelled by its mean
@@ -306,7 +306,7 @@ class CycleGANConfig:
     g_width: int = 16                 # generator width w (ImageTranslator)
     d_width: int = 16                 # discriminator width w (PatchDiscriminator)
     n_residual: int = 1               # residual blocks in each generator
-    g_norm: str = "none"              # generators' normalisation: "none" or "batch"
+    g_norm: str = "batch"             # generators' normalisation: "batch" (see translate) or "none"
     d_norm: str = "batch"             # discriminators' normalisation: "batch" or "none"
     gan_loss: str = "least_squares"   # the adversarial loss (gan/losses name; the paper: least squares)
     adversarial_weight: float = 2.0   # factor of gan/losses' G loss (2: the paper's MSE for least squares)
@@ -404,13 +404,20 @@ class CycleGANTrainer:
         self.step_count += 1
         return record
 
-    def translate(self, images, direction="AB", batch_size=256):
-        """G_AB(images) ("AB") or G_BA(images) ("BA") in eval mode, as a NumPy float32 array."""
+    def translate(self, images, direction="AB", batch_size=256, batch_statistics=True):
+        """G_AB(images) ("AB") or G_BA(images) ("BA"), as a NumPy float32 array, batch by batch.
+
+        With `batch_statistics` (the default) a BatchNorm in the generator normalises each batch by its own
+        statistics, as in training (the paper's generators use instance normalisation, statistics of the
+        input itself); the running averages, which mix the domains a generator sees in training (a, G_BA(b)
+        and, for the identity term, b), are left as they were. Without it the generator runs in eval mode.
+        """
         if direction not in DIRECTIONS:
             raise ValueError(f"translate: direction must be one of {DIRECTIONS}, got {direction!r}")
         net = self.G_AB if direction == "AB" else self.G_BA
         was_training = net.training
-        net.eval()
+        buffers = [(name, array.copy()) for name, array in net.named_buffers() if array is not None]
+        net.train(batch_statistics)
         try:
             out = [backend.to_numpy(net(backend.to_device(np.ascontiguousarray(images[i:i + batch_size],
                                                                                 dtype=np.float32),
@@ -418,6 +425,8 @@ class CycleGANTrainer:
                    for i in range(0, len(images), batch_size)]
         finally:
             net.train(was_training)
+            for name, array in buffers:
+                net._set_buffer(name, array)
             net.clear_saved()
         return np.concatenate(out)
 

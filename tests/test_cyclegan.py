@@ -175,15 +175,19 @@ def test_checkpoint_round_trip_continues_identically(tmp_path, rng):
     np.testing.assert_array_equal(trainer.translate(a, "BA"), loaded.translate(a, "BA"))
 
 
-def test_translate_is_eval_mode_and_keeps_training_state(rng):
+def test_translate_uses_batch_statistics_and_keeps_the_training_state(rng):
     trainer = CycleGANTrainer(CycleGANConfig(**TINY, g_norm="batch"))
-    a = _images(rng, 5).astype(np.float32)
+    a = _images(rng, 4).astype(np.float32)
     before = {k: v.copy() for k, v in trainer.G_AB.state_dict().items()}
     out = trainer.translate(a, "AB", batch_size=2)
     assert out.shape == a.shape and out.dtype == np.float32 and np.all(np.abs(out) <= 1)
+    np.testing.assert_allclose(out[:2], trainer.translate(a[:2], "AB"), atol=1e-6)  # per batch, as in training
     assert trainer.G_AB.training
-    for key, value in trainer.G_AB.state_dict().items():
+    for key, value in trainer.G_AB.state_dict().items():   # the running averages were not touched
         np.testing.assert_array_equal(value, before[key])
+    trainer.G_AB.eval()
+    np.testing.assert_allclose(trainer.translate(a, "AB", batch_statistics=False), trainer.G_AB(a), atol=1e-6)
+    assert not trainer.G_AB.training
 
 
 def test_errors_name_the_problem(rng, tmp_path):
