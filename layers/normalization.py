@@ -5,7 +5,7 @@ channel c are taken over every axis but the channel axis 1 (N; N and L; N, H and
 """
 import numpy as np
 
-from nnbox import init, workspace
+from nnbox import init, parallel, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter
 
@@ -99,17 +99,31 @@ class _BatchNorm(Module):
                 self.running_mean[...] = (1 - m) * self.running_mean + m * mean
                 self.running_var[...] = (1 - m) * self.running_var + m * unbiased
             inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype).reshape(stat_shape)
-            xhat *= inv_std                              # xhat held x - mean32: now (x - mean) * inv_std
+            # float32 input: xhat holds x - mean32; the rounding mean - mean32 is subtracted below
+            shift = None if mean.dtype == x.dtype else \
+                (mean - mean.astype(x.dtype).astype(mean.dtype)).astype(x.dtype).reshape(stat_shape)
         else:
             inv_std = (1.0 / xp.sqrt(self.running_var.astype(x.dtype) + x.dtype.type(self.eps))).reshape(stat_shape)
-            xhat = (x - self.running_mean.astype(x.dtype).reshape(stat_shape)) * inv_std
+            xhat = xp.subtract(x, self.running_mean.astype(x.dtype).reshape(stat_shape),
+                               out=workspace.empty(x.shape, x.dtype, xp))
+            shift = None
+        y = None
+        if self.affine:
+            y = workspace.empty(x.shape, x.dtype, xp)
+            weight = self.weight.data.astype(x.dtype, copy=False).reshape(stat_shape)
+            bias = self.bias.data.astype(x.dtype, copy=False).reshape(stat_shape)
+
+        def normalise(a, b):   # xhat = (held - shift) * inv_std, y = xhat * weight + bias, per sample range
+            if shift is not None:
+                xhat[a:b] -= shift
+            xhat[a:b] *= inv_std
+            if y is not None:
+                xp.multiply(xhat[a:b], weight, out=y[a:b])
+                y[a:b] += bias
+
+        parallel.run(x.shape[0], normalise, x.size, xp)
         self.save_for_backward(xhat=xhat, inv_std=inv_std, batch_stats=use_batch_stats)
-        if not self.affine:
-            return xhat
-        y = xp.multiply(xhat, self.weight.data.astype(x.dtype, copy=False).reshape(stat_shape),
-                        out=workspace.empty(x.shape, x.dtype, xp))
-        y += self.bias.data.astype(x.dtype, copy=False).reshape(stat_shape)
-        return y
+        return xhat if y is None else y
 
     def _batch_statistics(self, x, count):
         """(mean, var, x - mean) of a batch: mean and var (C,) in float64 for float32 input, x - mean
@@ -119,23 +133,27 @@ class _BatchNorm(Module):
         the mean rounded to x's dtype (exact for x near the mean); the sums of its squares, per
         (sample, channel) in x's dtype (np.einsum's vectorised dot) then over the samples in
         `acc`. With the rounding error r = mean - mean32 (tiny, and known),
-        var = sum((x - mean32)^2) / m - r^2, and x - mean = (x - mean32) - r (one more pass, only
-        for float32 input: with float64, mean32 is the mean).
+        var = sum((x - mean32)^2) / m - r^2, and x - mean = (x - mean32) - r (forward subtracts r
+        while normalising; with float64 input r is 0). Every pass is split over the samples
+        (nnbox.parallel), the per-sample partial sums combined in sample order.
         """
         xp = get_array_module(x)
         acc = np.float64 if x.dtype == np.float32 else x.dtype
         n, c = x.shape[:2]
         rows = x.reshape(n, c, -1)                       # (N, C, L): L = H * W (or L, or 1)
-        mean = rows.sum(axis=2, dtype=acc).sum(axis=0) / count
-        mean_x = mean.astype(x.dtype)
-        centred = xp.subtract(x, mean_x.reshape((1, c) + (1,) * (x.ndim - 2)), out=workspace.empty(x.shape, x.dtype, xp))
+        mean = _over_samples(n, x.size, xp, lambda a, b: rows[a:b].sum(axis=2, dtype=acc)) / count
+        mean_x = mean.astype(x.dtype).reshape((1, c) + (1,) * (x.ndim - 2))
+        centred = workspace.empty(x.shape, x.dtype, xp)
         flat = centred.reshape(n, c, -1)
-        squares = xp.einsum("ncl,ncl->nc", flat, flat).sum(axis=0, dtype=acc)
-        rounding = mean - mean_x.astype(acc)
+
+        def centre(a, b):
+            xp.subtract(x[a:b], mean_x, out=centred[a:b])
+            return xp.einsum("ncl,ncl->nc", flat[a:b], flat[a:b])
+
+        squares = _over_samples(n, x.size, xp, centre, acc)
+        rounding = mean - mean_x.reshape(-1).astype(acc)
         var = xp.maximum(squares / count - rounding * rounding, 0.0)
-        if acc != x.dtype:   # (no test of r's values: on CuPy that would wait for the device)
-            centred -= rounding.astype(x.dtype).reshape((1, c) + (1,) * (x.ndim - 2))
-        return mean, var, centred
+        return mean, var, centred   # forward subtracts the rounding (float32) while normalising
 
     def backward(self, dy):
         saved = self.saved_for_backward()
@@ -146,9 +164,10 @@ class _BatchNorm(Module):
         xp = get_array_module(dy)
         stat_shape = inv_std.shape
         n, c = dy.shape[:2]
-        dy_rows = dy.reshape(n, c, -1)
-        sum_dy = dy_rows.sum(axis=2).sum(axis=0)                                          # (C,)
-        sum_dy_xhat = xp.einsum("ncl,ncl->nc", dy_rows, xhat.reshape(n, c, -1)).sum(axis=0)  # (C,)
+        dy_rows, xhat_rows = dy.reshape(n, c, -1), xhat.reshape(n, c, -1)
+        sum_dy = _over_samples(n, dy.size, xp, lambda a, b: dy_rows[a:b].sum(axis=2))               # (C,)
+        sum_dy_xhat = _over_samples(n, dy.size, xp,
+                                    lambda a, b: xp.einsum("ncl,ncl->nc", dy_rows[a:b], xhat_rows[a:b]))  # (C,)
         if self.affine:
             if self.weight.requires_grad:
                 self.weight.grad += sum_dy_xhat.astype(self.weight.grad.dtype, copy=False)
@@ -161,16 +180,29 @@ class _BatchNorm(Module):
             return dy * scale
         # dx = scale * (dy - xhat * sum(dy xhat) / m - sum(dy) / m), in four passes over one array
         count = dy.size // self.num_features
-        dx = xp.multiply(xhat, (sum_dy_xhat / count).astype(dy.dtype, copy=False).reshape(stat_shape),
-                         out=workspace.empty(dy.shape, dy.dtype, xp))
-        xp.subtract(dy, dx, out=dx)
-        dx -= (sum_dy / count).astype(dy.dtype, copy=False).reshape(stat_shape)
-        dx *= scale
+        k_xhat = (sum_dy_xhat / count).astype(dy.dtype, copy=False).reshape(stat_shape)
+        k_dy = (sum_dy / count).astype(dy.dtype, copy=False).reshape(stat_shape)
+        dx = workspace.empty(dy.shape, dy.dtype, xp)
+
+        def input_grad(a, b):
+            xp.multiply(xhat[a:b], k_xhat, out=dx[a:b])
+            xp.subtract(dy[a:b], dx[a:b], out=dx[a:b])
+            dx[a:b] -= k_dy
+            dx[a:b] *= scale
+
+        parallel.run(n, input_grad, dy.size, xp)
         return dx
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"track_running_stats={self.track_running_stats}")
+
+
+def _over_samples(n, size, xp, partial, dtype=None):
+    """sum over the samples of partial(a, b) -> (b - a, C) per-sample values, computed for ranges of
+    samples in parallel (nnbox.parallel) and summed in sample order (results do not depend on the split)."""
+    pieces = parallel.run(n, partial, size, xp)
+    return (pieces[0] if len(pieces) == 1 else xp.concatenate(pieces)).sum(axis=0, dtype=dtype)
 
 
 class BatchNorm1d(_BatchNorm):

@@ -127,3 +127,25 @@ def test_conv_layers_identical_with_and_without_threads(cls, rng, monkeypatch):
             parallel.set_threads(previous)
     for single, split in zip(*outputs):
         np.testing.assert_array_equal(single, split)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_identical_with_and_without_threads(training, rng, monkeypatch):
+    from layers.normalization import BatchNorm2d
+    x = (3.0 + rng.standard_normal((6, 4, 5, 5))).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    outputs = []
+    for threads in (1, 3):
+        layer = BatchNorm2d(4)
+        layer.weight.data[:] = [0.5, 1.5, -1.0, 2.0]
+        layer.train(training)
+        previous = parallel.set_threads(threads)
+        monkeypatch.setattr(parallel, "MIN_SIZE", 8)
+        try:
+            y = layer(x).copy()
+            dx = layer.backward(dy)
+            outputs.append((y, dx, layer.weight.grad, layer.bias.grad, layer.running_mean, layer.running_var))
+        finally:
+            parallel.set_threads(previous)
+    for single, split in zip(*outputs):
+        np.testing.assert_array_equal(single, split)
