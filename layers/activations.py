@@ -4,7 +4,7 @@ Each keeps only what its backward needs: a boolean mask (ReLU, LeakyReLU) or its
 (Tanh, Sigmoid, whose derivatives are functions of the output). Backward multiplies by the
 mask instead of branching with `where`.
 """
-from nnbox import workspace
+from nnbox import parallel, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module
 
@@ -25,6 +25,14 @@ def _like(x, dtype=None):
     return workspace.empty(x.shape, x.dtype if dtype is None else dtype, get_array_module(x))
 
 
+def _elementwise(work, *arrays):
+    """work(*pieces) on the same flat ranges of arrays of one shape, split over threads
+    (nnbox.parallel). Outputs among `arrays` must be contiguous (they are written through views)."""
+    flats = [array.reshape(-1) for array in arrays]
+    parallel.run(flats[0].size, lambda a, b: work(*(flat[a:b] for flat in flats)), flats[0].size,
+                 get_array_module(arrays[0]))
+
+
 def _check_grad(layer, dy, like):
     if tuple(dy.shape) != tuple(like.shape):
         raise ValueError(f"{type(layer).__name__}.backward expects dy shaped like the forward output "
@@ -42,14 +50,23 @@ class ReLU(Module):
 
     def forward(self, x):
         _check_array(self, x)
-        positive = _positive(x)
+        xp = get_array_module(x)
+        positive, y = _like(x, bool), _like(x)
+
+        def relu(x, positive, y):
+            xp.greater(x, 0, out=positive)
+            xp.maximum(x, 0, out=y)
+
+        _elementwise(relu, x, positive, y)
         self.save_for_backward(positive=positive)
-        return get_array_module(x).maximum(x, 0, out=_like(x))
+        return y
 
     def backward(self, dy):
         positive = self.saved_for_backward().positive
         _check_grad(self, dy, positive)
-        return get_array_module(dy).multiply(dy, positive, out=_like(dy))
+        dx = _like(dy)
+        _elementwise(lambda dy, positive, dx: get_array_module(dy).multiply(dy, positive, out=dx), dy, positive, dx)
+        return dx
 
 
 class LeakyReLU(Module):
@@ -72,32 +89,44 @@ class LeakyReLU(Module):
         super().__init__()
         self.negative_slope = float(negative_slope)
 
-    def _slopes(self, positive, dtype):
+    def _slopes(self, positive, dtype, out=None):
         # slope + (1 - slope) * [x > 0]: 1 where positive, slope elsewhere, without a branch
         xp = get_array_module(positive)
         dtype = xp.dtype(dtype)
         slopes = xp.multiply(positive, dtype.type(1.0 - self.negative_slope), dtype=dtype,
-                             out=_like(positive, dtype))
+                             out=_like(positive, dtype) if out is None else out)
         slopes += dtype.type(self.negative_slope)
         return slopes
 
     def forward(self, x):
         _check_array(self, x)
         xp = get_array_module(x)
-        positive = _positive(x)
-        self.save_for_backward(positive=positive)
         slope = self.negative_slope
         if not 0.0 <= slope or x.dtype.kind != "f":
+            positive = _positive(x)
+            self.save_for_backward(positive=positive)
             return x * self._slopes(positive, x.dtype)
-        y = xp.multiply(x, x.dtype.type(slope), out=_like(x))
-        (xp.maximum if slope <= 1.0 else xp.minimum)(y, x, out=y)
+        positive, y = _like(x, bool), _like(x)
+
+        def leaky(x, positive, y):
+            xp.greater(x, 0, out=positive)
+            xp.multiply(x, x.dtype.type(slope), out=y)
+            (xp.maximum if slope <= 1.0 else xp.minimum)(y, x, out=y)
+
+        _elementwise(leaky, x, positive, y)
+        self.save_for_backward(positive=positive)
         return y
 
     def backward(self, dy):
         positive = self.saved_for_backward().positive
         _check_grad(self, dy, positive)
-        dx = self._slopes(positive, dy.dtype)
-        dx *= dy
+        dx = _like(dy)
+
+        def leaky_grad(positive, dy, dx):
+            self._slopes(positive, dy.dtype, out=dx)
+            dx *= dy
+
+        _elementwise(leaky_grad, positive, dy, dx)
         return dx
 
     def extra_repr(self):

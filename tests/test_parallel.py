@@ -149,3 +149,24 @@ def test_batchnorm_identical_with_and_without_threads(training, rng, monkeypatch
             parallel.set_threads(previous)
     for single, split in zip(*outputs):
         np.testing.assert_array_equal(single, split)
+
+
+@pytest.mark.parametrize("make", [lambda: __import__("layers.activations", fromlist=["ReLU"]).ReLU(),
+                                  lambda: __import__("layers.activations", fromlist=["LeakyReLU"]).LeakyReLU(0.2)])
+def test_activations_identical_with_and_without_threads(make, rng, monkeypatch):
+    x = rng.standard_normal((5, 3, 7)).astype(np.float32)[:, :, ::2]   # a non-contiguous input
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    outputs = []
+    for threads in (1, 3):
+        layer = make()
+        previous = parallel.set_threads(threads)
+        monkeypatch.setattr(parallel, "MIN_SIZE", 8)
+        try:
+            outputs.append((layer(x).copy(), layer.backward(dy).copy()))
+        finally:
+            parallel.set_threads(previous)
+    for single, split in zip(*outputs):
+        np.testing.assert_array_equal(single, split)
+    slope = np.float32(getattr(layer, "negative_slope", 0.0))
+    np.testing.assert_array_equal(outputs[0][0], np.where(x > 0, x, x * slope))
+    np.testing.assert_array_equal(outputs[0][1], np.where(x > 0, dy, dy * slope))
