@@ -4,6 +4,8 @@ Each keeps only what its backward needs: a boolean mask (ReLU, LeakyReLU) or its
 (Tanh, Sigmoid, whose derivatives are functions of the output). Backward multiplies by the
 mask instead of branching with `where`.
 """
+import numpy as np
+
 from nnbox import parallel, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module
@@ -92,7 +94,7 @@ class LeakyReLU(Module):
     def _slopes(self, positive, dtype, out=None):
         # slope + (1 - slope) * [x > 0]: 1 where positive, slope elsewhere, without a branch
         xp = get_array_module(positive)
-        dtype = xp.dtype(dtype)
+        dtype = np.dtype(dtype)  # (a NumPy dtype serves CuPy too)
         slopes = xp.multiply(positive, dtype.type(1.0 - self.negative_slope), dtype=dtype,
                              out=_like(positive, dtype) if out is None else out)
         slopes += dtype.type(self.negative_slope)
