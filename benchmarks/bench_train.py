@@ -4,6 +4,7 @@
     python benchmarks/bench_train.py --models dcgan64 --repeats 30 --json benchmarks/results/cpu.json
     python benchmarks/bench_train.py --device gpu                     # CuPy against torch.cuda
     python benchmarks/bench_train.py --no-memory                      # skip the peak-memory subprocesses
+    python benchmarks/bench_train.py --profile 5 --no-torch           # where nnbox's step time goes
 
 One iteration is what `gan.trainer.GANTrainer.step` does with `balance="alternate"` (both networks
 train every turn) and the recipe's defaults (non-saturating loss, one-sided label smoothing 0.1,
@@ -264,6 +265,51 @@ def bench_model(model, args, torch, run_dir):
     return row
 
 
+# --------------------------------------------------------------------------- profile
+# the functions whose own time (cProfile's tottime) is a matrix product: nnbox's convolution
+# products (layers/conv.py) and the Linear layers (a product plus a bias add)
+MATRIX_PRODUCT_FUNCTIONS = {("conv.py", "_matmul"), ("conv.py", "_accumulate_weight_grad"), ("conv.py", "_convolve"),
+                            ("linear.py", "forward"), ("linear.py", "backward")}
+
+
+def profile_split(model, args, run_dir, iterations):
+    """cProfile `iterations` nnbox steps: seconds per step in matrix products and in the rest (with the
+    rest's largest functions). The profiler's own overhead is counted in the rest."""
+    import cProfile
+    import pstats
+    xp = backend.require_cupy() if args.device == "gpu" else np
+    trainer = nnbox_trainer(model, args.device, run_dir)
+    batch = real_batch(model, xp)
+    for _ in range(2):
+        trainer.step(batch)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(iterations):
+        trainer.step(batch)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    products, rest = 0.0, {}
+    for (filename, _, name), (_, _, own, _, _) in stats.items():
+        if (os.path.basename(filename), name) in MATRIX_PRODUCT_FUNCTIONS:
+            products += own
+        else:
+            key = f"{os.path.basename(filename)}:{name}" if filename != "~" else name
+            rest[key] = rest.get(key, 0.0) + own
+    total = products + sum(rest.values())
+    top = sorted(rest.items(), key=lambda item: -item[1])[:8]
+    return {"iterations": iterations, "step_ms": total / iterations * 1e3,
+            "matrix_products_ms": products / iterations * 1e3, "rest_ms": (total - products) / iterations * 1e3,
+            "matrix_products_share": products / total,
+            "rest_top_ms": {name: seconds / iterations * 1e3 for name, seconds in top}}
+
+
+def print_split(split):
+    print(f"{'':<8} profile ({split['iterations']} steps): {split['step_ms']:.0f} ms per step, matrix products "
+          f"{split['matrix_products_ms']:.0f} ms ({100 * split['matrix_products_share']:.0f}%), the rest "
+          f"{split['rest_ms']:.0f} ms; largest: " + ", ".join(f"{name} {ms:.0f}" for name, ms in
+                                                           list(split['rest_top_ms'].items())[:5]), flush=True)
+
+
 # --------------------------------------------------------------------------- memory
 def _status_kib(field):
     with open("/proc/self/status") as handle:
@@ -418,6 +464,8 @@ def main(argv=None):
                         help="torch.set_num_threads(N) (default: torch's own default, printed)")
     parser.add_argument("--no-torch", action="store_true", help="time nnbox only")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--profile", type=int, metavar="STEPS", default=0,
+                        help="also cProfile this many nnbox steps per model: time in matrix products vs the rest")
     parser.add_argument("--json", metavar="PATH", help="also write every result (and the raw times) here")
     parser.add_argument("--_memory-child", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -451,6 +499,9 @@ def main(argv=None):
                 row["memory"] = None if args.no_memory else measure_memory(model, args, torch is not None)
                 results["models"].append(row)
                 print_row(row, row["memory"])
+                if args.profile:
+                    row["profile"] = profile_split(model, args, os.path.join(run_dir, model + "_profile"), args.profile)
+                    print_split(row["profile"])
     except RuntimeError as error:  # no CuPy / no device for --device gpu: one line, no traceback
         sys.exit(f"bench_train: {error}")
     if args.json:
