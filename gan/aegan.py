@@ -174,9 +174,9 @@ class GeneratorEncoderLoss(Module):
     backward(grad=1.0) -> (dL/dx, dL/dz), and adds dL/dtheta into every parameter with requires_grad
     (the trainer freezes D_x and D_z, so only G's and E's gradients are computed).
 
-    Forward: z_hat = E(x) (E's first pass); G(z) and G(z_hat) (G's two passes: separate BatchNorm
-    statistics, so early on, while E's outputs are still tiny next to z ~ N(0, I), they are not
-    normalised away and G(E(x)) can depend on x); z_tilde = E(G(z)) (E's second pass); D_x on
+    Forward: z_hat = E(x) (E's first pass); G(z) and G(z_hat) (G's two passes, each with its own
+    BatchNorm statistics, as DCGAN's D sees real and fake batches: prior samples and encodings are
+    different distributions until D_z has matched them); z_tilde = E(G(z)) (E's second pass); D_x on
     images = [G(z); G(E(x))]; D_z(z_hat). Backward, by the chain rule (n = N, m = N C s s, d = latent_dim):
         [dfake; drecon] = w_ai D_x^T(dL_G/dlogits)  drecon += w_ri sign(G(E(x)) - x) / m
         dz_tilde = w_rl 2 (z_tilde - z) / (N d)     dfake += E^T(dz_tilde)            (E's second pass)
