@@ -269,3 +269,35 @@ def test_the_penalty_on_the_gpu_matches_the_cpu(rng):
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-10)
     for cpu, gpu in zip(results[0][1], results[1][1]):
         np.testing.assert_allclose(gpu, cpu, rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- the example
+@pytest.fixture(scope="module")
+def faces_gan():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "examples" / "faces_gan.py"
+    spec = importlib.util.spec_from_file_location("faces_gan_example_wgan_gp", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_example_sets_the_wgan_gp_recipe_unless_told_otherwise(faces_gan):
+    t = faces_gan.config_from_args(vars(faces_gan.build_parser().parse_args(["--loss", "wgan_gp"]))).train
+    assert (t.loss, t.optimizer, t.lr_g, t.lr_d, t.beta1, t.beta2) == ("wgan_gp", "adam", 1e-4, 1e-4, 0.0, 0.9)
+    assert (t.balance, t.n_d, t.label_smoothing, t.gp_weight) == ("ratio", 5, 0.0, 10.0)
+    t = faces_gan.config_from_args(vars(faces_gan.build_parser().parse_args(
+        ["--loss", "wgan_gp", "--gp-weight", "5", "--lr-d", "3e-4", "--n-d", "3"]))).train
+    assert (t.gp_weight, t.lr_g, t.lr_d, t.n_d) == (5.0, 1e-4, 3e-4, 3)
+
+
+def test_the_example_runs_wgan_gp(faces_gan, tmp_path, capsys):
+    import json
+    out = tmp_path / "run"
+    assert faces_gan.main(["--dataset", "synthetic", "--max-images", "64", "--batch-size", "32", "--width", "4",
+                           "--latent-dim", "8", "--no-progress", "--no-report", "--loss", "wgan_gp", "--epochs", "1",
+                           "--out", str(out)]) == 0
+    assert "wgan_gp loss, ratio balancing" in capsys.readouterr().out
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 2 and all(r["gp"] > 0 and r["train_d"] == 1 for r in history)
