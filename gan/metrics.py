@@ -16,7 +16,6 @@ Measures:
 Feature networks follow the `FeatureExtractor` protocol (`features(images) -> (N, D)`, batched inside);
 `PixelFeatures` here, `gan.inception.InceptionFeatures` and `gan.classifier.ClassifierFeatures`.
 """
-import io
 import math
 import warnings
 from typing import Protocol, runtime_checkable
@@ -472,19 +471,14 @@ def save_nearest_neighbours_figure(generated, training, indices, path, values=No
         indices: (N,) training indices, one per generated image.
         values: optional (N,) distances or similarities printed under the pairs.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .history import atomic_write_bytes
-    from .visualize import to_uint8_images
+    from .visualize import new_figure, save_figure, to_uint8_images
 
     gen = to_uint8_images(generated)
     near = to_uint8_images(to_numpy(training)[np.asarray(indices)])
     n = len(gen)
     columns = min(n, 8)
     rows = math.ceil(n / columns)
-    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2 * columns * 0.9, rows * 1.1), squeeze=False)
+    fig, axes = new_figure(rows, 2 * columns, figsize=(2 * columns * 0.9, rows * 1.1), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i in range(n):
@@ -494,8 +488,5 @@ def save_nearest_neighbours_figure(generated, training, indices, path, values=No
         if values is not None:
             axes[r, 2 * c + 1].set_title(f"{label} {float(values[i]):.3g}", fontsize=6)
     fig.suptitle(f"generated (left) and its nearest training image by {label} (right)", fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
     return path

@@ -1,6 +1,7 @@
 """Pictures of a GAN run: sample grids (PNG), the GIF of grids across epochs, and the training plots.
 
-Plots use matplotlib's Agg backend (no display needed) and read a `gan.history.History`:
+Plots are drawn on pyplot-free matplotlib Figures (no display needed, and a notebook's or a
+user's chosen backend is left alone) and read a `gan.history.History`:
 
     save_image_grid(images, "samples/epoch_000.png")      # float NCHW in [-1, 1] or uint8 NHWC
     plot_losses(history, "plots/losses.png")               # D and G in separate panels
@@ -14,16 +15,13 @@ Every writer goes through a temporary file and os.replace, and returns the path 
 import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from nnbox.backend import to_numpy
 
-from nnbox.backend import to_numpy  # noqa: E402
-
-from .history import atomic_write_bytes  # noqa: E402
+from .history import atomic_write_bytes
 
 D_COLOR, G_COLOR = "tab:blue", "tab:orange"
 FIGURE_DPI = 100
@@ -151,12 +149,22 @@ def _window(n):
     return max(1, n // 50)
 
 
-def _save_figure(fig, path):
+def new_figure(*grid, figsize=None, **subplots_options):
+    """`(figure, axes)` like pyplot's subplots, without pyplot: no backend is chosen or switched,
+    and pyplot keeps no reference (the figure is freed when dropped)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **subplots_options)
+
+
+def save_figure(fig, path, dpi=FIGURE_DPI):
+    """Write `fig` as a PNG at `path` atomically; returns the path."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
-    plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=dpi)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
+
+
+_save_figure = save_figure   # the old private name, still imported by gan/aegan.py
 
 
 def _steps(history):
@@ -182,7 +190,7 @@ def _raw_and_smooth(ax, steps, values, color, label):
 
 def plot_losses(history, path):
     """The D loss and the G loss against the step, in two panels (raw, and a moving average)."""
-    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    fig, axes = new_figure(2, 1, figsize=(8, 6), sharex=True)
     steps = _steps(history)
     for ax, name, color, title in ((axes[0], "d_loss", D_COLOR, "discriminator loss"),
                                    (axes[1], "g_loss", G_COLOR, "generator loss")):
@@ -195,12 +203,12 @@ def plot_losses(history, path):
             ax.legend(loc="upper right", fontsize=8)
     axes[1].set_xlabel("step")
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_accuracy(history, path):
     """Top: D(x) and D(G(z)). Bottom: D's accuracy on real and on fake images, and G's success rate."""
-    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    fig, axes = new_figure(2, 1, figsize=(8, 6), sharex=True)
     steps = _steps(history)
     for name, color, label in (("d_real", "tab:green", "D(x), real"), ("d_fake", "tab:red", "D(G(z)), fake")):
         _raw_and_smooth(axes[0], steps, history.column(name), color, label)
@@ -221,13 +229,13 @@ def plot_accuracy(history, path):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_balance(history, path):
     """The balancing decisions: a tick per step where D (top row) or G (bottom row) trained, and the
     fraction of recent steps in which each trained."""
-    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
+    fig, axes = new_figure(2, 1, figsize=(8, 5), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
     steps = _steps(history)
     train_d, train_g = history.column("train_d"), history.column("train_g")
     for row, values, color, label in ((1, train_d, D_COLOR, "D trained"), (0, train_g, G_COLOR, "G trained")):
@@ -248,12 +256,12 @@ def plot_balance(history, path):
         _epoch_lines(ax, history)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_throughput(history, path):
     """Images per second at every step, with each epoch's mean."""
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = new_figure(figsize=(8, 3.5))
     steps = _steps(history)
     rate = history.column("images_per_sec")
     ax.plot(steps, rate, color="tab:purple", alpha=0.4, linewidth=0.8, label="per step")
@@ -272,7 +280,7 @@ def plot_throughput(history, path):
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 PLOTS = {"losses": plot_losses, "accuracy": plot_accuracy, "balance": plot_balance, "throughput": plot_throughput}

@@ -151,3 +151,13 @@ def test_rebuilding_the_report_keeps_an_added_evaluation_section(tmp_path):
     build_report(tmp_path)
     page = (tmp_path / "report.html").read_text()
     assert page.count(section) == 1 and page.index(section) > page.index("Per epoch")
+
+
+def test_plotting_leaves_the_matplotlib_backend_alone():
+    import subprocess
+    import sys
+    code = ("import matplotlib; matplotlib.use('svg'); import gan.visualize as v, gan.metrics; "
+            "from gan.history import History; "
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend(); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
