@@ -7,8 +7,9 @@ translation G_AB (A -> B) and its inverse G_BA are learned from the adversarial 
 cycle-consistency losses alone.
 
     python examples/cyclegan_mnist.py --data ../shared/data/mnist --out runs/cyclegan          # defaults
-    python examples/cyclegan_mnist.py --data ../shared/data/mnist --image-size 16 --max-images 6000 \\
-        --epochs 6 --out runs/cyclegan16                                # a CPU run of a few minutes
+    python examples/cyclegan_mnist.py --data ../shared/data/mnist --image-size 16 --width 8 --batch-size 16 \\
+        --max-images 3200 --test-images 500 --epochs 2 --lambda-identity 0.5 --lr 1e-3 \\
+        --out runs/cyclegan16                        # docs/results/cyclegan.md (then --resume to --epochs 3)
     python examples/cyclegan_mnist.py --data ../shared/data/mnist --domain-a red --domain-b green \\
         --lambda-identity 0.5 --out runs/red_green
     python examples/cyclegan_mnist.py --device gpu --image-size 28 --epochs 20 --out runs/cyclegan_gpu
@@ -197,7 +198,8 @@ def plot_losses(history, path):
             if name not in history.fields:
                 continue
             values = history.column(name)
-            line, = ax.plot(steps, moving_average(values, window), linewidth=1.4, label=f"{name} (mean of {window})")
+            line, = ax.plot(steps, moving_average(values, window), linewidth=1.4, label=f"{name} (mean of {window})",
+                            linestyle="--" if name.startswith("identity") else "-")
             ax.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.6)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)

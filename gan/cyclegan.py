@@ -18,7 +18,12 @@ b for the identity term) and a layer keeps only its last forward's saved arrays,
 saved state is recorded (`ForwardRecord`) and put back before the backward of that call. The
 backward of the whole objective is written out in `GeneratorObjective.backward`.
 
-    trainer = CycleGANTrainer(CycleGANConfig(image_size=16, width=16))
+The generators normalise with BatchNorm by default (the paper's use instance normalisation, which
+nnbox does not have): without any normalisation, on coloured MNIST the activations grew until the
+output Tanh saturated at -1 and both generators drew black images whatever the input
+(docs/results/cyclegan.md).
+
+    trainer = CycleGANTrainer(CycleGANConfig(g_width=8, d_width=8, lambda_identity=0.5))
     record = trainer.step(a, b)                 # a, b: float32 (N, 3, H, W) in [-1, 1], unpaired
     fake_b = trainer.translate(a, "AB")
     trainer.save_checkpoint("run/checkpoint.npz"); trainer = CycleGANTrainer.load("run/checkpoint.npz")

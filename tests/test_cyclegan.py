@@ -73,7 +73,7 @@ def test_generator_objective_gradcheck_through_frozen_discriminators(rng, free):
     for net in (d_a, d_b, g_ba if free == "G_AB" else g_ab):
         net.requires_grad_(False)
     report = gradcheck(objective, _images(rng, 2), _images(rng, 3), wrt=(0, 1), rng=0,
-                       max_entries=4 if free == "G_AB" else 2)
+                       max_entries=3 if free == "G_AB" else 2)
     prefix = "g_ab." if free == "G_AB" else "g_ba."
     assert any(prefix in label for label in report.checked_entries)
     assert not any("d_a." in label or "d_b." in label for label in report.checked_entries)
@@ -130,7 +130,7 @@ def test_the_training_step_gives_g_ab_the_numerical_gradient_of_l_g(rng):
     checked = 0
     for name, grad in captured.items():
         flat = params[name].data.reshape(-1)
-        for index in np.random.default_rng(0).choice(flat.size, size=min(2, flat.size), replace=False):
+        for index in np.random.default_rng(0).choice(flat.size, size=1, replace=False):
             original = flat[index]
             flat[index] = original + eps
             plus = float(objective(a, b))
