@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from layers import conv_maths
+from layers.activations import LeakyReLU, ReLU
 from layers.conv import Conv2d, ConvTranspose2d
+from layers.normalization import BatchNorm2d
 from nnbox import parallel
 
 
@@ -91,82 +93,64 @@ def test_set_threads_and_environment_checked(monkeypatch):
     assert parallel._default_threads() == 3
 
 
-@pytest.mark.parametrize("batch_last", [False, True])
-def test_im2col_col2im_identical_with_and_without_threads(batch_last, rng, monkeypatch):
-    geometry, x = ((4, 4), (2, 2), (1, 1), (1, 1)), rng.standard_normal((3, 5, 8, 8)).astype(np.float32)
-    cols_shape = (5 * 16, 3 * 16)
-    other = rng.standard_normal(cols_shape).astype(np.float32)
+def _same_with_threads(run, monkeypatch, threads=3):
+    """run() once single-threaded and once split over `threads` threads (tiny MIN_SIZE); every array
+    it returns must be bitwise the same. Returns the single-threaded results."""
     results = []
-    for threads in (1, 3):
-        previous = parallel.set_threads(threads)
+    for count in (1, threads):
+        previous = parallel.set_threads(count)
         monkeypatch.setattr(parallel, "MIN_SIZE", 8)
         try:
-            results.append((conv_maths.im2col(x, *geometry, (4, 4), batch_last=batch_last),
-                            conv_maths.col2im(other, x.shape, *geometry, (4, 4), batch_last=batch_last),
-                            conv_maths.to_channel_major(x, batch_last),
-                            conv_maths.from_channel_major(other[:5], (3, 5, 4, 4), np.arange(5.0), batch_last)))
+            results.append([np.array(value, copy=True) for value in run()])
         finally:
             parallel.set_threads(previous)
     for single, split in zip(*results):
         np.testing.assert_array_equal(single, split)
+    return results[0]
+
+
+@pytest.mark.parametrize("batch_last", [False, True])
+def test_im2col_col2im_identical_with_and_without_threads(batch_last, rng, monkeypatch):
+    geometry, x = ((4, 4), (2, 2), (1, 1), (1, 1)), rng.standard_normal((3, 5, 8, 8)).astype(np.float32)
+    other = rng.standard_normal((5 * 16, 3 * 16)).astype(np.float32)
+    _same_with_threads(lambda: (
+        conv_maths.im2col(x, *geometry, (4, 4), batch_last=batch_last),
+        conv_maths.col2im(other, x.shape, *geometry, (4, 4), batch_last=batch_last),
+        conv_maths.to_channel_major(x, batch_last),
+        conv_maths.from_channel_major(other[:5], (3, 5, 4, 4), np.arange(5.0), batch_last)), monkeypatch)
 
 
 @pytest.mark.parametrize("cls", [Conv2d, ConvTranspose2d])
 def test_conv_layers_identical_with_and_without_threads(cls, rng, monkeypatch):
     x = rng.standard_normal((4, 6, 9, 9)).astype(np.float32)
-    outputs = []
-    for threads in (1, 2):
+
+    def run():
         layer = cls(6, 5, 3, stride=2, padding=1, rng=0)
-        previous = parallel.set_threads(threads)
-        monkeypatch.setattr(parallel, "MIN_SIZE", 8)
-        try:
-            y = layer(x)
-            dx = layer.backward(np.ones_like(y))
-            outputs.append((y, dx, layer.weight.grad, layer.bias.grad))
-        finally:
-            parallel.set_threads(previous)
-    for single, split in zip(*outputs):
-        np.testing.assert_array_equal(single, split)
+        y = layer(x)
+        return y, layer.backward(np.ones_like(y)), layer.weight.grad, layer.bias.grad
+
+    _same_with_threads(run, monkeypatch, threads=2)
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_identical_with_and_without_threads(training, rng, monkeypatch):
-    from layers.normalization import BatchNorm2d
     x = (3.0 + rng.standard_normal((6, 4, 5, 5))).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
-    outputs = []
-    for threads in (1, 3):
-        layer = BatchNorm2d(4)
+
+    def run():
+        layer = BatchNorm2d(4).train(training)
         layer.weight.data[:] = [0.5, 1.5, -1.0, 2.0]
-        layer.train(training)
-        previous = parallel.set_threads(threads)
-        monkeypatch.setattr(parallel, "MIN_SIZE", 8)
-        try:
-            y = layer(x).copy()
-            dx = layer.backward(dy)
-            outputs.append((y, dx, layer.weight.grad, layer.bias.grad, layer.running_mean, layer.running_var))
-        finally:
-            parallel.set_threads(previous)
-    for single, split in zip(*outputs):
-        np.testing.assert_array_equal(single, split)
+        y = layer(x)
+        return y, layer.backward(dy), layer.weight.grad, layer.bias.grad, layer.running_mean, layer.running_var
+
+    _same_with_threads(run, monkeypatch)
 
 
-@pytest.mark.parametrize("make", [lambda: __import__("layers.activations", fromlist=["ReLU"]).ReLU(),
-                                  lambda: __import__("layers.activations", fromlist=["LeakyReLU"]).LeakyReLU(0.2)])
-def test_activations_identical_with_and_without_threads(make, rng, monkeypatch):
+@pytest.mark.parametrize("layer", [ReLU(), LeakyReLU(0.2)])
+def test_activations_identical_with_and_without_threads(layer, rng, monkeypatch):
     x = rng.standard_normal((5, 3, 7)).astype(np.float32)[:, :, ::2]   # a non-contiguous input
     dy = rng.standard_normal(x.shape).astype(np.float32)
-    outputs = []
-    for threads in (1, 3):
-        layer = make()
-        previous = parallel.set_threads(threads)
-        monkeypatch.setattr(parallel, "MIN_SIZE", 8)
-        try:
-            outputs.append((layer(x).copy(), layer.backward(dy).copy()))
-        finally:
-            parallel.set_threads(previous)
-    for single, split in zip(*outputs):
-        np.testing.assert_array_equal(single, split)
+    y, dx = _same_with_threads(lambda: (layer(x), layer.backward(dy)), monkeypatch)
     slope = np.float32(getattr(layer, "negative_slope", 0.0))
-    np.testing.assert_array_equal(outputs[0][0], np.where(x > 0, x, x * slope))
-    np.testing.assert_array_equal(outputs[0][1], np.where(x > 0, dy, dy * slope))
+    np.testing.assert_array_equal(y, np.where(x > 0, x, x * slope))
+    np.testing.assert_array_equal(dx, np.where(x > 0, dy, dy * slope))
