@@ -185,13 +185,12 @@ def save_figures(out, translations, epoch, scale):
 
 def plot_losses(history, path):
     """Three panels against the step: adversarial terms, cycle (and identity) terms, discriminator losses."""
-    from gan.visualize import FIGURE_DPI, moving_average  # selects matplotlib's Agg backend first
-    import matplotlib.pyplot as plt
+    from gan.visualize import moving_average, new_figure, save_figure
     steps = history.column("step")
     panels = (("generators' adversarial terms (MSE(D(fake), 1))", ("adv_ab", "adv_ba")),
               ("cycle consistency |G(G(x)) - x|_1 (and identity)", ("cycle_a", "cycle_b", "identity_a", "identity_b")),
               ("discriminators (1/2 MSE real + 1/2 MSE fake)", ("d_a_loss", "d_b_loss")))
-    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    fig, axes = new_figure(3, 1, figsize=(8, 8), sharex=True)
     window = max(1, len(steps) // 50)
     for ax, (title, names) in zip(axes, panels):
         for name in names:
@@ -206,9 +205,7 @@ def plot_losses(history, path):
         ax.legend(fontsize=8, loc="upper right")
     axes[-1].set_xlabel("step")
     fig.tight_layout()
-    fig.savefig(path, dpi=FIGURE_DPI)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- command line
