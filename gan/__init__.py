@@ -5,3 +5,5 @@ from .balance import Decision, StepStats, get_balance_rule
 from .models import (DCGANDiscriminator, DCGANGenerator, FacesDiscriminator, FacesGenerator,
                      MLPDiscriminator, MLPGenerator, build_gan)
 from .trainer import GANTrainer, NonFiniteLossError, TrainConfig
+from .aegan import AEGANConfig, AEGANNetworks, AEGANTrainer, build_aegan
+from .cyclegan import CycleGANConfig, CycleGANTrainer, ImageTranslator, PatchDiscriminator, cycle_consistency_loss

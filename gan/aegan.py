@@ -698,12 +698,10 @@ LOSS_PANELS = (  # title, [(record field, label)], log scale
 def plot_aegan_losses(history, path):
     """Four panels against the step: the reconstruction terms (log scale), G and E's adversarial
     terms, the discriminators' losses, and their accuracies (moving averages); returns the path."""
-    import matplotlib.pyplot as plt
-
-    from .visualize import _epoch_lines, _raw_and_smooth, _save_figure, _steps
+    from .visualize import _epoch_lines, _raw_and_smooth, _steps, new_figure, save_figure
     if not len(history):
         raise ValueError("plot_aegan_losses: the history is empty (no step has run)")
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    fig, axes = new_figure(2, 2, figsize=(11, 7), sharex=True)
     steps = _steps(history)
     colors = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
     for ax, (title, series, log) in zip(axes.flat, LOSS_PANELS):
@@ -719,4 +717,4 @@ def plot_aegan_losses(history, path):
     for ax in axes[1]:
         ax.set_xlabel("step")
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

@@ -164,9 +164,6 @@ def save_figure(fig, path, dpi=FIGURE_DPI):
     return Path(path)
 
 
-_save_figure = save_figure   # the old private name, still imported by gan/aegan.py
-
-
 def _steps(history):
     steps = history.column("step") if len(history) else np.zeros(0)
     return np.where(np.isfinite(steps), steps, np.arange(len(steps)))
