@@ -7,3 +7,4 @@ from .models import (DCGANDiscriminator, DCGANGenerator, FacesDiscriminator, Fac
 from .trainer import GANTrainer, NonFiniteLossError, TrainConfig
 from .aegan import AEGANConfig, AEGANNetworks, AEGANTrainer, build_aegan
 from .cyclegan import CycleGANConfig, CycleGANTrainer, ImageTranslator, PatchDiscriminator, cycle_consistency_loss
+from .gradient_penalty import gradient_penalty
