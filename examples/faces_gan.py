@@ -37,9 +37,10 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: `python examples
 
 from gan.trainer import GANTrainer, NonFiniteLossError, TrainConfig, stream_rng  # noqa: E402
 from nnbox import backend  # noqa: E402
-from nnbox.data import DataLoader, RandomHorizontalFlip  # noqa: E402
+from nnbox.data import ColorJitter, Compose, DataLoader, RandomHorizontalFlip, with_augmented_copies  # noqa: E402
 
 SUBSET_SEED_OFFSET = 1000  # the --max-images subset is drawn with default_rng([seed, 1000])
+AUGMENT_SEED_OFFSET = 1001  # the --augment-copies copies with default_rng([seed, 1001])
 
 
 class UsageError(ValueError):
@@ -56,6 +57,8 @@ class FacesGANConfig:
     max_images: Optional[int] = None  # use a random subset of this many images (quick runs); None: all
     synthetic_count: int = 13233      # how many synthetic faces to draw (as many as LFW has), before max_images
     flip: bool = True                 # mirror each real face left-right with probability 0.5, per batch
+    jitter: float = 0.0               # per-batch colour jitter: brightness, contrast, saturation factors in [1-a, 1+a]
+    augment_copies: int = 0           # enlarge a small set by this many flipped and jittered copies (made once)
     batch_size: int = 64              # images per batch (the last, smaller batch is dropped)
     epochs: int = 20                  # train until this many epochs are done (a resumed run counts the earlier ones)
     out: str = "runs/faces_gan"       # the run folder: samples, checkpoint, history, plots, report.html
@@ -82,6 +85,9 @@ def build_parser():
     data.add_argument("--max-images", type=int, help="train on a random subset of this many images")
     data.add_argument("--synthetic-count", type=int, help=f"synthetic faces to draw ({d.synthetic_count})")
     data.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
+    data.add_argument("--jitter", type=float, help="per-batch colour jitter amount, e.g. 0.1 (0: off)")
+    data.add_argument("--augment-copies", type=int,
+                      help="enlarge a small set by K flipped and colour-jittered copies of every image (0)")
     model = p.add_argument_group("networks")
     model.add_argument("--arch", choices=("faces", "dcgan", "mlp"), help=f"architecture ({t.arch})")
     model.add_argument("--image-size", type=int, choices=(32, 64), help=f"image side in pixels ({t.image_size})")
@@ -198,6 +204,12 @@ def load_faces(cfg):
     if cfg.max_images is not None and cfg.max_images < len(images):
         pick = np.random.default_rng([cfg.train.seed, SUBSET_SEED_OFFSET]).permutation(len(images))[:cfg.max_images]
         images = images[np.sort(pick)]
+    if cfg.augment_copies:
+        if cfg.augment_copies < 0:
+            raise UsageError(f"--augment-copies must be >= 0, got {cfg.augment_copies}")
+        images, _ = with_augmented_copies(images, np.zeros(len(images), np.int64), cfg.augment_copies,
+                                   np.random.default_rng([cfg.train.seed, AUGMENT_SEED_OFFSET]))
+        source += f", enlarged {cfg.augment_copies + 1}x by flipped and jittered copies"
     return images, f"{len(images)} images of {size}x{size}: {source}"
 
 
@@ -208,7 +220,16 @@ def make_loader(cfg, images):
         batch_size = len(images)
     return DataLoader(images, batch_size=batch_size, shuffle=True, drop_last=True,
                       rng=stream_rng(cfg.train.seed, "data"),
-                      transform=RandomHorizontalFlip(0.5) if cfg.flip else None)
+                      transform=batch_transform(cfg))
+
+
+def batch_transform(cfg):
+    """The per-batch augmentation of the real faces: flips and colour jitter, as chosen (None: none)."""
+    if cfg.jitter < 0:
+        raise UsageError(f"--jitter must be >= 0, got {cfg.jitter}")
+    steps = ([RandomHorizontalFlip(0.5)] if cfg.flip else []) + \
+            ([ColorJitter(cfg.jitter, cfg.jitter, cfg.jitter)] if cfg.jitter else [])
+    return Compose(steps) if steps else None
 
 
 # --------------------------------------------------------------------------- main

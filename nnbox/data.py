@@ -392,7 +392,7 @@ class ImageFolder:
         index = {c: i for i, c in enumerate(self.classes)}
         labels = np.array([index[f] for f in folders], dtype=np.int64)
         if augment_copies:
-            images, labels = _augment_copies(images, labels, int(augment_copies), np.random.default_rng(augment_rng))
+            images, labels = with_augmented_copies(images, labels, int(augment_copies), np.random.default_rng(augment_rng))
         self.images, self.labels = images, labels
 
     # -- cache ---------------------------------------------------------------
@@ -478,7 +478,9 @@ class ImageFolder:
                 f"prepare={self.prepare!r}, per_batch={self.batch_transform!r})")
 
 
-def _augment_copies(images, labels, k, rng):
+def with_augmented_copies(images, labels, k, rng):
+    """`images` (uint8 NHWC) followed by k randomly flipped and colour-jittered (0.2) copies of them;
+    `labels` repeated to match. Returns ((k + 1) N images, (k + 1) N labels)."""
     flip = RandomHorizontalFlip(0.5)
     jitter = ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)
     copies = [images] + [jitter(flip(images, rng=rng), rng=rng) for _ in range(k)]

@@ -85,3 +85,18 @@ def test_gpu_without_cupy_gives_the_backend_error(faces_gan, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "CuPy" in err and "pip install" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_augment_copies_and_jitter_enlarge_and_vary_the_real_faces(faces_gan):
+    cfg = faces_gan.config_from_args({"dataset": "synthetic", "max_images": 8, "augment_copies": 2, "jitter": 0.2})
+    images, description = faces_gan.load_faces(cfg)
+    assert images.shape == (24, 32, 32, 3) and "enlarged 3x" in description
+    assert (images[:8] == faces_gan.load_faces(faces_gan.config_from_args(
+        {"dataset": "synthetic", "max_images": 8}))[0]).all()          # the originals come first
+    transform = faces_gan.batch_transform(cfg)
+    assert [type(t).__name__ for t in transform.transforms] == ["RandomHorizontalFlip", "ColorJitter"]
+    cfg.flip, cfg.jitter = False, 0.0
+    assert faces_gan.batch_transform(cfg) is None
+    cfg.jitter = -1.0
+    with pytest.raises(faces_gan.UsageError, match="--jitter"):
+        faces_gan.batch_transform(cfg)
