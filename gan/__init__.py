@@ -8,3 +8,4 @@ from .trainer import GANTrainer, NonFiniteLossError, TrainConfig
 from .aegan import AEGANConfig, AEGANNetworks, AEGANTrainer, build_aegan
 from .cyclegan import CycleGANConfig, CycleGANTrainer, ImageTranslator, PatchDiscriminator, cycle_consistency_loss
 from .gradient_penalty import gradient_penalty
+from .vae import VAE

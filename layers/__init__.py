@@ -10,3 +10,4 @@ from .shape import Flatten, Reshape
 from .dropout import Dropout, Dropout2d
 from .normalization import BatchNorm1d, BatchNorm2d
 from .spectral_norm import SpectralNorm
+from .sampling import GumbelSoftmax, Reparameterize
