@@ -90,3 +90,24 @@ def test_a_missing_split_is_a_clear_error(cifar_gan, tmp_path, capsys):
     assert cifar_gan.main(TINY + ["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
     assert "no CIFAR-10 batches" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_gpu_without_cupy_is_a_one_line_error(cifar_gan, tmp_path, capsys):
+    from nnbox import backend
+    if backend.cupy_available():
+        pytest.skip("CuPy and a device are present: the GPU run is test_main_on_the_gpu")
+    data = write_cifar_test_batch(tmp_path / "data", 4)
+    assert cifar_gan.main(TINY + ["--data", str(data), "--device", "gpu", "--out", str(tmp_path / "r")]) == 2
+    assert "cifar_gan:" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.gpu
+def test_main_on_the_gpu(cifar_gan, tmp_path):
+    data = write_cifar_test_batch(tmp_path / "data", 40)
+    out = tmp_path / "runs"
+    assert cifar_gan.main(TINY + ["--data", str(data), "--arch", "mlp", "dcgan", "--device", "gpu",
+                                  "--eval-images", "16", "--out", str(out)]) == 0
+    for arch in ("mlp", "dcgan"):
+        history = json.loads((out / arch / "history.json").read_text())
+        assert len(history) == 2 and np.isfinite([r["d_loss"] for r in history]).all()
+        assert np.isfinite(json.loads((out / arch / "metrics.json").read_text())["swd"])

@@ -109,3 +109,15 @@ def test_evaluation_with_digit_classifier_features(study, runs, classifier_weigh
     assert 1.0 <= result["inception_score"] <= 10.0
     for name in ("interp_linear", "interp_slerp", "nearest_l2"):
         assert (out / "uniform" / result["figures"][name]).is_file(), name
+
+
+@pytest.mark.gpu
+def test_study_on_the_gpu(study, tmp_path, classifier_weights):
+    data = write_mnist_train(tmp_path / "data", 40)
+    out = tmp_path / "runs"
+    assert study.main(TINY + ["--data", str(data), "--device", "gpu", "--eval-images", "16",
+                              "--classifier-weights", str(classifier_weights), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for kind in ("uniform", "normal"):
+        metrics = summary[kind]["metrics"]
+        assert np.isfinite(metrics["fid"]) and np.isclose(sum(metrics["digit_fractions"]), 1)
