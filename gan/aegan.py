@@ -48,7 +48,7 @@ from .history import History, atomic_write_text
 from .losses import get_gan_loss
 from .models import ARCHITECTURES, MLPDiscriminator, _Network, build_gan
 from .trainer import (CHECKPOINT_NAME, NonFiniteLossError, _module_generators, _restore_saved_state,
-                      _saved_state, stream_rng)
+                      _saved_state, read_checkpoint_meta, stream_rng)
 from .tricks import sample_latent
 
 LOSSES = ("non_saturating", "minimax", "least_squares", "hinge")  # wasserstein needs clipping: not offered
@@ -413,11 +413,7 @@ class AEGANTrainer:
     @staticmethod
     def read_checkpoint_configs(run_dir):
         """(AEGANConfig, extra_config dict) saved in RUN_DIR/checkpoint.npz."""
-        from nnbox.serialization import load_checkpoint
-        path = Path(run_dir) / CHECKPOINT_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"cannot resume: {path} does not exist")
-        meta = load_checkpoint(path)["trainer"]
+        meta = read_checkpoint_meta(run_dir)
         return AEGANConfig.from_dict(meta["config"]), meta["extra"]
 
     @classmethod

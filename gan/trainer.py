@@ -285,11 +285,7 @@ class GANTrainer:
     @staticmethod
     def read_checkpoint_configs(run_dir):
         """(TrainConfig, extra_config dict) saved in RUN_DIR/checkpoint.npz (the example rebuilds its data)."""
-        from nnbox.serialization import load_checkpoint
-        path = Path(run_dir) / CHECKPOINT_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"cannot resume: {path} does not exist")
-        meta = load_checkpoint(path)["trainer"]
+        meta = read_checkpoint_meta(run_dir)
         return TrainConfig.from_dict(meta["config"]), meta["extra"]
 
     # ------------------------------------------------------------------ one turn
@@ -630,6 +626,15 @@ class GANTrainer:
 
 
 # --------------------------------------------------------------------------- helpers
+def read_checkpoint_meta(run_dir):
+    """The "trainer" section of RUN_DIR/checkpoint.npz: {"config": ..., "extra": ...} (for --resume)."""
+    from nnbox.serialization import load_checkpoint
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: {path} does not exist")
+    return load_checkpoint(path)["trainer"]
+
+
 def _saved_state(module):
     """What every layer of `module` saved for backward: a snapshot to restore after another forward.
 

@@ -11,7 +11,26 @@ def _check_grad(layer, dy, expected_shape):
                          f"{tuple(expected_shape)}, got shape {tuple(dy.shape)}")
 
 
-class Flatten(Module):
+class _ShapeLayer(Module):
+    """What Flatten and Reshape share: y = x reshaped to `_output_shape(x.shape)`, dx = dy reshaped back."""
+
+    def forward(self, x):
+        if not hasattr(x, "ndim"):
+            raise TypeError(f"{type(self).__name__} expects an array, got {type(x).__name__}")
+        output_shape = self._output_shape(tuple(x.shape))
+        self.save_for_backward(input_shape=tuple(x.shape), output_shape=output_shape)
+        return x.reshape(output_shape)
+
+    def backward(self, dy):
+        saved = self.saved_for_backward()
+        _check_grad(self, dy, saved.output_shape)
+        return dy.reshape(saved.input_shape)
+
+    def _output_shape(self, input_shape):
+        raise NotImplementedError
+
+
+class Flatten(_ShapeLayer):
     """Flattens the dimensions start_dim..end_dim into one (as torch.nn.Flatten).
 
     Args:
@@ -42,23 +61,11 @@ class Flatten(Module):
                 f"with start_dim before end_dim, got shape {tuple(shape)}")
         return tuple(shape[:start]) + (math.prod(shape[start:end + 1]),) + tuple(shape[end + 1:])
 
-    def forward(self, x):
-        if not hasattr(x, "ndim"):
-            raise TypeError(f"Flatten expects an array, got {type(x).__name__}")
-        output_shape = self._output_shape(x.shape)
-        self.save_for_backward(input_shape=tuple(x.shape), output_shape=output_shape)
-        return x.reshape(output_shape)
-
-    def backward(self, dy):
-        saved = self.saved_for_backward()
-        _check_grad(self, dy, saved.output_shape)
-        return dy.reshape(saved.input_shape)
-
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
-class Reshape(Module):
+class Reshape(_ShapeLayer):
     """Reshapes each sample to `shape`, keeping the batch dimension: (N, ...) -> (N, *shape).
 
     Args:
@@ -83,6 +90,8 @@ class Reshape(Module):
         self.shape = shape
 
     def _output_shape(self, input_shape):
+        if len(input_shape) < 1:
+            raise ValueError(f"Reshape expects an input (N, ...) with a batch dimension, got shape {input_shape}")
         n, sample_size = input_shape[0], math.prod(input_shape[1:])
         known = math.prod(size for size in self.shape if size != -1)
         target = "(N, " + ", ".join(map(str, self.shape)) + ")"
@@ -99,20 +108,6 @@ class Reshape(Module):
                     f"Reshape to {target} expects inputs with {known} values per sample, e.g. shape "
                     f"(N, {known}), got shape {tuple(input_shape)} ({sample_size} values per sample)")
         return (n,) + shape
-
-    def forward(self, x):
-        if not hasattr(x, "ndim"):
-            raise TypeError(f"Reshape expects an array, got {type(x).__name__}")
-        if x.ndim < 1:
-            raise ValueError(f"Reshape expects an input (N, ...) with a batch dimension, got shape {tuple(x.shape)}")
-        output_shape = self._output_shape(x.shape)
-        self.save_for_backward(input_shape=tuple(x.shape), output_shape=output_shape)
-        return x.reshape(output_shape)
-
-    def backward(self, dy):
-        saved = self.saved_for_backward()
-        _check_grad(self, dy, saved.output_shape)
-        return dy.reshape(saved.input_shape)
 
     def extra_repr(self):
         return ", ".join(map(str, self.shape))
