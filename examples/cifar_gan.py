@@ -1,8 +1,9 @@
 """A GAN on CIFAR-10 with a selectable architecture: fully connected (MLP) or convolutional (DCGAN).
 
 Both use the non-saturating loss, Adam(2e-4, beta1 0.5) for G and D, latents of 128 drawn from
-N(0, 1), batches of 64, and no balancing tricks (D and G each take one step per batch, plain
-labels): the DCGAN paper's recipe, so the architecture is the only difference.
+N(0, 1), batches of 64, and by default no balancing tricks (D and G each take one step per batch,
+plain labels; `--balance` and `--label-smoothing` change that for both alike): the DCGAN paper's
+recipe, so the architecture is the only difference.
 
     python examples/cifar_gan.py --data ../shared/data/cifar-10-batches-bin --arch dcgan --epochs 5 --out runs/cifar
     python examples/cifar_gan.py --data ../shared/data/cifar-10-batches-bin --arch mlp dcgan --epochs 4 \\

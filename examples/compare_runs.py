@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gan.balance import BALANCE_RULES
 from gan.history import atomic_write_bytes, atomic_write_text
 from gan.trainer import SAMPLES_DIR, GANTrainer, TrainConfig, stream_rng
 from gan.visualize import D_COLOR, G_COLOR, moving_average, to_uint8_images
@@ -38,6 +39,12 @@ def add_run_arguments(parser, default_out, variants):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--eval-images", type=int, default=1000,
                    help="images generated for gan.evaluate after training (0: skip the evaluation)")
+    p.add_argument("--balance", choices=sorted(BALANCE_RULES), default="alternate",
+                   help="gan.balance rule, the same for every variant (default alternate: one D and one G step "
+                        "per batch; skip: the network that is too far ahead sits its turn out)")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="one-sided label smoothing, the same for every variant: D's real targets are 1 - this "
+                        "(default 0: plain 1/0 labels)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--out", default=default_out, help=f"folder for the runs (OUT/<{variants}>) and OUT/compare")
@@ -50,10 +57,13 @@ def add_run_arguments(parser, default_out, variants):
 
 def recipe_config(args, **settings):
     """A TrainConfig of the DCGAN paper's recipe, the same in both examples: non-saturating loss,
-    Adam(2e-4, beta1 0.5) for G and D, one D and one G step per batch, plain 1/0 labels; `settings`
-    name the networks (arch, image_size, channels, latent_dim, width, ...) and the latent law."""
+    Adam(2e-4, beta1 0.5) for G and D; by default one D and one G step per batch and plain 1/0
+    labels (`--balance`, `--label-smoothing` change both for every variant alike); `settings` name
+    the networks (arch, image_size, channels, latent_dim, width, ...) and the latent law."""
+    if not 0.0 <= args.label_smoothing < 1.0:
+        raise UsageError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     return TrainConfig(loss="non_saturating", optimizer="adam", lr_g=2e-4, lr_d=2e-4, beta1=0.5,
-                       balance="alternate", label_smoothing=0.0, sample_scale=1, seed=args.seed,
+                       balance=args.balance, label_smoothing=args.label_smoothing, sample_scale=1, seed=args.seed,
                        device=args.device, progress=args.progress, report=args.report, **settings)
 
 

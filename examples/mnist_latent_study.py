@@ -2,9 +2,10 @@
 
 The DCGAN of gan.models at 32x32 (MNIST's 28x28 digits padded by 2 pixels of background on every
 side): 4x4 kernels, stride 2, padding 1, one channel, dropout on D's input (`--input-dropout`, D's
-`input_dropout` option). Non-saturating loss, Adam(2e-4, beta1 0.5), batches of 64, no balancing
-tricks. The only difference between the runs is the law of z (gan.tricks.sample_latent):
-"uniform" U(-1, 1)^d or "normal" N(0, 1)^d.
+`input_dropout` option). Non-saturating loss, Adam(2e-4, beta1 0.5), batches of 64; by default no
+balancing tricks (`--balance skip --label-smoothing 0.1` is walkthrough 6's recipe, which keeps D
+from winning at once; both runs get the same). The only difference between the runs is the law of
+z (gan.tricks.sample_latent): "uniform" U(-1, 1)^d or "normal" N(0, 1)^d.
 
     python examples/mnist_latent_study.py --data ../shared/data/mnist --epochs 5 --max-images 10000 \\
         --classifier-weights mnist_classifier.npz --out runs/mnist_latent

@@ -121,3 +121,22 @@ def test_study_on_the_gpu(study, tmp_path, classifier_weights):
     for kind in ("uniform", "normal"):
         metrics = summary[kind]["metrics"]
         assert np.isfinite(metrics["fid"]) and np.isclose(sum(metrics["digit_fractions"]), 1)
+
+
+def test_balance_and_label_smoothing_reach_both_configs(study, tmp_path):
+    """--balance and --label-smoothing go into the TrainConfig both laws share; bad smoothing is a usage error."""
+    data = write_mnist_train(tmp_path / "data", 16)
+    out = tmp_path / "runs"
+    options = ["--epochs", "1", "--max-images", "16", "--batch-size", "16", "--width", "4", "--latent-dim", "8",
+               "--no-progress", "--no-report", "--eval-images", "0", "--data", str(data)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert study.main(options + ["--balance", "skip", "--label-smoothing", "0.1", "--out", str(out)]) == 0
+    configs = {kind: json.loads((out / kind / "config.json").read_text())["train"] for kind in ("uniform", "normal")}
+    for config in configs.values():
+        assert config["balance"] == "skip" and config["label_smoothing"] == 0.1
+        del config["latent_kind"]
+    assert configs["uniform"] == configs["normal"]
+    errors = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+        assert study.main(options + ["--label-smoothing", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "--label-smoothing must be in [0, 1), got 1.5" in errors.getvalue()
