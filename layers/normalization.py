@@ -21,7 +21,9 @@ class _BatchNorm(Module):
         num_features: C, the number of channels.
         eps: added to the variance for stability (default 1e-5).
         momentum: the weight of the newest batch in the running averages (default 0.1):
-            running = (1 - momentum) * running + momentum * batch statistic.
+            running = (1 - momentum) * running + momentum * batch statistic. None: the cumulative
+            average of all batches so far, momentum = 1 / k at the k-th training batch (as PyTorch;
+            the count is the buffer `num_batches_tracked`).
         affine: learn a per-channel scale `weight` (ones) and shift `bias` (zeros) (default True).
         track_running_stats: keep `running_mean` (zeros) and `running_var` (ones) buffers, updated
             in training and used in eval (default True). Without them, eval also normalises by
@@ -51,13 +53,13 @@ class _BatchNorm(Module):
         name = type(self).__name__
         if int(num_features) != num_features or num_features < 1:
             raise ValueError(f"{name}: num_features must be a positive integer, got {num_features!r}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{name}: momentum must be in [0, 1], got {momentum!r}")
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None (cumulative average), got {momentum!r}")
         if eps <= 0:
             raise ValueError(f"{name}: eps must be positive, got {eps!r}")
         self.num_features = int(num_features)
         self.eps = float(eps)
-        self.momentum = float(momentum)
+        self.momentum = None if momentum is None else float(momentum)
         self.affine = affine
         self.track_running_stats = track_running_stats
         shape = (self.num_features,)
@@ -65,11 +67,23 @@ class _BatchNorm(Module):
         self.bias = Parameter(init.zeros(shape, dtype)) if affine else None
         self.register_buffer("running_mean", init.zeros(shape, dtype) if track_running_stats else None)
         self.register_buffer("running_var", init.ones(shape, dtype) if track_running_stats else None)
+        if momentum is None and track_running_stats:
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
 
     def reset_running_stats(self):
         if self.track_running_stats:
             self.running_mean.fill(0)
             self.running_var.fill(1)
+            if self.momentum is None:
+                self.num_batches_tracked.fill(0)
+
+    def _update_weight(self, dtype):
+        """The running averages' weight for this batch: momentum, or 1/k for the cumulative average
+        (a 0-d array on the buffers' device: no host round trip on the GPU)."""
+        if self.momentum is not None:
+            return self.momentum
+        self.num_batches_tracked += 1
+        return 1.0 / self.num_batches_tracked.astype(dtype)
 
     def _check(self, x):
         name = type(self).__name__
@@ -93,7 +107,7 @@ class _BatchNorm(Module):
                     f"shape {tuple(x.shape)} ({count} value per channel); use a batch of 2 or more, or eval()")
             mean, var, xhat = self._batch_statistics(x, count)
             if self.training and self.track_running_stats:
-                m = self.momentum
+                m = self._update_weight(mean.dtype)
                 unbiased = var * (count / (count - 1))
                 # in place (cast to the buffers' dtype), so references to the buffers stay valid
                 self.running_mean[...] = (1 - m) * self.running_mean + m * mean

@@ -260,3 +260,26 @@ def test_gpu_matches_cpu_float32(rng):
     assert y_gpu.dtype == cupy.float32
     np.testing.assert_allclose(cupy.asnumpy(y_gpu), cpu(x), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cupy.asnumpy(gpu.running_var), cpu.running_var, rtol=1e-6)
+
+
+def test_momentum_none_is_the_cumulative_average_as_in_torch(rng, torch):
+    layer = BatchNorm2d(3, momentum=None).to(np.float64)
+    twin = torch_twin(torch, layer).train()
+    batches = [data(rng, (4, 3, 5, 5)) for _ in range(4)]
+    for x in batches:
+        layer(x)
+        twin(torch.tensor(x))
+    np.testing.assert_allclose(layer.running_mean, twin.running_mean.numpy(), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(layer.running_var, twin.running_var.numpy(), rtol=1e-13)
+    # the cumulative average of the batch means, by its definition
+    np.testing.assert_allclose(layer.running_mean, np.mean([x.mean(axis=(0, 2, 3)) for x in batches], axis=0),
+                               rtol=1e-12)
+    assert int(layer.num_batches_tracked) == 4 == int(twin.num_batches_tracked)
+    state = layer.state_dict()
+    assert int(state["num_batches_tracked"]) == 4
+    fresh = BatchNorm2d(3, momentum=None).to(np.float64)
+    fresh.load_state_dict(state)
+    assert int(fresh.num_batches_tracked) == 4
+    fresh.reset_running_stats()
+    assert int(fresh.num_batches_tracked) == 0
+    assert "num_batches_tracked" not in BatchNorm2d(3).state_dict()   # default: keys unchanged
