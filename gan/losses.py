@@ -8,7 +8,10 @@ gradient back through D (and, for the generator's loss, on through G):
     g_loss, d_fake = loss.generator_loss(D(G(z)))
     G.backward(D.backward(d_fake))
 
-Every loss is a mean over the batch (the D loss is the sum of the real and the fake means). With
+Every loss is a mean over the batch (the D loss is the sum of the real and the fake means). The
+loss value is a 0-d value on the logits' device (a NumPy scalar, or a 0-d CuPy array): nothing is
+copied to the host inside a training step; `float(loss)` fetches it (the trainer fetches all the
+step's logged scalars in one copy). With
 x a logit, t a target and sigma the logistic sigmoid, the BCE-based losses use
 
     BCE(x, t) = -t log sigma(x) - (1 - t) log(1 - sigma(x)) = softplus(x) - t x,   dBCE/dx = sigma(x) - t,
@@ -37,7 +40,7 @@ def sigmoid(x):
 def bce_with_logits(logits, targets):
     """(mean BCE, its gradient with respect to logits): mean(softplus(x) - t x), (sigma(x) - t) / N."""
     n = logits.size
-    loss = float((softplus(logits) - targets * logits).sum()) / n
+    loss = (softplus(logits) - targets * logits).sum() / logits.dtype.type(n)
     return loss, (sigmoid(logits) - targets) / logits.dtype.type(n)
 
 
@@ -138,7 +141,7 @@ class HingeLoss(GANLoss):
         xp = get_array_module(real_logits)
         one = real_logits.dtype.type(1)
         real_margin, fake_margin = one - real_logits, one + fake_logits
-        loss = float(xp.maximum(real_margin, 0).mean()) + float(xp.maximum(fake_margin, 0).mean())
+        loss = xp.maximum(real_margin, 0).mean() + xp.maximum(fake_margin, 0).mean()
         d_real = -(real_margin > 0).astype(real_logits.dtype) / real_logits.dtype.type(real_logits.size)
         d_fake = (fake_margin > 0).astype(fake_logits.dtype) / fake_logits.dtype.type(fake_logits.size)
         return loss, d_real, d_fake
@@ -169,13 +172,13 @@ class WassersteinLoss(GANLoss):
 
 def _half_mean_square(x, target):
     diff = x - target
-    return 0.5 * float((diff * diff).mean()), diff / x.dtype.type(x.size)
+    return x.dtype.type(0.5) * (diff * diff).mean(), diff / x.dtype.type(x.size)
 
 
 def _negative_mean(x):
     """(-mean(x), its gradient -1/N everywhere)."""
     xp = get_array_module(x)
-    return -float(x.mean()), xp.full(x.shape, -1.0 / x.size, dtype=x.dtype)
+    return -x.mean(), xp.full(x.shape, -1.0 / x.size, dtype=x.dtype)
 
 
 GAN_LOSSES = {cls.name: cls for cls in (MinimaxLoss, NonSaturatingLoss, LeastSquaresLoss, HingeLoss, WassersteinLoss)}
