@@ -14,7 +14,6 @@ Reports images per second for both, the ratio, and the largest feature differenc
 import argparse
 import importlib.util
 import json
-import os
 import platform
 import sys
 import tempfile

@@ -47,7 +47,7 @@ from gan.history import atomic_write_text  # noqa: E402
 from gan.vae import LATENTS, VAE, one_hot  # noqa: E402
 from gan.visualize import moving_average, save_image_grid  # noqa: E402
 from nnbox import backend  # noqa: E402
-from nnbox.datasets import CLASS_COLORS, load_colored_mnist  # noqa: E402
+from nnbox.datasets import load_colored_mnist  # noqa: E402
 from nnbox.optim import Adam  # noqa: E402
 from nnbox.serialization import save_checkpoint  # noqa: E402
 

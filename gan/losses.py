@@ -19,8 +19,6 @@ x a logit, t a target and sigma the logistic sigmoid, the BCE-based losses use
 with softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e^-|x|) and sigma computed from e^-|x|, so that
 no exponential overflows: every loss and gradient is finite for any finite logit.
 """
-import numpy as np
-
 from nnbox.backend import get_array_module
 
 

@@ -138,7 +138,7 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
     """
     xp = get_array_module(cols)
     n, c, h, w = image_shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out_size
+    (kh, kw), (ph, pw), (dh, dw), (oh, ow) = kernel, padding, dilation, out_size
     if oh == 1 and ow == 1:
         # a single window (the DCGAN's 4x4 -> 1x1 layers): nothing overlaps, so col2im is one
         # transposing copy; slice-adds over (C, N, 1, 1) slabs would be 3x slower. With one window

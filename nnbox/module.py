@@ -11,8 +11,6 @@ There is no autograd tape: `forward` saves what `backward` needs with
 from collections import OrderedDict
 from types import SimpleNamespace
 
-import numpy as np
-
 from . import backend
 
 
