@@ -49,6 +49,7 @@ import numpy as np
 
 from nnbox import backend
 from nnbox.backend import get_array_module, to_device, to_numpy
+from nnbox.upload import PinnedUploader
 
 from .balance import StepStats, get_balance_rule
 from .gradient_penalty import gradient_penalty
@@ -233,6 +234,7 @@ class GANTrainer:
         self.instance_noise = InstanceNoise(config.instance_noise, config.instance_noise_decay,
                                             rng=stream_rng(config.seed, "noise"))
         self.xp = backend.require_cupy() if config.device == "gpu" else np
+        self._uploader = PinnedUploader() if config.device == "gpu" else None
         self.latent_rng = stream_rng(config.seed, "latent")
         self._device_latent_rng = None  # GPU only: a CuPy generator derived from latent_rng (see _latent)
         self.fixed_z = sample_latent(config.n_samples, self.latent_dim, config.latent_kind,
@@ -292,6 +294,9 @@ class GANTrainer:
     def step(self, real_batch):
         """One turn on a batch of real images (float NCHW in [-1, 1]); returns the step's record.
 
+        On the GPU, pass the batch already on the device (`fit` does, through a PinnedUploader): then
+        the step copies nothing between host and device but its logged scalars, fetched once at the end.
+        A NumPy batch still works; it is uploaded here, and the host waits for that copy.
         Raises NonFiniteLossError when a loss or a statistic is NaN or infinite.
         """
         xp = self.xp
@@ -400,7 +405,8 @@ class GANTrainer:
         """Forget device generators derived from NumPy ones: each epoch re-derives them from the NumPy
         generators' states, which the checkpoint holds, so resuming on the GPU draws the same numbers."""
         self._device_latent_rng = None
-        self.instance_noise._device_rngs.clear()
+        self.instance_noise.reset_device_rngs()
+        self.label_policy.reset_device_rngs()
 
     def _targets(self, n, xp):
         """D's targets from the label policy; None (the loss's own 1/0) when they are the defaults.
@@ -484,6 +490,8 @@ class GANTrainer:
                 batch = next(batches)
                 if isinstance(batch, tuple):  # (images, labels) from a labelled data set
                     batch = batch[0]
+                if self._uploader is not None:   # GPU: queue the copy here, so step() makes none
+                    batch = self._uploader(batch)
                 record = self.step(batch)
                 images += int(batch.shape[0])
                 bar.set_postfix_str(
@@ -578,7 +586,8 @@ class GANTrainer:
                              f"unexpected {unexpected}")
         for name, rng in own.items():
             rng.bit_generator.state = states[name]
-        self.instance_noise._device_rngs.clear()  # a CuPy generator is re-derived from the restored one
+        self.instance_noise.reset_device_rngs()   # CuPy generators are re-derived from the restored ones
+        self.label_policy.reset_device_rngs()
 
     def save_checkpoint(self, loader=None):
         """Write RUN_DIR/checkpoint.npz atomically (everything needed to continue exactly)."""

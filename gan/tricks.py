@@ -47,6 +47,7 @@ class LabelPolicy:
         self.soft_labels = bool(soft_labels)
         self.flip_fraction = float(flip_fraction)
         self.rng = as_rng(rng)
+        self._device_rngs = {}  # array module -> its generator, made once from self.rng
 
     @property
     def is_default(self):
@@ -54,19 +55,36 @@ class LabelPolicy:
         return self.smoothing == 0 and not self.soft_labels and self.flip_fraction == 0
 
     def targets(self, n, xp=np):
-        """(real_targets, fake_targets), each float32 (n, 1) on the array module `xp`."""
+        """(real_targets, fake_targets), each float32 (n, 1) on the array module `xp`.
+
+        The random draws (soft labels, flipped positions) are made where the targets live: with the
+        NumPy generator `rng` for NumPy, with a CuPy generator seeded from it for CuPy (no upload).
+        """
+        rng = self.rng if xp is np else self._device_generator(xp)
         if self.soft_labels:
-            real = SOFT_REAL_CENTRE + SOFT_HALF_WIDTH * self.rng.uniform(-1.0, 1.0, size=(n, 1))
-            fake = SOFT_FAKE_CENTRE + SOFT_HALF_WIDTH * self.rng.uniform(-1.0, 1.0, size=(n, 1))
-            real, fake = np.clip(real, 0.0, 1.0), np.clip(fake, 0.0, 1.0)
+            real = SOFT_REAL_CENTRE + SOFT_HALF_WIDTH * rng.uniform(-1.0, 1.0, size=(n, 1))
+            fake = SOFT_FAKE_CENTRE + SOFT_HALF_WIDTH * rng.uniform(-1.0, 1.0, size=(n, 1))
+            real, fake = xp.clip(real, 0.0, 1.0), xp.clip(fake, 0.0, 1.0)
         else:
-            real = np.full((n, 1), 1.0 - self.smoothing)
-            fake = np.zeros((n, 1))
+            real = xp.full((n, 1), 1.0 - self.smoothing)
+            fake = xp.zeros((n, 1))
         n_flip = self.flip_count(n)
         if n_flip:
-            flipped = self.rng.choice(n, size=n_flip, replace=False)
+            if xp is np:
+                flipped = rng.choice(n, size=n_flip, replace=False)
+            else:                          # n_flip distinct positions: the first of a random order
+                flipped = xp.argsort(rng.random(n))[:n_flip]
             real[flipped], fake[flipped] = fake[flipped].copy(), real[flipped].copy()
-        return xp.asarray(real.astype(np.float32)), xp.asarray(fake.astype(np.float32))
+        return real.astype(np.float32), fake.astype(np.float32)
+
+    def _device_generator(self, xp):
+        if xp not in self._device_rngs:
+            self._device_rngs[xp] = random_generator(self.rng, xp)
+        return self._device_rngs[xp]
+
+    def reset_device_rngs(self):
+        """Forget the CuPy generator; the next GPU draw seeds a new one from `rng` (after a restore)."""
+        self._device_rngs.clear()
 
     def flip_count(self, n):
         """How many of the n positions `targets` flips: round(flip_fraction * n)."""
@@ -100,6 +118,10 @@ class InstanceNoise:
         self.decay_steps = int(decay_steps)
         self.rng = as_rng(rng)
         self._device_rngs = {}  # array module -> its generator, made once from self.rng
+
+    def reset_device_rngs(self):
+        """Forget the CuPy generator; the next GPU draw seeds a new one from `rng` (after a restore)."""
+        self._device_rngs.clear()
 
     def current_std(self, step):
         if self.std == 0 or self.decay_steps == 0:

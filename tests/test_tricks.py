@@ -119,7 +119,12 @@ def test_tricks_on_gpu():
     import cupy
 
     real, fake = LabelPolicy(soft_labels=True, rng=0).targets(4, cupy)
-    assert isinstance(real, cupy.ndarray) and real.shape == (4, 1)
+    assert isinstance(real, cupy.ndarray) and real.shape == (4, 1) and real.dtype == np.float32
+    real, fake = LabelPolicy(soft_labels=True, flip_fraction=0.25, rng=0).targets(1000, cupy)
+    real, fake = real.get().ravel(), fake.get().ravel()       # drawn on the device: soft ranges, 250 swapped
+    assert np.sum(real < 0.5) == 250 and np.sum(fake > 0.5) == 250
+    assert np.all((real >= 0) & (real <= 1)) and np.all((fake >= 0) & (fake <= 1))
+    assert set(np.flatnonzero(real < 0.5)) == set(np.flatnonzero(fake > 0.5))
     z = sample_latent(3, 5, rng=0, xp=cupy)
     np.testing.assert_array_equal(z.get(), sample_latent(3, 5, rng=0))
     images = cupy.zeros((8, 3, 4, 4), cupy.float32)
