@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Issue 6's GPU checks in one run, for a lent GPU machine with CuPy and torch (CUDA) installed:
+# the whole test suite (the `gpu`-marked tests included, float64 gradient checks among them), then
+# the training-iteration benchmark and the per-layer benchmark against torch.cuda in the same run.
+#
+#     OUT=gpu_results bash benchmarks/run_gpu_checks.sh        # logs and JSON land in $OUT
+#
+# No install step: the repository is put on PYTHONPATH (the machine has no network); pytest-xdist
+# spreads the suite over 8 workers when it is there. Each part has its own time limit so that one
+# hang still leaves the others' results.
+set -u
+OUT=${OUT:-gpu_results}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import sys, numpy, cupy, torch; print('python', sys.version.split()[0], '| numpy', numpy.__version__, \
+'| cupy', cupy.__version__, '| torch', torch.__version__, '| CUDA', torch.version.cuda, '|', torch.cuda.get_device_name())" \
+    | tee -a "$OUT/gpu.txt"
+git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/gpu.txt"
+
+workers=""
+$PY -c "import xdist" 2>/dev/null && workers="-n 8"
+echo "== test suite ($workers)"
+start=$SECONDS
+timeout "${TEST_LIMIT:-220}" $PY -m pytest -q -p no:cacheprovider $workers -rfE > "$OUT/tests.log" 2>&1
+echo "pytest exit $? after $((SECONDS - start)) s"
+grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -25
+
+echo "== bench_train (GPU)"
+timeout "${TRAIN_LIMIT:-120}" $PY benchmarks/bench_train.py --device gpu --repeats 20 --warmup 3 --no-memory \
+    --json "$OUT/bench_train_gpu.json" > "$OUT/bench_train.log" 2>&1
+echo "exit $?"; tail -8 "$OUT/bench_train.log"
+
+echo "== bench_layers (GPU)"
+timeout "${LAYERS_LIMIT:-60}" $PY benchmarks/bench_layers.py --device gpu --repeats 20 \
+    --json "$OUT/bench_layers_gpu.json" > "$OUT/bench_layers.log" 2>&1
+echo "exit $?"; tail -16 "$OUT/bench_layers.log"
