@@ -25,8 +25,13 @@ instead of OW, much faster for small maps (`batch_last_layout` decides; the laye
 `col2im` is the adjoint (transpose) of `im2col`: it adds every column entry back onto the input
 pixel it was read from. It is done as kh * kw slice-adds, one per kernel offset, grouped by
 stride phase so that each add is unit-stride (no scatter-add, no loop over the batch or pixels),
-then the padding is cropped away.
+then the padding is cropped away. On the GPU, where every slice-add is a kernel launch, col2im is
+instead a gather (`col2im_gather`): each input pixel reads its few column entries at once.
 """
+import functools
+
+import numpy as np
+
 from nnbox import parallel, workspace
 from nnbox.backend import get_array_module
 
@@ -147,6 +152,8 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
         padded = workspace.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype, xp)
         padded[:, :, 0:dh * (kh - 1) + 1:dh, 0:dw * (kw - 1) + 1:dw] = cols.transpose(3, 0, 1, 2)
         return xp.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w]) if ph or pw else padded
+    if xp is not np:   # CuPy: one gather instead of kh * kw slice-adds per phase (kernel launches)
+        return col2im_gather(cols, image_shape, kernel, stride, padding, dilation, out_size, batch_last)
     image = workspace.empty((n, c, h, w), cols.dtype, xp)
     per_channel = kh * kw
     parallel.run(c, lambda start, stop: _col2im_channels(
@@ -185,6 +192,59 @@ def _col2im_channels(cols, image, kernel, stride, padding, dilation, out_size, b
             crop = _spatial_index(spatial, slice(first_row, first_row + len(range(h)[rows])),
                                   slice(first_col, first_col + len(range(w)[columns])))
             image[:, :, rows, columns] = phase[crop].transpose(*to_image)
+
+
+def col2im_gather(cols, image_shape, kernel, stride, padding, dilation, out_size, batch_last=False):
+    """col2im as a gather: image[n, c, y, x] = sum over the (i, oh, j, ow) with oh s_h + i d_h = y + p_h
+    and ow s_w + j d_w = x + p_w of cols[(c, i, j), column(n, oh, ow)].
+
+    Each pixel has at most T = T_h T_w such entries (T_h = ceil(kh d_h / s_h) at most: 4 for
+    kernel 4, stride 2). Their positions in a channel's block of cols are fixed by the shapes, so
+    they are computed once (`_gather_plan`, cached) as an index (N, H, W, T) and a 0/1 mask (H, W, T)
+    for pixels with fewer; then col2im is one take, one masked sum over T and one transpose: a
+    handful of kernel launches on the GPU whatever the kernel size. The result equals `col2im`'s up
+    to the order of the additions (tested on NumPy).
+    """
+    xp = get_array_module(cols)
+    n, c, h, w = image_shape
+    index, mask = _gather_plan(xp, image_shape, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation),
+                               tuple(out_size), bool(batch_last), np.dtype(cols.dtype).str)
+    gathered = xp.take(cols.reshape(c, -1), index, axis=1)            # (C, N, H, W, T)
+    summed = (gathered * mask).sum(axis=-1)                            # (C, N, H, W)
+    return xp.ascontiguousarray(summed.transpose(1, 0, 2, 3))
+
+
+@functools.lru_cache(maxsize=64)
+def _gather_plan(xp, image_shape, kernel, stride, padding, dilation, out_size, batch_last, dtype):
+    """(index (N, H, W, T) into a channel's block of cols, mask (H, W, T)) for `col2im_gather`, on xp."""
+    n, _, h, w = image_shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out_size
+
+    def taps(size, k, s, p, d, out):
+        """Per image row y: the (kernel offset, output row) pairs reading it, padded to the longest."""
+        pairs = [[(i, o) for i in range(k) for o in range(out) if o * s + i * d == y + p] for y in range(size)]
+        longest = max(1, max(len(found) for found in pairs))
+        offset = np.zeros((size, longest), np.int64)
+        position = np.zeros((size, longest), np.int64)
+        valid = np.zeros((size, longest), bool)
+        for y, found in enumerate(pairs):
+            for t, (i, o) in enumerate(found):
+                offset[y, t], position[y, t], valid[y, t] = i, o, True
+        return offset, position, valid
+
+    i, oy, row_valid = taps(h, kh, sh, ph, dh, oh)                    # (H, Th)
+    j, ox, col_valid = taps(w, kw, sw, pw, dw, ow)                    # (W, Tw)
+    kernel_offset = i[:, None, :, None] * kw + j[None, :, None, :]    # (H, W, Th, Tw)
+    if batch_last:   # cols[(c, i, j), (oh, ow, n)]
+        base = (kernel_offset * oh * ow + oy[:, None, :, None] * ow + ox[None, :, None, :]) * n
+        per_sample = 1
+    else:            # cols[(c, i, j), (n, oh, ow)]
+        base = kernel_offset * n * oh * ow + oy[:, None, :, None] * ow + ox[None, :, None, :]
+        per_sample = oh * ow
+    valid = row_valid[:, None, :, None] & col_valid[None, :, None, :]
+    base = np.where(valid, base, 0).reshape(h, w, -1)                 # masked taps read entry 0
+    index = base[None] + per_sample * np.arange(n).reshape(n, 1, 1, 1)
+    return xp.asarray(index), xp.asarray(valid.reshape(h, w, -1).astype(dtype))
 
 
 def _spatial_index(spatial, rows, columns):

@@ -5,7 +5,7 @@ channel c are taken over every axis but the channel axis 1 (N; N and L; N, H and
 """
 import numpy as np
 
-from nnbox import init, parallel, workspace
+from nnbox import gpu_kernels, init, parallel, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter
 
@@ -105,27 +105,45 @@ class _BatchNorm(Module):
                 raise ValueError(
                     f"{type(self).__name__}: expected more than 1 value per channel when training, got input "
                     f"shape {tuple(x.shape)} ({count} value per channel); use a batch of 2 or more, or eval()")
-            mean, var, xhat = self._batch_statistics(x, count)
-            if self.training and self.track_running_stats:
+            if xp is np:
+                mean, var, xhat = self._batch_statistics(x, count)
+            else:   # CuPy: two reductions; xhat is written by the fused kernel below
+                mean, var = _gpu_batch_statistics(x)
+                xhat = None
+            if xp is not np and self.training and self.track_running_stats:
+                # CuPy: the running averages below and inv_std in one kernel over the C channels
+                inv_std = xp.empty(stat_shape, x.dtype)
+                gpu_kernels.batch_norm_running_stats(mean, var, self._update_weight(mean.dtype), count / (count - 1),
+                                                     self.eps, self.running_mean, self.running_var,
+                                                     inv_std.reshape(-1))
+            elif self.training and self.track_running_stats:
                 m = self._update_weight(mean.dtype)
                 unbiased = var * (count / (count - 1))
                 # in place (cast to the buffers' dtype), so references to the buffers stay valid
                 self.running_mean[...] = (1 - m) * self.running_mean + m * mean
                 self.running_var[...] = (1 - m) * self.running_var + m * unbiased
-            inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype).reshape(stat_shape)
+            if xp is np or not (self.training and self.track_running_stats):
+                inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype).reshape(stat_shape)
             # float32 input: xhat holds x - mean32; the rounding mean - mean32 is subtracted below
-            shift = None if mean.dtype == x.dtype else \
+            shift = None if mean.dtype == x.dtype or xp is not np else \
                 (mean - mean.astype(x.dtype).astype(mean.dtype)).astype(x.dtype).reshape(stat_shape)
         else:
+            mean = self.running_mean
             inv_std = (1.0 / xp.sqrt(self.running_var.astype(x.dtype) + x.dtype.type(self.eps))).reshape(stat_shape)
-            xhat = xp.subtract(x, self.running_mean.astype(x.dtype).reshape(stat_shape),
-                               out=workspace.empty(x.shape, x.dtype, xp))
+            xhat = None if xp is not np else xp.subtract(x, self.running_mean.astype(x.dtype).reshape(stat_shape),
+                                                         out=workspace.empty(x.shape, x.dtype, xp))
             shift = None
-        y = None
+        y = weight = bias = None
         if self.affine:
             y = workspace.empty(x.shape, x.dtype, xp)
             weight = self.weight.data.astype(x.dtype, copy=False).reshape(stat_shape)
             bias = self.bias.data.astype(x.dtype, copy=False).reshape(stat_shape)
+        if xp is not np:   # CuPy: xhat = (x - mean) inv_std, y = xhat weight + bias in one kernel
+            xhat = xp.empty_like(x)
+            gpu_kernels.batch_norm_normalise(x, mean.astype(x.dtype).reshape(stat_shape), inv_std, weight, bias,
+                                             xhat, y)
+            self.save_for_backward(xhat=xhat, inv_std=inv_std, batch_stats=use_batch_stats)
+            return xhat if y is None else y
 
         def normalise(a, b):   # xhat = (held - shift) * inv_std, y = xhat * weight + bias, per sample range
             if shift is not None:
@@ -179,9 +197,12 @@ class _BatchNorm(Module):
         stat_shape = inv_std.shape
         n, c = dy.shape[:2]
         dy_rows, xhat_rows = dy.reshape(n, c, -1), xhat.reshape(n, c, -1)
-        sum_dy = _over_samples(n, dy.size, xp, lambda a, b: dy_rows[a:b].sum(axis=2))               # (C,)
-        sum_dy_xhat = _over_samples(n, dy.size, xp,
-                                    lambda a, b: xp.einsum("ncl,ncl->nc", dy_rows[a:b], xhat_rows[a:b]))  # (C,)
+        if xp is np:
+            sum_dy = _over_samples(n, dy.size, xp, lambda a, b: dy_rows[a:b].sum(axis=2))               # (C,)
+            sum_dy_xhat = _over_samples(n, dy.size, xp,
+                                        lambda a, b: xp.einsum("ncl,ncl->nc", dy_rows[a:b], xhat_rows[a:b]))  # (C,)
+        else:
+            sum_dy, sum_dy_xhat = dy_rows.sum(axis=(0, 2)), (dy_rows * xhat_rows).sum(axis=(0, 2))
         if self.affine:
             if self.weight.requires_grad:
                 self.weight.grad += sum_dy_xhat.astype(self.weight.grad.dtype, copy=False)
@@ -197,6 +218,9 @@ class _BatchNorm(Module):
         k_xhat = (sum_dy_xhat / count).astype(dy.dtype, copy=False).reshape(stat_shape)
         k_dy = (sum_dy / count).astype(dy.dtype, copy=False).reshape(stat_shape)
         dx = workspace.empty(dy.shape, dy.dtype, xp)
+        if xp is not np:   # CuPy: the four passes below in one kernel
+            gpu_kernels.batch_norm_input_grad(dy, xhat, k_xhat, k_dy, scale, dx)
+            return dx
 
         def input_grad(a, b):
             xp.multiply(xhat[a:b], k_xhat, out=dx[a:b])
@@ -210,6 +234,14 @@ class _BatchNorm(Module):
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"track_running_stats={self.track_running_stats}")
+
+
+def _gpu_batch_statistics(x):
+    """CuPy: the per-channel mean and (biased) variance of x (N, C, ...), accumulated in float64 for
+    float32 input, as `_batch_statistics` does on the CPU (without its rounding correction)."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    acc = np.float64 if x.dtype == np.float32 else x.dtype
+    return x.mean(axis=axes, dtype=acc), x.var(axis=axes, dtype=acc)
 
 
 def _over_samples(n, size, xp, partial, dtype=None):

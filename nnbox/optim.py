@@ -26,7 +26,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import backend
+from . import backend, gpu_kernels
 from .module import Module, Parameter, _converter
 
 
@@ -306,6 +306,12 @@ class Adam(Optimizer):
         beta1, beta2 = self.betas
         step = state["step"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        root_bc2 = math.sqrt(1.0 - beta2**step)
+        step_size = -self.lr * root_bc2 / (1.0 - beta1**step)
+        if xp is not np:   # CuPy: the same update as below, fused into one kernel launch
+            gpu_kernels.adam_update(param.data, param.grad, m, v, beta1, beta2, self.eps * root_bc2, step_size,
+                                    self.weight_decay)
+            return
         g = self._weight_decayed_grad(param, self.weight_decay, scratch)
         # m = beta1 m + (1 - beta1) g  ==  beta1 (m - g) + g: in place, no work array
         m -= g
@@ -317,11 +323,10 @@ class Adam(Optimizer):
         v += scratch
         # lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) == (lr sqrt(bc2)/bc1) * m / (sqrt(v) + eps sqrt(bc2)):
         # the same update with one pass fewer
-        root_bc2 = math.sqrt(1.0 - beta2**step)
         xp.sqrt(v, out=scratch)
         scratch += self.eps * root_bc2
         xp.divide(m, scratch, out=scratch)
-        scratch *= -self.lr * root_bc2 / (1.0 - beta1**step)
+        scratch *= step_size
         param.data += scratch
 
 

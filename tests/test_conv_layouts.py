@@ -109,3 +109,19 @@ def test_gradcheck_in_each_layout(cls, kwargs, size, max_pixels, rng, monkeypatc
     monkeypatch.setattr(conv_maths, "BATCH_LAST_MAX_PIXELS", max_pixels)
     layer = cls(**kwargs, rng=rng).to(np.float64)
     gradcheck(layer, rng.standard_normal((2, kwargs["in_channels"]) + size))
+
+
+@pytest.mark.parametrize("batch_last", [False, True])
+@pytest.mark.parametrize("geometry, size", GEOMETRIES + [
+    (((4, 4), (2, 2), (1, 1), (1, 1)), (32, 32)),   # the DCGAN block at a size where phases overlap
+    (((3, 3), (1, 1), (1, 1), (1, 1)), (6, 5)),     # stride 1: up to 9 entries per pixel
+])
+def test_col2im_gather_equals_col2im(geometry, size, batch_last, rng):
+    """The GPU's col2im (a gather) on NumPy: the same image as the phase slice-adds."""
+    x_shape = (3, 2) + size
+    out_size = _out_size(geometry, size)
+    cols = rng.standard_normal((2 * geometry[0][0] * geometry[0][1], 3 * out_size[0] * out_size[1]))
+    want = conv_maths.col2im(cols, x_shape, *geometry, out_size, batch_last=batch_last)
+    got = conv_maths.col2im_gather(cols, x_shape, *geometry, out_size, batch_last=batch_last)
+    assert got.shape == x_shape and got.flags.c_contiguous
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

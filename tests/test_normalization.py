@@ -260,6 +260,21 @@ def test_gpu_matches_cpu_float32(rng):
     assert y_gpu.dtype == cupy.float32
     np.testing.assert_allclose(cupy.asnumpy(y_gpu), cpu(x), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cupy.asnumpy(gpu.running_var), cpu.running_var, rtol=1e-6)
+    np.testing.assert_allclose(cupy.asnumpy(gpu.running_mean), cpu.running_mean, rtol=1e-6, atol=1e-7)
+    dy = data(rng, x.shape).astype(np.float32)
+    np.testing.assert_allclose(cupy.asnumpy(gpu.backward(cupy.asarray(dy))), cpu.backward(dy), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cupy.asnumpy(gpu.weight.grad), cpu.weight.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_cumulative_average_matches_cpu(rng):
+    import cupy
+    cpu, gpu = BatchNorm2d(3, momentum=None), BatchNorm2d(3, momentum=None).to("gpu")
+    for _ in range(3):
+        x = data(rng, (4, 3, 5, 5)).astype(np.float32)
+        cpu(x), gpu(cupy.asarray(x))
+    np.testing.assert_allclose(cupy.asnumpy(gpu.running_mean), cpu.running_mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(cupy.asnumpy(gpu.running_var), cpu.running_var, rtol=1e-6)
 
 
 def test_momentum_none_is_the_cumulative_average_as_in_torch(rng, torch):
