@@ -19,6 +19,9 @@ x a logit, t a target and sigma the logistic sigmoid, the BCE-based losses use
 with softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e^-|x|) and sigma computed from e^-|x|, so that
 no exponential overflows: every loss and gradient is finite for any finite logit.
 """
+import numpy as np
+
+from nnbox import gpu_kernels
 from nnbox.backend import get_array_module
 
 
@@ -31,6 +34,8 @@ def softplus(x):
 def sigmoid(x):
     """1 / (1 + e^-x), from e^-|x| (never overflows): 1/(1+e) for x >= 0, e/(1+e) below."""
     xp = get_array_module(x)
+    if xp is not np:   # CuPy: the same formula in one kernel
+        return gpu_kernels.sigmoid(x)
     e = xp.exp(-xp.abs(x))
     return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
 

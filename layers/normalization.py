@@ -202,7 +202,17 @@ class _BatchNorm(Module):
             sum_dy_xhat = _over_samples(n, dy.size, xp,
                                         lambda a, b: xp.einsum("ncl,ncl->nc", dy_rows[a:b], xhat_rows[a:b]))  # (C,)
         else:
-            sum_dy, sum_dy_xhat = dy_rows.sum(axis=(0, 2)), (dy_rows * xhat_rows).sum(axis=(0, 2))
+            sum_dy, sum_dy_xhat = dy_rows.sum(axis=(0, 2)), gpu_kernels.channel_dot(dy_rows, xhat_rows)
+            if self.affine and self.weight.requires_grad and self.bias.requires_grad and saved.batch_stats:
+                # CuPy: the per-channel lines below (both gradients, scale, k_xhat, k_dy) in one kernel
+                scale, k_xhat, k_dy = (xp.empty(stat_shape, dy.dtype) for _ in range(3))
+                gpu_kernels.batch_norm_channel_grads(sum_dy, sum_dy_xhat, self.weight.data, inv_std.reshape(-1),
+                                                     dy.size // self.num_features, self.weight.grad,
+                                                     self.bias.grad, scale.reshape(-1), k_xhat.reshape(-1),
+                                                     k_dy.reshape(-1))
+                dx = xp.empty_like(dy)
+                gpu_kernels.batch_norm_input_grad(dy, xhat, k_xhat, k_dy, scale, dx)
+                return dx
         if self.affine:
             if self.weight.requires_grad:
                 self.weight.grad += sum_dy_xhat.astype(self.weight.grad.dtype, copy=False)

@@ -19,6 +19,22 @@ def _elementwise(in_params, out_params, body, name):
     return backend.require_cupy().ElementwiseKernel(in_params, out_params, body, name)
 
 
+@functools.lru_cache(maxsize=None)
+def _channel_dot_kernel():
+    return backend.require_cupy().ReductionKernel("T a, T b", "T y", "a * b", "a + b", "y = a", "0", "nnbox_channel_dot")
+
+
+def channel_dot(a, b):
+    """sum over n and l of a[n, c, l] b[n, c, l] -> (C,), in one reduction kernel (a and b (N, C, L))."""
+    return _channel_dot_kernel()(a, b, axis=(0, 2))
+
+
+def sigmoid(x):
+    """1 / (1 + e^-x) from e^-|x| (never overflows), as nnbox's NumPy sigmoid, in one kernel."""
+    return _elementwise("T x", "T y", "T e = exp(-fabs(x)); y = x >= 0 ? 1 / (1 + e) : e / (1 + e)",
+                        "nnbox_sigmoid")(x)
+
+
 def adam_update(param, grad, m, v, beta1, beta2, eps_term, step_size, weight_decay):
     """One Adam step in place on CuPy arrays (see nnbox.optim.Adam for the formula):
 
@@ -64,6 +80,23 @@ def batch_norm_normalise(x, mean, inv_std, weight, bias, xhat, y):
     _elementwise("T x, T mean, T inv_std, T weight, T bias", "T xhat, T y",
                  "xhat = (x - mean) * inv_std; y = xhat * weight + bias",
                  "nnbox_bn_normalise_affine")(x, mean, inv_std, weight, bias, xhat, y)
+
+
+def batch_norm_channel_grads(sum_dy, sum_dy_xhat, weight, inv_std, count, weight_grad, bias_grad, scale, k_xhat,
+                             k_dy):
+    """BatchNorm backward's per-channel values in one kernel over the C channels:
+
+        weight_grad += sum(dy xhat),  bias_grad += sum(dy),  scale = weight inv_std,
+        k_xhat = sum(dy xhat) / m,   k_dy = sum(dy) / m          (m: the values per channel)"""
+    _elementwise("T sum_dy, T sum_dy_xhat, P weight, T inv_std, float64 count",
+                 "P weight_grad, P bias_grad, T scale, T k_xhat, T k_dy",
+                 """weight_grad += sum_dy_xhat;
+                    bias_grad += sum_dy;
+                    scale = weight * inv_std;
+                    k_xhat = sum_dy_xhat / count;
+                    k_dy = sum_dy / count;""",
+                 "nnbox_bn_channel_grads")(sum_dy, sum_dy_xhat, weight, inv_std, count, weight_grad, bias_grad,
+                                           scale, k_xhat, k_dy)
 
 
 def batch_norm_input_grad(dy, xhat, k_xhat, k_dy, scale, dx):
