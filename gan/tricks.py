@@ -16,7 +16,21 @@ from nnbox.backend import as_rng, get_array_module, random_generator
 SOFT_REAL_CENTRE, SOFT_FAKE_CENTRE, SOFT_HALF_WIDTH = 0.85, 0.15, 0.15
 
 
-class LabelPolicy:
+class _DeviceDraws:
+    """For tricks that draw random numbers with a NumPy generator `self.rng`: on CuPy arrays they draw
+    with a CuPy generator seeded once from it (`nnbox.backend.random_generator`), so no upload."""
+
+    def _device_generator(self, xp):
+        if xp not in self._device_rngs:
+            self._device_rngs[xp] = random_generator(self.rng, xp)
+        return self._device_rngs[xp]
+
+    def reset_device_rngs(self):
+        """Forget the CuPy generator; the next GPU draw seeds a new one from `rng` (after a restore)."""
+        self._device_rngs.clear()
+
+
+class LabelPolicy(_DeviceDraws):
     """The discriminator's targets for a batch: hard, smoothed, random soft, and partly flipped.
 
     Args:
@@ -77,15 +91,6 @@ class LabelPolicy:
             real[flipped], fake[flipped] = fake[flipped].copy(), real[flipped].copy()
         return real.astype(np.float32), fake.astype(np.float32)
 
-    def _device_generator(self, xp):
-        if xp not in self._device_rngs:
-            self._device_rngs[xp] = random_generator(self.rng, xp)
-        return self._device_rngs[xp]
-
-    def reset_device_rngs(self):
-        """Forget the CuPy generator; the next GPU draw seeds a new one from `rng` (after a restore)."""
-        self._device_rngs.clear()
-
     def flip_count(self, n):
         """How many of the n positions `targets` flips: round(flip_fraction * n)."""
         return int(round(self.flip_fraction * n))
@@ -95,7 +100,7 @@ class LabelPolicy:
                 f"flip_fraction={self.flip_fraction})")
 
 
-class InstanceNoise:
+class InstanceNoise(_DeviceDraws):
     """Add Gaussian noise to every image D sees, its std annealed linearly to 0 (Sønderby et al. 2016).
 
     Args:
@@ -119,10 +124,6 @@ class InstanceNoise:
         self.rng = as_rng(rng)
         self._device_rngs = {}  # array module -> its generator, made once from self.rng
 
-    def reset_device_rngs(self):
-        """Forget the CuPy generator; the next GPU draw seeds a new one from `rng` (after a restore)."""
-        self._device_rngs.clear()
-
     def current_std(self, step):
         if self.std == 0 or self.decay_steps == 0:
             return self.std
@@ -133,9 +134,7 @@ class InstanceNoise:
         if std == 0:
             return images
         xp = get_array_module(images)
-        if xp not in self._device_rngs:
-            self._device_rngs[xp] = random_generator(self.rng, xp)
-        noise = self._device_rngs[xp].standard_normal(images.shape, dtype=images.dtype)
+        noise = self._device_generator(xp).standard_normal(images.shape, dtype=images.dtype)
         return images + images.dtype.type(std) * noise
 
     def __repr__(self):

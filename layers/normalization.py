@@ -100,50 +100,44 @@ class _BatchNorm(Module):
         stat_shape = (1, self.num_features) + (1,) * (x.ndim - 2)
         count = x.size // self.num_features              # m, the values per channel
         use_batch_stats = self.training or not self.track_running_stats
-        if use_batch_stats:
-            if count < 2:
-                raise ValueError(
-                    f"{type(self).__name__}: expected more than 1 value per channel when training, got input "
-                    f"shape {tuple(x.shape)} ({count} value per channel); use a batch of 2 or more, or eval()")
-            if xp is np:
-                mean, var, xhat = self._batch_statistics(x, count)
-            else:   # CuPy: two reductions; xhat is written by the fused kernel below
-                mean, var = _gpu_batch_statistics(x)
-                xhat = None
-            if xp is not np and self.training and self.track_running_stats:
-                # CuPy: the running averages below and inv_std in one kernel over the C channels
-                inv_std = xp.empty(stat_shape, x.dtype)
-                gpu_kernels.batch_norm_running_stats(mean, var, self._update_weight(mean.dtype), count / (count - 1),
-                                                     self.eps, self.running_mean, self.running_var,
-                                                     inv_std.reshape(-1))
-            elif self.training and self.track_running_stats:
-                m = self._update_weight(mean.dtype)
-                unbiased = var * (count / (count - 1))
-                # in place (cast to the buffers' dtype), so references to the buffers stay valid
-                self.running_mean[...] = (1 - m) * self.running_mean + m * mean
-                self.running_var[...] = (1 - m) * self.running_var + m * unbiased
-            if xp is np or not (self.training and self.track_running_stats):
-                inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype).reshape(stat_shape)
-            # float32 input: xhat holds x - mean32; the rounding mean - mean32 is subtracted below
-            shift = None if mean.dtype == x.dtype or xp is not np else \
-                (mean - mean.astype(x.dtype).astype(mean.dtype)).astype(x.dtype).reshape(stat_shape)
-        else:
-            mean = self.running_mean
-            inv_std = (1.0 / xp.sqrt(self.running_var.astype(x.dtype) + x.dtype.type(self.eps))).reshape(stat_shape)
-            xhat = None if xp is not np else xp.subtract(x, self.running_mean.astype(x.dtype).reshape(stat_shape),
-                                                         out=workspace.empty(x.shape, x.dtype, xp))
-            shift = None
-        y = weight = bias = None
+        if use_batch_stats and count < 2:
+            raise ValueError(
+                f"{type(self).__name__}: expected more than 1 value per channel when training, got input "
+                f"shape {tuple(x.shape)} ({count} value per channel); use a batch of 2 or more, or eval()")
+        weight = bias = None
         if self.affine:
-            y = workspace.empty(x.shape, x.dtype, xp)
             weight = self.weight.data.astype(x.dtype, copy=False).reshape(stat_shape)
             bias = self.bias.data.astype(x.dtype, copy=False).reshape(stat_shape)
-        if xp is not np:   # CuPy: xhat = (x - mean) inv_std, y = xhat weight + bias in one kernel
-            xhat = xp.empty_like(x)
-            gpu_kernels.batch_norm_normalise(x, mean.astype(x.dtype).reshape(stat_shape), inv_std, weight, bias,
-                                             xhat, y)
-            self.save_for_backward(xhat=xhat, inv_std=inv_std, batch_stats=use_batch_stats)
-            return xhat if y is None else y
+        forward = self._forward_numpy if xp is np else self._forward_cupy
+        xhat, y, inv_std = forward(x, stat_shape, count, use_batch_stats, weight, bias)
+        self.save_for_backward(xhat=xhat, inv_std=inv_std, batch_stats=use_batch_stats)
+        return xhat if y is None else y
+
+    def _update_running_stats(self, mean, var, count):
+        """running = (1 - w) running + w batch value (the unbiased variance), in place (cast to the
+        buffers' dtype), so references to the buffers stay valid."""
+        m = self._update_weight(mean.dtype)
+        unbiased = var * (count / (count - 1))
+        self.running_mean[...] = (1 - m) * self.running_mean + m * mean
+        self.running_var[...] = (1 - m) * self.running_var + m * unbiased
+
+    def _forward_numpy(self, x, stat_shape, count, use_batch_stats, weight, bias):
+        """(xhat, y or None, inv_std): the passes split over the samples (nnbox.parallel)."""
+        xp = np
+        if use_batch_stats:
+            mean, var, xhat = self._batch_statistics(x, count)
+            if self.training and self.track_running_stats:
+                self._update_running_stats(mean, var, count)
+            inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype).reshape(stat_shape)
+            # float32 input: xhat holds x - mean32; the rounding mean - mean32 is subtracted below
+            shift = None if mean.dtype == x.dtype else \
+                (mean - mean.astype(x.dtype).astype(mean.dtype)).astype(x.dtype).reshape(stat_shape)
+        else:
+            inv_std = (1.0 / xp.sqrt(self.running_var.astype(x.dtype) + x.dtype.type(self.eps))).reshape(stat_shape)
+            xhat = xp.subtract(x, self.running_mean.astype(x.dtype).reshape(stat_shape),
+                               out=workspace.empty(x.shape, x.dtype, xp))
+            shift = None
+        y = None if weight is None else workspace.empty(x.shape, x.dtype, xp)
 
         def normalise(a, b):   # xhat = (held - shift) * inv_std, y = xhat * weight + bias, per sample range
             if shift is not None:
@@ -154,8 +148,28 @@ class _BatchNorm(Module):
                 y[a:b] += bias
 
         parallel.run(x.shape[0], normalise, x.size, xp)
-        self.save_for_backward(xhat=xhat, inv_std=inv_std, batch_stats=use_batch_stats)
-        return xhat if y is None else y
+        return xhat, y, inv_std
+
+    def _forward_cupy(self, x, stat_shape, count, use_batch_stats, weight, bias):
+        """(xhat, y or None, inv_std): the same maths as `_forward_numpy` in few kernel launches
+        (nnbox.gpu_kernels), without the float32 rounding correction."""
+        xp = get_array_module(x)
+        if use_batch_stats:
+            mean, var = _gpu_batch_statistics(x)
+            if self.training and self.track_running_stats:   # running averages and inv_std: one kernel
+                inv_std = xp.empty(stat_shape, x.dtype)
+                gpu_kernels.batch_norm_running_stats(mean, var, self._update_weight(mean.dtype), count / (count - 1),
+                                                     self.eps, self.running_mean, self.running_var,
+                                                     inv_std.reshape(-1))
+            else:
+                inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype).reshape(stat_shape)
+        else:
+            mean = self.running_mean
+            inv_std = (1.0 / xp.sqrt(self.running_var.astype(x.dtype) + x.dtype.type(self.eps))).reshape(stat_shape)
+        xhat = xp.empty_like(x)
+        y = None if weight is None else xp.empty_like(x)
+        gpu_kernels.batch_norm_normalise(x, mean.astype(x.dtype).reshape(stat_shape), inv_std, weight, bias, xhat, y)
+        return xhat, y, inv_std
 
     def _batch_statistics(self, x, count):
         """(mean, var, x - mean) of a batch: mean and var (C,) in float64 for float32 input, x - mean
