@@ -59,6 +59,9 @@ class _Network(Module):
     def backward(self, dy):
         return self.main.backward(dy)
 
+    def backward_parameters(self, dy):
+        return self.main.backward_parameters(dy)
+
 
 class _Generator(_Network):
     def __init__(self, latent_dim, image_size, channels):

@@ -321,10 +321,10 @@ class GANTrainer:
         d_loss, d_real_grad, d_fake_grad = self.loss.discriminator_loss(real_logits, fake_logits,
                                                                        real_targets, fake_targets)
         if decision.train_d:
-            self.D.zero_grad()
-            self.D.backward(d_fake_grad)         # D still holds the fake pass
+            self.D.zero_grad()                   # D's inputs are data here: no input gradients
+            self.D.backward_parameters(d_fake_grad)   # D still holds the fake pass
             _restore_saved_state(real_pass)
-            self.D.backward(d_real_grad)
+            self.D.backward_parameters(d_real_grad)
             penalty = None
             if self.penalty_rng is not None:   # WGAN-GP: on the images D just saw
                 _, penalty = gradient_penalty(self.D, d_real_input, d_fake_input, self.config.gp_weight,

@@ -173,6 +173,14 @@ class Conv2d(_ConvNd):
         return conv_maths.from_channel_major(y_matrix, (n, self.out_channels) + out_size, bias, batch_last)
 
     def backward(self, dy):
+        saved, dy_matrix, batch_last = self._parameter_grads(dy)
+        return self._convolve_adjoint(dy_matrix, saved.x_shape, saved.out_size, batch_last)
+
+    def backward_parameters(self, dy):
+        """dW and db only: no W2^T dY product, no col2im."""
+        self._parameter_grads(dy)
+
+    def _parameter_grads(self, dy):
         saved = self.saved_for_backward()
         n = saved.x_shape[0]
         self._check_grad(dy, (n, self.out_channels) + saved.out_size)
@@ -181,7 +189,7 @@ class Conv2d(_ConvNd):
         if saved.cols is not None:
             self._accumulate_weight_grad(dy_matrix, saved.cols)
         self._accumulate_bias_grad(dy)
-        return self._convolve_adjoint(dy_matrix, saved.x_shape, saved.out_size, batch_last)
+        return saved, dy_matrix, batch_last
 
 
 class ConvTranspose2d(_ConvNd):
@@ -263,3 +271,13 @@ class ConvTranspose2d(_ConvNd):
             self._accumulate_weight_grad(saved.x_matrix, cols)
         self._accumulate_bias_grad(dy)
         return conv_maths.from_channel_major(dx_matrix, saved.x_shape, None, batch_last)
+
+    def backward_parameters(self, dy):
+        """dW and db only: im2col(dy) without the W2 cols product."""
+        saved = self.saved_for_backward()
+        n, _, h, w = saved.x_shape
+        self._check_grad(dy, (n, self.out_channels) + saved.out_size)
+        if saved.x_matrix is not None:
+            cols = conv_maths.im2col(dy, *self._geometry(), (h, w), batch_last=conv_maths.batch_last_layout((h, w)))
+            self._accumulate_weight_grad(saved.x_matrix, cols)
+        self._accumulate_bias_grad(dy)

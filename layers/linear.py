@@ -39,12 +39,16 @@ class Linear(Module):
         return y
 
     def backward(self, dy):
+        self.backward_parameters(dy)
+        return dy @ self.weight.data
+
+    def backward_parameters(self, dy):
+        """dW and db only (no dy W product)."""
         x = self.saved_for_backward().x
         if self.weight.requires_grad:
             self.weight.grad += dy.T @ x
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += dy.sum(axis=0)
-        return dy @ self.weight.data
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -147,6 +147,18 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
+    def backward_parameters(self, dy):
+        """Accumulate the parameters' gradients of this backward pass, skipping the gradient with
+        respect to the input; returns None.
+
+        For inputs that are data (a discriminator's images in its own step): their gradient would be
+        thrown away, and for a first convolution it is a matrix product and a col2im (PyTorch skips
+        it for inputs that do not require grad). This default runs the whole `backward`; layers
+        whose input gradient costs work (Conv2d, ConvTranspose2d, Linear) and Sequential override it.
+        """
+        self.backward(dy)
+        return None
+
     def save_for_backward(self, **arrays):
         """Keep what `backward` needs, by name (never more: memory is the cost)."""
         object.__setattr__(self, "_saved", SimpleNamespace(**arrays))
@@ -303,3 +315,14 @@ class Sequential(Module):
         for module in reversed(self._children.values()):
             dy = module.backward(dy)
         return dy
+
+    def backward_parameters(self, dy):
+        """Backward down to the first child with a trainable parameter, which skips its input gradient;
+        the children before it (parameter-free) are not visited at all."""
+        children = list(self._children.values())
+        trainable = [i for i, module in enumerate(children) if any(p.requires_grad for p in module.parameters())]
+        if trainable:
+            for module in reversed(children[trainable[0] + 1:]):
+                dy = module.backward(dy)
+            children[trainable[0]].backward_parameters(dy)
+        return None
