@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from nnbox import parallel
 from nnbox.backend import get_array_module
 from nnbox.module import Module
 
@@ -96,26 +97,32 @@ class MaxPool2d(_Pool2d):
         n, c, h, w = x.shape
         padded = conv_maths.pad2d(x, self.padding, value=-np.inf)
         kh, kw = self.kernel_size
-        # a running maximum over the kernel offsets; `offset` remembers which offset won
-        offset_type = np.int8 if kh * kw <= 127 else np.int64
-        y = offset = None
-        for i, j, rows, columns in conv_maths.offset_slices(self.kernel_size, self.stride, (1, 1), out_size):
-            window = padded[:, :, rows, columns]
-            if y is None:
-                y = window.copy()
-                offset = xp.zeros(y.shape, dtype=offset_type)
-                continue
-            better = window > y  # strict: ties keep the first maximum, as PyTorch
-            xp.maximum(y, window, out=y)
-            # offsets are visited in increasing order, so "offset = k where better" is a maximum
-            # with the mask times k (a multiply by the mask: 40x faster than copyto(where=))
-            xp.maximum(offset, better * offset_type(i * kw + j), out=offset)
         # flat index in the plane = where the window starts + where in the window the max is
         start_row = xp.arange(out_size[0], dtype=np.int64) * self.stride[0] - self.padding[0]
         start_col = xp.arange(out_size[1], dtype=np.int64) * self.stride[1] - self.padding[1]
         start = start_row.reshape(-1, 1) * w + start_col.reshape(1, -1)
         within = (xp.arange(kh, dtype=np.int64).reshape(-1, 1) * w + xp.arange(kw, dtype=np.int64)).reshape(-1)
-        indices = within[offset] + start
+        offset_type = np.int8 if kh * kw <= 127 else np.int64
+        y = xp.empty((n, c) + out_size, dtype=x.dtype)
+        indices = xp.empty((n, c) + out_size, dtype=np.int64)
+
+        def pool(a, b):
+            """A running maximum over the kernel offsets for samples a:b; `offset` remembers which won."""
+            out, offset = y[a:b], None
+            for i, j, rows, columns in conv_maths.offset_slices(self.kernel_size, self.stride, (1, 1), out_size):
+                window = padded[a:b, :, rows, columns]
+                if offset is None:
+                    out[...] = window
+                    offset = xp.zeros(out.shape, dtype=offset_type)
+                    continue
+                better = window > out  # strict: ties keep the first maximum, as PyTorch
+                xp.maximum(out, window, out=out)
+                # offsets are visited in increasing order, so "offset = k where better" is a maximum
+                # with the mask times k (a multiply by the mask: 40x faster than copyto(where=))
+                xp.maximum(offset, better * offset_type(i * kw + j), out=offset)
+            xp.add(within[offset], start, out=indices[a:b])
+
+        parallel.run(n, pool, x.size, xp)   # split over the samples (nnbox.parallel)
         self.save_for_backward(indices=indices, x_shape=tuple(x.shape))
         return (y, indices) if self.return_indices else y
 
