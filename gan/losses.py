@@ -43,6 +43,9 @@ def sigmoid(x):
 def bce_with_logits(logits, targets):
     """(mean BCE, its gradient with respect to logits): mean(softplus(x) - t x), (sigma(x) - t) / N."""
     n = logits.size
+    if get_array_module(logits) is not np:   # CuPy: both per-element terms in one kernel
+        terms, grad = gpu_kernels.bce_with_logits_terms(logits, targets, n)
+        return terms.sum() / logits.dtype.type(n), grad
     loss = (softplus(logits) - targets * logits).sum() / logits.dtype.type(n)
     return loss, (sigmoid(logits) - targets) / logits.dtype.type(n)
 

@@ -6,7 +6,7 @@ mask instead of branching with `where`.
 """
 import numpy as np
 
-from nnbox import parallel, workspace
+from nnbox import gpu_kernels, parallel, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module
 
@@ -53,6 +53,10 @@ class ReLU(Module):
     def forward(self, x):
         _check_array(self, x)
         xp = get_array_module(x)
+        if xp is not np:   # CuPy: both outputs in one kernel
+            y, positive = gpu_kernels.relu(x)
+            self.save_for_backward(positive=positive)
+            return y
         positive, y = _like(x, bool), _like(x)
 
         def relu(x, positive, y):
@@ -66,6 +70,8 @@ class ReLU(Module):
     def backward(self, dy):
         positive = self.saved_for_backward().positive
         _check_grad(self, dy, positive)
+        if get_array_module(dy) is not np:
+            return gpu_kernels.relu_grad(dy, positive)
         dx = _like(dy)
         _elementwise(lambda dy, positive, dx: get_array_module(dy).multiply(dy, positive, out=dx), dy, positive, dx)
         return dx
@@ -104,6 +110,10 @@ class LeakyReLU(Module):
         _check_array(self, x)
         xp = get_array_module(x)
         slope = self.negative_slope
+        if xp is not np and x.dtype.kind == "f":   # CuPy: y and the mask in one kernel
+            y, positive = gpu_kernels.leaky_relu(x, slope)
+            self.save_for_backward(positive=positive)
+            return y
         if not 0.0 <= slope or x.dtype.kind != "f":
             positive = _positive(x)
             self.save_for_backward(positive=positive)
@@ -122,6 +132,8 @@ class LeakyReLU(Module):
     def backward(self, dy):
         positive = self.saved_for_backward().positive
         _check_grad(self, dy, positive)
+        if get_array_module(dy) is not np and dy.dtype.kind == "f":
+            return gpu_kernels.leaky_relu_grad(dy, positive, self.negative_slope)
         dx = _like(dy)
 
         def leaky_grad(positive, dy, dx):

@@ -155,7 +155,7 @@ class _BatchNorm(Module):
         (nnbox.gpu_kernels), without the float32 rounding correction."""
         xp = get_array_module(x)
         if use_batch_stats:
-            mean, var = _gpu_batch_statistics(x)
+            mean, var = gpu_kernels.channel_mean_var(x)   # float64, as on the CPU
             if self.training and self.track_running_stats:   # running averages and inv_std: one kernel
                 inv_std = xp.empty(stat_shape, x.dtype)
                 gpu_kernels.batch_norm_running_stats(mean, var, self._update_weight(mean.dtype), count / (count - 1),
@@ -258,14 +258,6 @@ class _BatchNorm(Module):
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"track_running_stats={self.track_running_stats}")
-
-
-def _gpu_batch_statistics(x):
-    """CuPy: the per-channel mean and (biased) variance of x (N, C, ...), accumulated in float64 for
-    float32 input, as `_batch_statistics` does on the CPU (without its rounding correction)."""
-    axes = (0,) + tuple(range(2, x.ndim))
-    acc = np.float64 if x.dtype == np.float32 else x.dtype
-    return x.mean(axis=axes, dtype=acc), x.var(axis=axes, dtype=acc)
 
 
 def _over_samples(n, size, xp, partial, dtype=None):

@@ -20,13 +20,61 @@ def _elementwise(in_params, out_params, body, name):
 
 
 @functools.lru_cache(maxsize=None)
-def _channel_dot_kernel():
-    return backend.require_cupy().ReductionKernel("T a, T b", "T y", "a * b", "a + b", "y = a", "0", "nnbox_channel_dot")
+def _sum_of(in_params, out_params, map_expr, name):
+    """A reduction kernel: the sum over the reduced axes of map_expr."""
+    return backend.require_cupy().ReductionKernel(in_params, out_params, map_expr, "a + b", "y = a", "0", name)
 
 
 def channel_dot(a, b):
     """sum over n and l of a[n, c, l] b[n, c, l] -> (C,), in one reduction kernel (a and b (N, C, L))."""
-    return _channel_dot_kernel()(a, b, axis=(0, 2))
+    return _sum_of("T a, T b", "T y", "a * b", "nnbox_channel_dot")(a, b, axis=(0, 2))
+
+
+def channel_mean_var(x):
+    """Per-channel mean and biased variance of x (N, C, ...) over every axis but 1, accumulated in
+    float64 by two reduction kernels: mean = sum(x / m), var = max(sum(x^2 / m) - mean^2, 0).
+    (One pass each and no broadcast; float64 sums of float32 squares keep the cancellation harmless
+    unless |mean| / std exceeds ~1e5.)"""
+    axes = (0,) + tuple(range(2, x.ndim))
+    count = float(x.size // x.shape[1])
+    mean = _sum_of("T x, float64 count", "float64 y", "x / count", "nnbox_channel_mean")(x, count, axis=axes)
+    square_mean = _sum_of("T x, float64 count", "float64 y", "(double)x * x / count",
+                          "nnbox_channel_square_mean")(x, count, axis=axes)
+    return mean, _elementwise("float64 square_mean, float64 mean", "float64 var",
+                              "var = max(square_mean - mean * mean, 0.0)", "nnbox_variance")(square_mean, mean)
+
+
+def relu(x):
+    """(y = max(x, 0), positive = x > 0) in one kernel; NaN stays NaN, as NumPy's maximum."""
+    return _elementwise("T x", "T y, bool positive", "positive = x > 0; y = x <= 0 ? (T)0 : x",
+                        "nnbox_relu")(x)
+
+
+def relu_grad(dy, positive):
+    """dx = dy [x > 0] in one kernel."""
+    return _elementwise("T dy, bool positive", "T dx", "dx = dy * (T)positive", "nnbox_relu_grad")(dy, positive)
+
+
+def leaky_relu(x, slope):
+    """(y = x where x > 0 else slope x, positive = x > 0) in one kernel."""
+    return _elementwise("T x, T slope", "T y, bool positive", "positive = x > 0; y = positive ? x : x * slope",
+                        "nnbox_leaky_relu")(x, slope)
+
+
+def leaky_relu_grad(dy, positive, slope):
+    """dx = dy where x > 0 else slope dy, in one kernel."""
+    return _elementwise("T dy, bool positive, T slope", "T dx", "dx = dy * (positive ? (T)1 : slope)",
+                        "nnbox_leaky_relu_grad")(dy, positive, slope)
+
+
+def bce_with_logits_terms(x, t, n):
+    """Per element, in one kernel: the loss softplus(x) - t x = max(x, 0) + log1p(e^-|x|) - t x, and
+    its gradient (sigma(x) - t) / n (sigma from e^-|x|, as the NumPy code)."""
+    return _elementwise("T x, T t, T n", "T loss, T grad",
+                        """T e = exp(-fabs(x));
+                           loss = (x > 0 ? x : (T)0) + log1p(e) - t * x;
+                           grad = ((x >= 0 ? 1 / (1 + e) : e / (1 + e)) - t) / n;""",
+                        "nnbox_bce_with_logits")(x, t, n)
 
 
 def sigmoid(x):
