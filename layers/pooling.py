@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from nnbox import parallel
+from nnbox import gpu_kernels, parallel
 from nnbox.backend import get_array_module
 from nnbox.module import Module
 
@@ -94,6 +94,10 @@ class MaxPool2d(_Pool2d):
     def forward(self, x):
         out_size = self._check(x)
         xp = get_array_module(x)
+        if xp is not np:   # CuPy: the maxima and their positions in one kernel
+            y, indices = gpu_kernels.max_pool(x, self.kernel_size, self.stride, self.padding, out_size)
+            self.save_for_backward(indices=indices, x_shape=tuple(x.shape))
+            return (y, indices) if self.return_indices else y
         n, c, h, w = x.shape
         padded = conv_maths.pad2d(x, self.padding, value=-np.inf)
         kh, kw = self.kernel_size

@@ -11,6 +11,8 @@ Each kernel is compiled by CuPy on first use and cached on disk. Nothing here ru
 """
 import functools
 
+import numpy as np
+
 from . import backend
 
 
@@ -152,3 +154,41 @@ def batch_norm_input_grad(dy, xhat, k_xhat, k_dy, scale, dx):
     _elementwise("T dy, T xhat, T k_xhat, T k_dy, T scale", "T dx",
                  "dx = scale * (dy - xhat * k_xhat - k_dy)",
                  "nnbox_bn_input_grad")(dy, xhat, k_xhat, k_dy, scale, dx)
+
+
+def max_pool(x, kernel, stride, padding, out_size):
+    """MaxPool2d's (y, indices) for a CuPy x (N, C, H, W) in one kernel: each output element scans its
+    window; padding never wins (it is -inf on the CPU); ties keep the first maximum in row-major
+    window order (strict >, as the CPU and PyTorch); a NaN in the window makes the output NaN.
+    indices[n, c, oh, ow] is the flat position y * W + x of the maximum within its input plane."""
+    cupy = backend.require_cupy()
+    n, c, h, w = x.shape
+    y = cupy.empty((n, c) + tuple(out_size), dtype=x.dtype)
+    argmax = cupy.empty((n, c) + tuple(out_size), dtype=np.int64)
+    _elementwise(
+        "raw T x, int32 h, int32 w, int32 oh, int32 ow, int32 kh, int32 kw, int32 sh, int32 sw, int32 ph, int32 pw",
+        "T y, int64 argmax",
+        """const long long plane = i / ((long long)oh * ow);
+           const int oy = (int)((i / ow) % oh), ox = (int)(i % ow);
+           bool found = false;
+           T best = 0;
+           long long where = 0;
+           for (int a = 0; a < kh; ++a) {
+               const int row = oy * sh - ph + a;
+               if (row < 0 || row >= h) continue;
+               for (int b = 0; b < kw; ++b) {
+                   const int col = ox * sw - pw + b;
+                   if (col < 0 || col >= w) continue;
+                   const T v = x[plane * h * w + (long long)row * w + col];
+                   if (!found || v > best || (v != v && best == best)) {
+                       best = v;
+                       where = (long long)row * w + col;
+                       found = true;
+                   }
+               }
+           }
+           y = best;
+           argmax = where;""",
+        "nnbox_max_pool")(cupy.ascontiguousarray(x).reshape(-1), h, w, out_size[0], out_size[1], kernel[0], kernel[1],
+                          stride[0], stride[1], padding[0], padding[1], y, argmax)
+    return y, argmax

@@ -322,3 +322,17 @@ def test_max_pool_gpu_matches_cpu(rng):
     y_gpu, indices_gpu = MaxPool2d(3, 2, 1, return_indices=True)(cupy.asarray(x))
     np.testing.assert_array_equal(cupy.asnumpy(y_gpu), y)
     np.testing.assert_array_equal(cupy.asnumpy(indices_gpu), indices)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_max_pool_gpu_kernel_matches_cpu_with_ties(case, rng):
+    """The GPU's one-kernel MaxPool2d: same maxima and indices as the CPU, ties to the first maximum."""
+    import cupy
+
+    k, s, p, shape = case
+    x = rng.integers(-2, 3, size=shape).astype(np.float32)       # many ties
+    y, indices = MaxPool2d(k, s, p, return_indices=True)(x)
+    y_gpu, indices_gpu = MaxPool2d(k, s, p, return_indices=True)(cupy.asarray(x))
+    np.testing.assert_array_equal(cupy.asnumpy(y_gpu), y)
+    np.testing.assert_array_equal(cupy.asnumpy(indices_gpu), indices)
