@@ -58,7 +58,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: docs/performance.md
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -439,7 +440,8 @@ def print_row(row, memory):
 
 def machine_info(torch, args):
     info = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "blas_threads": blas_threads(), "device": args.device}
+            "cpu_count": os.cpu_count(), "blas_threads": blas_threads(), "device": args.device,
+            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT")}
     try:
         with open("/proc/cpuinfo") as handle:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
@@ -489,7 +491,8 @@ def main(argv=None):
             print("torch has no CUDA here: timing nnbox only")
             torch = None
         info = machine_info(torch, args)
-        print(f"{info['cpu']}, {info['cpu_count']} CPUs; NumPy {info['numpy']} ({info['blas_threads']} BLAS threads)"
+        print(f"{info['cpu']}, {info['cpu_count']} CPUs; NumPy {info['numpy']} ({info['blas_threads']} BLAS threads, "
+              f"OPENBLAS_THREAD_TIMEOUT={info['openblas_thread_timeout']})"
               + (f", torch {info['torch']} ({info['torch_threads']} threads)" if torch is not None else "")
               + f"; {args.device}, float32, batch {BATCH}, median of {args.repeats} after {args.warmup} warm-up")
         results = {"info": info, "repeats": args.repeats, "warmup": args.warmup, "models": []}

@@ -19,10 +19,12 @@ plots/interpolations_prior.png (between two prior samples), history.csv/.json, e
 config.json and checkpoint.npz (every epoch, atomic; --resume continues exactly).
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: docs/performance.md
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: `python examples/aegan.py`

@@ -23,9 +23,12 @@ interpolations; SWD and FID on pixel features). With two architectures, OUT/comp
 figures side by side (losses.png, samples_per_epoch.png, throughput.png) and summary.json.
 """
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: docs/performance.md
 
 ROOT = Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; compare_runs sits beside this file

@@ -12,9 +12,11 @@ draw the comparison figures with the functions here:
 """
 import io
 import json
+import os
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: docs/performance.md
+import numpy as np  # noqa: E402
 
 from gan.balance import BALANCE_RULES
 from gan.history import atomic_write_bytes, atomic_write_text

@@ -24,12 +24,14 @@ samples.gif and report.html (open it in a browser). `--resume` rebuilds the data
 from the saved settings and continues exactly where the run stopped.
 """
 import argparse
+import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: docs/performance.md
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: `python examples/faces_gan.py`

@@ -21,11 +21,13 @@ the two laws: one coordinate, and the norm ||z||) and, with a classifier, classe
 each generator draws).
 """
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: docs/performance.md
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; compare_runs sits beside this file

@@ -8,9 +8,11 @@ Adam, cross-entropy, a few epochs; prints the test accuracy (about 99% after 2 e
 weights with nnbox.serialization.save_state (an .npz: no pickle).
 """
 import argparse
+import os
 import time
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: docs/performance.md
+import numpy as np  # noqa: E402
 
 from gan.classifier import MNISTClassifier
 from nnbox.datasets import load_mnist

@@ -4,10 +4,20 @@ The engine: array backends, Module/Parameter, optimisers, losses, weight
 initialisation, gradient checking, data loading and serialisation. Layers live
 in the sibling package `layers`, GAN models and training in `gan`.
 """
-from .backend import get_array_module, to_device, cupy_available
-from .module import Module, Parameter, Sequential
-from .gradcheck import gradcheck, GradcheckError
-from . import data, init, losses, optim, serialization
-from .serialization import load_checkpoint, load_state, save_checkpoint, save_state
+import os
+
+# OpenBLAS's threads spin for ~0.1 s after every matrix product (2^28 cycles by default), holding a
+# core that nnbox's own threads (nnbox.parallel) and the main thread need next; with a short
+# timeout they sleep at once (measured: a 64x64 DCGAN step 1265 -> 1055 ms on 2 cores). OpenBLAS
+# reads the variable when NumPy first loads it, so this works only if nnbox comes before NumPy;
+# the example scripts and benchmarks set it themselves before importing NumPy. A value set by the
+# user is kept.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from .backend import get_array_module, to_device, cupy_available  # noqa: E402
+from .module import Module, Parameter, Sequential  # noqa: E402
+from .gradcheck import gradcheck, GradcheckError  # noqa: E402
+from . import data, init, losses, optim, serialization  # noqa: E402
+from .serialization import load_checkpoint, load_state, save_checkpoint, save_state  # noqa: E402
 
 __version__ = "0.1.0"

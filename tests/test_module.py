@@ -283,3 +283,19 @@ def test_to_gpu_and_back(rng):
     net.to("cpu")
     for name, array in net.state_dict().items():
         np.testing.assert_array_equal(array, state[name])
+
+
+def test_importing_nnbox_first_shortens_openblas_spinning():
+    """nnbox sets OPENBLAS_THREAD_TIMEOUT before NumPy loads OpenBLAS (docs/performance.md); a value
+    the user set is kept."""
+    import os
+    import subprocess
+    import sys
+    code = "import os, nnbox; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+                          text=True, check=True).stdout.strip() == "4"
+    env["OPENBLAS_THREAD_TIMEOUT"] = "12"
+    assert subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+                          text=True, check=True).stdout.strip() == "12"
