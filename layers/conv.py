@@ -88,10 +88,14 @@ class _ConvNd(Module):
     def _accumulate_weight_grad(self, small_matrix, cols):
         """weight.grad += small_matrix @ cols^T (when the weight is trainable)."""
         if self.weight.requires_grad:
-            # Both operands share the long inner axis N*OH*OW. OpenBLAS is several times faster
-            # when the operand with more rows comes first (measured at batch 64: D.conv2
-            # 64 ms against 420 ms, G.convT5 40 ms against 1700 ms), so order the product so.
-            if cols.shape[0] >= small_matrix.shape[0]:
+            # Both operands share the long inner axis N*OH*OW. With one thread OpenBLAS was several
+            # times faster when the operand with more rows comes first (batch 64: D.conv2 64 ms
+            # against 420 ms, G.convT5 40 ms against 1700 ms). But that order gives dW transposed,
+            # and adding a (C_small, K) transpose with C_small >= 256 reads memory 1-2 KiB apart:
+            # 16 ms of D.conv4's 29 ms (batch 64, 2 threads), while the product in dW's own order
+            # takes as long as the other. So the small operand comes first from 256 rows on.
+            small_rows = small_matrix.shape[0]
+            if cols.shape[0] >= small_rows and small_rows < 256:
                 grad = (cols @ small_matrix.T).T
             else:
                 grad = small_matrix @ cols.T

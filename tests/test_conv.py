@@ -155,6 +155,39 @@ def test_conv_transpose2d_larger_batch_matches_torch(rng, torch):
     check_parity(torch, layer, torch.nn.ConvTranspose2d(16, 8, 4, 2, 1), x, rng)
 
 
+@pytest.mark.parametrize("cls", [Conv2d, ConvTranspose2d])
+def test_wide_layers_match_a_direct_sum(cls, rng):
+    """256+ channels on the small side: the products are ordered differently there (conv.py
+    `_convolve`, `_accumulate_weight_grad`); output and both gradients still equal the defining sums."""
+    wide, narrow = 256, 3
+    layer = cls(narrow, wide, 2, 2, 0, bias=False, rng=rng) if cls is Conv2d else \
+        cls(wide, narrow, 2, 2, 0, bias=False, rng=rng)
+    layer.to(np.float64)
+    w = layer.weight.data                                   # (small, large, 2, 2)
+    if cls is Conv2d:
+        x = rng.standard_normal((2, narrow, 4, 4))
+        windows = x.reshape(2, narrow, 2, 2, 2, 2).transpose(0, 1, 3, 5, 2, 4)   # (n, c, i, j, oh, ow)
+        expected = np.einsum("ocij,ncijhw->nohw", w, windows)
+    else:
+        x = rng.standard_normal((2, wide, 2, 2))
+        expected = np.einsum("coij,nchw->nohiwj", w, x).reshape(2, narrow, 4, 4)
+    y = layer(x)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    layer.zero_grad()
+    dx = layer.backward(dy)
+    # y is linear in x and in w: <dy, y(x, w)> differentiated by each
+    if cls is Conv2d:
+        expected_dw = np.einsum("nohw,ncijhw->ocij", dy, windows)
+        expected_dx = np.einsum("ocij,nohw->nchiwj", w, dy).reshape(x.shape)
+    else:
+        dy_blocks = dy.reshape(2, narrow, 2, 2, 2, 2)          # (n, o, h, i, w, j)
+        expected_dw = np.einsum("nohiwj,nchw->coij", dy_blocks, x)
+        expected_dx = np.einsum("coij,nohiwj->nchw", w, dy_blocks)
+    np.testing.assert_allclose(layer.weight.grad, expected_dw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-12, atol=1e-12)
+
+
 def test_default_init_bounds_follow_torch():
     """weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = weight.shape[1] * kh * kw."""
     conv = Conv2d(16, 32, 3, rng=0)
