@@ -14,6 +14,10 @@ import os
 # user is kept.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+from . import workspace  # noqa: E402
+
+workspace.tune_malloc()   # reuse the heap pages of a step's temporaries (nnbox.workspace); NNBOX_MALLOC_TUNING=0: off
+
 from .backend import get_array_module, to_device, cupy_available  # noqa: E402
 from .module import Module, Parameter, Sequential  # noqa: E402
 from .gradcheck import gradcheck, GradcheckError  # noqa: E402

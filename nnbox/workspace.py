@@ -16,15 +16,28 @@ use is never recycled). There is no `free` to forget and no aliasing to get wron
 reused only when no Python object can see it.
 
 Only arrays of MIN_BYTES (32 MiB) or more are kept: glibc's malloc serves smaller ones from freed
-heap memory by itself (its mmap threshold adapts up to 32 MiB), while larger ones are always fresh
-pages from the OS; keeping small arrays too only adds idle memory (the faces GAN's peak went from
+heap memory (once `tune_malloc` below has told it to keep that memory), while larger ones are always
+fresh pages from the OS; keeping small arrays too only adds idle memory (the faces GAN's peak went from
 209 to 339 MiB with 1 MiB, 232 MiB with 32 MiB).
+
+Arrays under MIN_BYTES are glibc's to reuse, and by default it often does not: it returns freed
+memory at the top of the heap to the OS once more than 128 KiB-64 MiB is free there, and maps
+arrays above its (adaptive) threshold afresh, so a step's temporaries fault in new zeroed pages
+every time (measured: 4,000-9,000 page faults and 20-60 ms of system time per GAN step).
+`tune_malloc()`, called when nnbox is imported, sets glibc's mmap threshold to MIN_BYTES (arrays
+below it come from the heap) and its trim threshold to TRIM_BYTES (freed heap memory stays for the
+next step): 20-130 faults per step, and steps 3-6% faster (32x32 DCGAN 104 -> 97 ms, faces GAN
+299 -> 288 ms, 64x64 DCGAN 1037 -> 984 ms on 2 cores), peak memory unchanged. The cost: up to
+TRIM_BYTES of freed memory stays with the process. NNBOX_MALLOC_TUNING=0 leaves malloc alone; on
+other C libraries (no glibc mallopt) it does nothing.
 
 Limits: arrays under MIN_BYTES, CuPy arrays (CuPy's own memory pool already recycles) and a
 disabled workspace (NNBOX_WORKSPACE=0, or `set_enabled(False)`) get a plain `xp.empty`. A bucket
 keeps at most MAX_PER_SIZE arrays; `clear()` forgets them all (their memory is freed when unused).
 The cost: up to MAX_PER_SIZE idle arrays per size stay allocated between uses.
 """
+import ctypes
+import ctypes.util
 import math
 import os
 import sys
@@ -32,8 +45,10 @@ import threading
 
 import numpy as np
 
-MIN_BYTES = 32 << 20       # see above: below it, malloc reuses freed memory by itself
+MIN_BYTES = 32 << 20       # see above: below it, malloc reuses freed memory (with tune_malloc)
 MAX_PER_SIZE = 6
+TRIM_BYTES = 256 << 20     # tune_malloc: freed heap memory kept for reuse (1 GiB measured no faster)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters (malloc.h)
 
 _buckets = {}              # (element count, dtype string) -> list of 1-D arrays
 _lock = threading.Lock()
@@ -41,6 +56,20 @@ _enabled = os.environ.get("NNBOX_WORKSPACE", "1").strip() != "0"
 # the references an unused pooled array has while `_free` looks at it: the bucket list, and
 # sys.getrefcount's own argument
 _UNUSED_REFS = 2
+
+
+def tune_malloc():
+    """Make glibc's malloc keep and reuse the memory of arrays under MIN_BYTES (see the module
+    docstring); True if it was applied. MIN_BYTES (32 MiB) is also the largest mmap threshold glibc
+    accepts on 64-bit systems."""
+    if os.environ.get("NNBOX_MALLOC_TUNING", "1").strip() == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):   # no glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MIN_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_BYTES))
 
 
 def set_enabled(enabled):

@@ -95,3 +95,35 @@ def test_gan_steps_identical_with_recycling_on_and_off(recycle_everything):
     fresh = _gan_steps()
     for a, b in zip(recycled, fresh):
         np.testing.assert_array_equal(a, b)
+
+
+def _glibc():
+    import platform
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not _glibc(), reason="malloc tuning applies to glibc only")
+def test_tuned_malloc_reuses_freed_pages():
+    """After tune_malloc (nnbox's import ran it), a step's worth of temporaries under MIN_BYTES, freed
+    together and made again, reuse the heap's pages: no page faults. Untuned glibc returns the freed
+    top of its heap to the OS and faults the pages in afresh (10,000 faults here)."""
+    import resource
+
+    assert workspace.tune_malloc()
+    size = 6 << 20                                  # 24 MiB of float32 each: under MIN_BYTES
+
+    def churn():
+        arrays = [np.ones(size, np.float32) for _ in range(4)]
+        del arrays                                  # 96 MiB freed at once
+
+    churn()                                         # the heap grows once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        churn()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < 1000, f"{faults} page faults for arrays made again in freed heap memory"
+
+
+def test_malloc_tuning_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("NNBOX_MALLOC_TUNING", "0")
+    assert workspace.tune_malloc() is False
