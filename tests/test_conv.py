@@ -258,6 +258,40 @@ def test_im2col_col2im_are_adjoint(geometry, size, rng):
 
 
 # ---------------------------------------------------------------- state, dtype, frozen weights
+@pytest.mark.parametrize("padding, value", [((1, 2), 0.0), ((2, 0), -np.inf), ((0, 1), 3.0)])
+def test_pad2d_border_is_written_over_recycled_memory(padding, value, monkeypatch):
+    """pad2d fills only the border strips; the recycled buffer it gets holds old values, so every
+    border element must still come out as `value` and the inside as x."""
+    from nnbox import workspace
+    monkeypatch.setattr(workspace, "MIN_BYTES", 0)
+    previous = workspace.set_enabled(True)
+    try:
+        x = np.arange(2 * 3 * 4 * 5, dtype=np.float64).reshape(2, 3, 4, 5)
+        shape = (2, 3, 4 + 2 * padding[0], 5 + 2 * padding[1])
+        workspace.empty(shape, np.float64).fill(np.nan)          # the memory pad2d will get back
+        padded = conv_maths.pad2d(x, padding, value)
+        np.testing.assert_array_equal(padded, np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2),
+                                                     constant_values=value))
+    finally:
+        workspace.clear()
+        workspace.set_enabled(previous)
+
+
+def test_batch_last_im2col_padding_is_written_over_recycled_memory(monkeypatch, rng):
+    from nnbox import workspace
+    x = rng.standard_normal((3, 2, 5, 4))
+    geometry, out_size = ((4, 4), (2, 2), (1, 2), (1, 1)), (2, 3)
+    expected = conv_maths.im2col(x, *geometry, out_size, batch_last=True)   # fresh memory
+    monkeypatch.setattr(workspace, "MIN_BYTES", 0)
+    previous = workspace.set_enabled(True)
+    try:
+        workspace.empty((2, 5 + 2, 4 + 4, 3), np.float64).fill(np.nan)   # the padded copy's memory
+        np.testing.assert_array_equal(conv_maths.im2col(x, *geometry, out_size, batch_last=True), expected)
+    finally:
+        workspace.clear()
+        workspace.set_enabled(previous)
+
+
 def test_gradients_accumulate_and_frozen_weight_is_left_alone(rng):
     layer = Conv2d(2, 3, 3, padding=1, rng=rng).to(np.float64)
     x = rng.standard_normal((2, 2, 5, 5))
