@@ -26,7 +26,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import backend, gpu_kernels
+from . import backend, gpu_kernels, parallel
 from .module import Module, Parameter, _converter
 
 
@@ -114,13 +114,13 @@ class Optimizer:
                     f"{tuple(array.shape)}, the parameter {tuple(param.data.shape)}")
 
     @staticmethod
-    def _weight_decayed_grad(param, weight_decay, scratch):
+    def _weight_decayed_grad(data, grad, weight_decay, scratch):
         """grad + weight_decay * data (L2 regularisation, as torch), in `scratch`; or grad itself."""
         if not weight_decay:
-            return param.grad
-        xp = backend.get_array_module(param.data)
-        xp.multiply(param.data, weight_decay, out=scratch)
-        scratch += param.grad
+            return grad
+        xp = backend.get_array_module(data)
+        xp.multiply(data, weight_decay, out=scratch)
+        scratch += grad
         return scratch
 
     # ----------------------------------------------------------- device and dtype
@@ -246,7 +246,7 @@ class SGD(Optimizer):
 
     def _update(self, param, state, scratch):
         xp = backend.get_array_module(param.data)
-        g = self._weight_decayed_grad(param, self.weight_decay, scratch)
+        g = self._weight_decayed_grad(param.data, param.grad, self.weight_decay, scratch)
         if not self.momentum:
             xp.multiply(g, -self.lr, out=scratch)
             param.data += scratch
@@ -312,22 +312,35 @@ class Adam(Optimizer):
             gpu_kernels.adam_update(param.data, param.grad, m, v, beta1, beta2, self.eps * root_bc2, step_size,
                                     self.weight_decay)
             return
-        g = self._weight_decayed_grad(param, self.weight_decay, scratch)
+        arrays = (param.data, param.grad, m, v, scratch)
+        if not all(array.flags.c_contiguous for array in arrays):   # (pieces of flat views need these)
+            self._update_numpy(*arrays, root_bc2, step_size)
+            return
+        # the passes below are element-wise: split the flat arrays over the cores (nnbox.parallel);
+        # both networks of the 64x64 DCGAN (6.3M parameters): 25.5 -> 13.9 ms per step on 2 cores
+        flat = [array.reshape(-1) for array in arrays]
+        parallel.run(flat[0].size, lambda a, b: self._update_numpy(*(f[a:b] for f in flat), root_bc2, step_size),
+                     size=flat[0].size, xp=np)
+
+    def _update_numpy(self, p, grad, m, v, scratch, root_bc2, step_size):
+        """The update of the class docstring on NumPy arrays (or matching pieces of them), in place."""
+        beta1, beta2 = self.betas
+        g = self._weight_decayed_grad(p, grad, self.weight_decay, scratch)
         # m = beta1 m + (1 - beta1) g  ==  beta1 (m - g) + g: in place, no work array
         m -= g
         m *= beta1
         m += g
         v *= beta2
-        xp.multiply(g, g, out=scratch)  # g is not needed after this (it may live in scratch)
+        np.multiply(g, g, out=scratch)  # g is not needed after this (it may live in scratch)
         scratch *= 1.0 - beta2
         v += scratch
         # lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) == (lr sqrt(bc2)/bc1) * m / (sqrt(v) + eps sqrt(bc2)):
         # the same update with one pass fewer
-        xp.sqrt(v, out=scratch)
+        np.sqrt(v, out=scratch)
         scratch += self.eps * root_bc2
-        xp.divide(m, scratch, out=scratch)
+        np.divide(m, scratch, out=scratch)
         scratch *= step_size
-        param.data += scratch
+        p += scratch
 
 
 class RMSprop(Optimizer):
@@ -371,7 +384,7 @@ class RMSprop(Optimizer):
 
     def _update(self, param, state, *scratch):
         xp = backend.get_array_module(param.data)
-        g = self._weight_decayed_grad(param, self.weight_decay, scratch[0])
+        g = self._weight_decayed_grad(param.data, param.grad, self.weight_decay, scratch[0])
         work = scratch[-1]
         square_avg = state["square_avg"]
         square_avg *= self.alpha

@@ -167,6 +167,35 @@ def test_float32_step_is_close_to_float64(rng):
         np.testing.assert_allclose(p32.data, p64.data, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_on_large_parameters_is_split_over_threads_without_changing_the_result(weight_decay, rng):
+    """Large parameters are updated in pieces on several threads (nnbox.parallel): the pieces' results
+    equal the one-thread update bit for bit, and that follows the docstring's formula."""
+    from nnbox import parallel
+    size = 4 * parallel.MIN_SIZE + 3                 # enough for every thread to get a piece
+    start = rng.standard_normal(size).astype(np.float32)
+    grads = [rng.standard_normal(size).astype(np.float32) for _ in range(3)]
+    results = {}
+    for threads in (1, 4):
+        previous = parallel.set_threads(threads)
+        try:
+            param = Parameter(start.copy())
+            opt = Adam([param], lr=0.01, betas=(0.5, 0.999), weight_decay=weight_decay)
+            for grad in grads:
+                param.grad[...] = grad
+                opt.step()
+            results[threads] = param.data
+        finally:
+            parallel.set_threads(previous)
+    np.testing.assert_array_equal(results[4], results[1])
+    p, m, v = start.astype(np.float64), 0.0, 0.0
+    for t, grad in enumerate(grads, start=1):
+        g = grad + weight_decay * p
+        m, v = 0.5 * m + 0.5 * g, 0.999 * v + 0.001 * g * g
+        p = p - 0.01 / (1 - 0.5**t) * m / (np.sqrt(v) / np.sqrt(1 - 0.999**t) + 1e-8)
+    np.testing.assert_allclose(results[1], p, rtol=1e-5, atol=1e-5)
+
+
 def test_gradients_are_not_modified_by_weight_decay(rng):
     params = make_params(rng)
     grads = gradient_sequence(rng, 1)
