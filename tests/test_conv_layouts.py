@@ -56,6 +56,18 @@ def test_batch_last_col2im_matches_and_is_adjoint(geometry, size, rng):
     np.testing.assert_allclose(back_last, back, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("geometry, size", GEOMETRIES[:2])
+def test_batch_last_col2im_in_one_channel_slabs(geometry, size, rng, monkeypatch):
+    """col2im's batch-last write goes in slabs of channels (TRANSPOSE_SLAB_ROWS); with slabs of one
+    channel the image is the same."""
+    x = rng.standard_normal((3, 5) + size)
+    out_size = _out_size(geometry, size)
+    cols = rng.standard_normal(conv_maths.im2col(x, *geometry, out_size, batch_last=True).shape)
+    whole = conv_maths.col2im(cols, x.shape, *geometry, out_size, batch_last=True)
+    monkeypatch.setattr(conv_maths, "TRANSPOSE_SLAB_ROWS", 1)
+    np.testing.assert_array_equal(conv_maths.col2im(cols, x.shape, *geometry, out_size, batch_last=True), whole)
+
+
 @pytest.mark.parametrize("batch_last", [False, True])
 def test_channel_major_round_trip_with_bias(batch_last, rng):
     y = rng.standard_normal((3, 4, 2, 5))

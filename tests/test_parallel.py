@@ -29,6 +29,20 @@ def test_split_covers_the_range_in_near_equal_pieces(n, parts):
     assert len(pieces) == min(parts, n) and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
 
 
+@pytest.mark.parametrize("axis, block", [(0, 3), (1, 1), (0, 100), (None, 2)])
+def test_assign_in_slabs_copies_everything(threaded, axis, block):
+    """Slabs of `block` along `axis`, the last one short, on several threads: dest = source exactly,
+    for a transposing copy and into a strided destination."""
+    source = np.arange(7 * 11 * 5, dtype=np.float32).reshape(7, 11, 5)
+    dest = np.full((5, 11, 7), -1.0, np.float32)
+    parallel.assign(dest, source.transpose(2, 1, 0), axis=axis, block=block)
+    np.testing.assert_array_equal(dest, source.transpose(2, 1, 0))
+    padded = np.zeros((9, 13, 5), np.float32)
+    parallel.assign(padded[1:8, 1:12], source, axis=axis, block=block)
+    np.testing.assert_array_equal(padded[1:8, 1:12], source)
+    assert not padded[0].any() and not padded[8].any() and not padded[:, 0].any() and not padded[:, 12].any()
+
+
 def test_run_returns_results_in_piece_order_from_several_threads(threaded):
     names = set()
 
