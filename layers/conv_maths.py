@@ -111,7 +111,8 @@ def window_view(x_padded, kernel, stride, dilation, out_size):
 
 
 def im2col(x, kernel, stride, padding, dilation, out_size, batch_last=False):
-    """Gather the windows of x (N, C, H, W) into cols (C * kh * kw, N * OH * OW): one contiguous copy.
+    """Gather the windows of x (N, C, H, W) into cols (C * kh * kw, N * OH * OW): one contiguous copy
+    (or, when one unpadded window is the whole image, no copy: the transposed view of x as (N, C*H*W)).
 
     cols[(c, i, j), (n, oh, ow)] = x_padded[n, c, oh * s_h + i * d_h, ow * s_w + j * d_w].
 
@@ -120,6 +121,10 @@ def im2col(x, kernel, stride, padding, dilation, out_size, batch_last=False):
     """
     xp = get_array_module(x)
     n, c = x.shape[:2]
+    if _one_window_covers(x.shape[2:], kernel, padding, dilation) and x.flags.c_contiguous:
+        # the DCGAN's 4x4 -> 1x1 layers: the columns are the samples, cols = x as (N, C*H*W)
+        # transposed; a view, no copy (either column order: with one window they are the same)
+        return x.reshape(n, -1).T
     if batch_last:
         ph, pw = padding
         h, w = x.shape[2:]
@@ -133,6 +138,11 @@ def im2col(x, kernel, stride, padding, dilation, out_size, batch_last=False):
         view = window_view(pad2d(x, padding), kernel, stride, dilation, out_size).transpose(1, 2, 3, 0, 4, 5)
     cols = parallel.assign(workspace.empty(view.shape, x.dtype, xp), view)   # one copy, split over channels
     return cols.reshape(c * kernel[0] * kernel[1], n * out_size[0] * out_size[1])
+
+
+def _one_window_covers(size, kernel, padding, dilation):
+    """Whether one kernel window, unpadded and undilated, is exactly the whole (H, W) image."""
+    return tuple(size) == tuple(kernel) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1)
 
 
 def offset_slices(kernel, stride, dilation, out_size):
@@ -163,6 +173,11 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
     xp = get_array_module(cols)
     n, c, h, w = image_shape
     (kh, kw), (ph, pw), (dh, dw), (oh, ow) = kernel, padding, dilation, out_size
+    if xp is np and _one_window_covers((h, w), kernel, padding, dilation):
+        # the adjoint of im2col's view: image as (N, C*H*W) = cols^T, a transposing copy in slabs
+        image = workspace.empty((n, c, h, w), cols.dtype, xp)
+        parallel.assign(image.reshape(n, -1).T, cols.reshape(-1, n), axis=0, block=TRANSPOSE_SLAB_ROWS)
+        return image
     if oh == 1 and ow == 1:
         # a single window (the DCGAN's 4x4 -> 1x1 layers): nothing overlaps, so col2im is one
         # transposing copy; slice-adds over (C, N, 1, 1) slabs would be 3x slower. With one window
