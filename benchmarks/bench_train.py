@@ -25,7 +25,9 @@ scalars are fetched with `.item()`. Models:
     faces    build_gan("faces", image_size=32): G width 64 (dropout 0), D width 32 (dropout 0.3)
 
 Timing: warm-up iterations first, then nnbox and torch iterations alternate, so both see the same
-machine noise; the median and the interquartile range of the repeats are reported, and the median
+machine noise; the median and the interquartile range of the repeats are reported, the ratio of the
+medians and the "paired" ratio (the median of each nnbox iteration over the torch iteration right
+after it, with its IQR: slow drifts of the machine's speed cancel within a pair), and the median
 CPU time of the process per iteration (time.process_time: all its threads; with one thread each
 it is the work done, nearly free of the waiting that other processes on a shared machine add). torch keeps its
 default thread count (torch.get_num_threads(), printed) unless --torch-threads says otherwise;
@@ -261,6 +263,10 @@ def bench_model(model, args, torch, run_dir):
     if t_step is not None:
         row["time_ratio"] = row["nnbox"]["median_ms"] / row["torch"]["median_ms"]
         row["cpu_time_ratio"] = row["nnbox"]["cpu_median_ms"] / row["torch"]["cpu_median_ms"]
+        # each nnbox iteration against the torch iteration right after it: the machine's slow drift
+        # (10-20% within an hour on a shared VM) cancels in each pair; the spread says how sure the ratio is
+        paired = [nnbox_ms / torch_ms for (nnbox_ms, _), (torch_ms, _) in zip(times["nnbox"], times["torch"])]
+        row["paired_ratio"], row["paired_ratio_iqr"] = quartiles(paired)
         if args.device == "cpu":
             row["target_ratio"] = TARGETS[model]
     return row
@@ -421,7 +427,8 @@ def print_row(row, memory):
     if "torch" in row:
         t = row["torch"]
         line += (f" | torch {t['median_ms']:8.1f} ms (IQR {t['iqr_ms']:5.1f}) {t['images_per_s']:7.1f} img/s "
-                 f"{t['gflop_per_s']:6.1f} GFLOP/s | time x{row['time_ratio']:.2f}")
+                 f"{t['gflop_per_s']:6.1f} GFLOP/s | time x{row['time_ratio']:.2f} "
+                 f"(paired x{row['paired_ratio']:.2f}, IQR {row['paired_ratio_iqr']:.2f})")
         if "target_ratio" in row:
             line += f" (target <= {row['target_ratio']})"
         line += (f" | CPU time nnbox {nn['cpu_median_ms']:.0f} ms, torch {t['cpu_median_ms']:.0f} ms, "
