@@ -1,4 +1,7 @@
-"""Shared fixtures: a seeded generator, the optional torch oracle, and GPU skipping."""
+"""Shared fixtures: a seeded generator, the optional torch oracle, GPU skipping, and a watch on
+host-device copies for the GPU step tests."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -23,3 +26,35 @@ def rng():
 def torch():
     """PyTorch as a test oracle; the test is skipped, with the reason shown, when it is missing."""
     return pytest.importorskip("torch", reason="torch is not installed: `pip install -e .[parity]` runs the parity tests")
+
+
+@pytest.fixture
+def device_copies(monkeypatch):
+    """watch(fetch_owner): a context manager yielding (uploads, fetches), the shapes of the NumPy arrays
+    given to cupy.asarray/cupy.array and of the arrays passed to fetch_owner.to_numpy inside it;
+    any other wait for the GPU raises there (cupyx.allow_synchronize(False)). For issue 6's "no
+    host-device copies inside a step but the logged scalars, fetched once"."""
+    import cupy
+    import cupyx
+
+    @contextlib.contextmanager
+    def watch(fetch_owner):
+        uploads, fetches = [], []
+        for name in ("asarray", "array"):
+            original = getattr(cupy, name)
+
+            def counted(a, *args, _original=original, **kwargs):
+                if isinstance(a, np.ndarray) and not isinstance(a, cupy.ndarray) and a.ndim > 0:
+                    uploads.append(a.shape)
+                return _original(a, *args, **kwargs)
+            monkeypatch.setattr(cupy, name, counted)
+
+        def fetch(array, _original=fetch_owner.to_numpy):
+            fetches.append(array.shape)
+            with cupyx.allow_synchronize(True):
+                return _original(array)
+        monkeypatch.setattr(fetch_owner, "to_numpy", fetch)
+        with cupyx.allow_synchronize(False):
+            yield uploads, fetches
+
+    return watch

@@ -222,34 +222,17 @@ def test_a_step_on_the_gpu(tmp_path, faces):
 
 
 @pytest.mark.gpu
-def test_a_gpu_step_copies_nothing_but_its_logged_scalars(tmp_path, faces, monkeypatch):
+def test_a_gpu_step_copies_nothing_but_its_logged_scalars(tmp_path, faces, device_copies):
     """Issue 6: inside a step no array crosses between host and device except the logged scalars,
     fetched in one copy. Every trick that draws random numbers is on, so their draws are checked too."""
     import cupy
-    import cupyx
 
     import gan.trainer as trainer_module
     config = tiny_config(device="gpu", flip_labels=0.25, soft_labels=True, label_smoothing=0.0, instance_noise=0.1)
     trainer = GANTrainer.from_config(config, tmp_path / "run")
     real = cupy.asarray(next(iter(make_loader(faces))))
     trainer.step(real)                   # the first step builds what later steps reuse
-
-    uploads, fetches = [], []
-    for name in ("asarray", "array"):
-        original = getattr(cupy, name)
-
-        def counted(a, *args, _original=original, **kwargs):
-            if isinstance(a, np.ndarray) and not isinstance(a, cupy.ndarray) and a.ndim > 0:
-                uploads.append(a.shape)
-            return _original(a, *args, **kwargs)
-        monkeypatch.setattr(cupy, name, counted)
-
-    def fetch(array, _original=trainer_module.to_numpy):
-        fetches.append(array.shape)
-        with cupyx.allow_synchronize(True):
-            return _original(array)
-    monkeypatch.setattr(trainer_module, "to_numpy", fetch)
-    with cupyx.allow_synchronize(False):    # raises cupyx.DeviceSynchronized at any other wait
+    with device_copies(trainer_module) as (uploads, fetches):
         record = trainer.step(real)
     assert uploads == [] and fetches == [(7,)]
     assert np.isfinite(record["d_loss"]) and np.isfinite(record["g_loss"])
