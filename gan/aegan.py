@@ -43,6 +43,7 @@ from nnbox.backend import as_rng, get_array_module, to_device, to_numpy
 from nnbox.losses import l1, mse
 from nnbox.module import Module
 from nnbox.optim import Adam
+from nnbox.upload import PinnedUploader
 
 from .history import History, atomic_write_text
 from .losses import get_gan_loss
@@ -169,7 +170,8 @@ class LossWeights:
 class GeneratorEncoderLoss(Module):
     """L_GE(x, z), the loss G and E minimise together, and its backward through the composites.
 
-    forward(x, z) -> 0-d array L_GE; afterwards `terms` holds the four unweighted terms (floats) and
+    forward(x, z) -> 0-d array L_GE; afterwards `terms` holds the four unweighted terms (0-d arrays on
+    x's device: the trainer fetches every logged scalar of a step at once) and
     `images` (2N, C, s, s) = [G(z); G(E(x))], `z_hat` = E(x), the logits D_x and D_z gave them.
     backward(grad=1.0) -> (dL/dx, dL/dz), and adds dL/dtheta into every parameter with requires_grad
     (the trainer freezes D_x and D_z, so only G's and E's gradients are computed).
@@ -215,8 +217,8 @@ class GeneratorEncoderLoss(Module):
         self.save_for_backward(n=n, encoder_on_x=encoder_on_x, generator_on_z=generator_on_z,
                                d_image_logits=d_image_logits, d_latent_logits=d_latent_logits, d_recon=d_recon,
                                d_z_tilde=d_z_tilde)
-        self.terms = {"adv_image": float(adv_image), "adv_latent": float(adv_latent),
-                      "rec_image": float(rec_image), "rec_latent": float(rec_latent)}
+        self.terms = {"adv_image": adv_image, "adv_latent": adv_latent, "rec_image": rec_image,
+                      "rec_latent": rec_latent}
         self.images, self.z_hat, self.image_logits, self.latent_logits = images, z_hat, image_logits, latent_logits
         total = (w.adv_image * adv_image + w.adv_latent * adv_latent + w.rec_image * rec_image
                  + w.rec_latent * rec_latent)
@@ -243,7 +245,7 @@ class DiscriminatorLoss(Module):
 
     forward(x, z, images, z_hat) -> 0-d array L_Dx + L_Dz, with images = [G(z); G(E(x))] and
     z_hat = E(x) taken as constants (the GeneratorEncoderLoss's outputs); afterwards `terms` holds
-    "d_image" = L_Dx and "d_latent" = L_Dz and `logits` the four logit arrays.
+    "d_image" = L_Dx and "d_latent" = L_Dz (0-d arrays) and `logits` the four logit arrays.
     backward(grad=1.0) -> (dx, dz, dimages, dz_hat); adds into D_x's and D_z's parameters.
     Each discriminator sees its real and its fake batch in two passes (separate BatchNorm statistics,
     as in DCGAN); backward runs the fake pass's backward, puts the real pass's saved state back, then
@@ -260,10 +262,10 @@ class DiscriminatorLoss(Module):
         image_loss, image_grads, image_logits = self._pair(self.image_discriminator, x, images)
         latent_loss, latent_grads, latent_logits = self._pair(self.latent_discriminator, z, z_hat)
         self.save_for_backward(image_grads=image_grads, latent_grads=latent_grads)
-        self.terms = {"d_image": float(image_loss), "d_latent": float(latent_loss)}
+        self.terms = {"d_image": image_loss, "d_latent": latent_loss}
         self.logits = {"real": image_logits[0], "generated": image_logits[1],
                        "prior": latent_logits[0], "encoded": latent_logits[1]}
-        return get_array_module(x).asarray(float(image_loss) + float(latent_loss), dtype=x.dtype)
+        return get_array_module(x).asarray(image_loss + latent_loss, dtype=x.dtype)
 
     def _pair(self, discriminator, real, fake):
         """(L_D, (real pass state, dL/dreal_logits, dL/dfake_logits), (real logits, fake logits))."""
@@ -429,22 +431,25 @@ class AEGANTrainer:
         return trainer
 
     # ------------------------------------------------------------------ one step
-    def step(self, real_batch):
-        """One step on real images (float NCHW in [-1, 1]); returns the record. NonFiniteLossError
-        when a loss is NaN or infinite."""
+    def step(self, real_batch, z=None):
+        """One step on real images (float NCHW in [-1, 1]) and prior samples z (N, latent_dim), by default
+        drawn here (`draw_latent`); returns the record. NonFiniteLossError when a loss is NaN or infinite.
+
+        On the GPU, pass both already on the device (`fit` does, through PinnedUploaders): then the step
+        copies nothing between host and device but its logged scalars, fetched once at the end."""
         started = time.perf_counter()
         G, E, Dx, Dz = self.networks
         for net in self.networks:
             net.train()
         x = to_device(real_batch, self.config.device)
         n = x.shape[0]
-        z = self.xp.asarray(sample_latent(n, self.config.latent_dim, "normal", self.latent_rng))
+        z = to_device(self.draw_latent(n) if z is None else z, self.config.device)
 
         # 1. G and E, through the frozen discriminators
         for net in (Dx, Dz):
             net.requires_grad_(False)
         try:
-            ge_total = float(self.ge_loss(x, z))
+            ge_total = self.ge_loss(x, z)
             G.zero_grad()
             E.zero_grad()
             self.ge_loss.backward(1.0)
@@ -455,7 +460,7 @@ class AEGANTrainer:
         self.optimizers["encoder"].step()
 
         # 2. D_x and D_z on what G and E made before their update
-        d_total = float(self.d_loss(x, z, self.ge_loss.images, self.ge_loss.z_hat))
+        d_total = self.d_loss(x, z, self.ge_loss.images, self.ge_loss.z_hat)
         Dx.zero_grad()
         Dz.zero_grad()
         self.d_loss.backward(1.0)
@@ -463,14 +468,18 @@ class AEGANTrainer:
         self.optimizers["latent_discriminator"].step()
 
         logits, thr = self.d_loss.logits, self.threshold
-        accuracy = {"dx_acc_real": float((logits["real"] > thr).mean()),
-                    "dx_acc_fake": float((logits["generated"][:n] <= thr).mean()),
-                    "dx_acc_recon": float((logits["generated"][n:] <= thr).mean()),
-                    "dz_acc_prior": float((logits["prior"] > thr).mean()),
-                    "dz_acc_encoded": float((logits["encoded"] <= thr).mean())}
+        scalars = {"ge_loss": ge_total, "d_loss": d_total, **self.ge_loss.terms, **self.d_loss.terms,
+                   "dx_acc_real": (logits["real"] > thr).mean(),
+                   "dx_acc_fake": (logits["generated"][:n] <= thr).mean(),
+                   "dx_acc_recon": (logits["generated"][n:] <= thr).mean(),
+                   "dz_acc_prior": (logits["prior"] > thr).mean(),
+                   "dz_acc_encoded": (logits["encoded"] <= thr).mean()}
+        xp = get_array_module(x)
+        fetched = to_numpy(xp.stack([xp.asarray(value, dtype=xp.float64).reshape(()) for value in scalars.values()]))
+        scalars = dict(zip(scalars, (float(value) for value in fetched)))   # one copy from the device
+        ge_total, d_total = scalars["ge_loss"], scalars["d_loss"]
         seconds = time.perf_counter() - started
-        record = {"step": self.global_step, "epoch": self.epoch, "ge_loss": ge_total, "d_loss": d_total,
-                  **self.ge_loss.terms, **self.d_loss.terms, **accuracy,
+        record = {"step": self.global_step, "epoch": self.epoch, **scalars,
                   "images_per_sec": n / seconds if seconds > 0 else float("nan"), "step_seconds": seconds}
         self.history.append(record)
         if not all(math.isfinite(record[k]) for k in ("ge_loss", "d_loss")):
@@ -479,6 +488,11 @@ class AEGANTrainer:
                                      f"epoch is kept. Lower the learning rates and resume.")
         self.global_step += 1
         return record
+
+    def draw_latent(self, n):
+        """n prior samples z ~ N(0, I), float32 (n, latent_dim), drawn on the host from the latent
+        generator (the same numbers on any device for one seed)."""
+        return sample_latent(n, self.config.latent_dim, "normal", self.latent_rng)
 
     # ------------------------------------------------------------------ epochs
     def fit(self, loader, epochs):
@@ -495,6 +509,7 @@ class AEGANTrainer:
         if not self.checkpoint_path.exists():
             self.save_epoch_figures()
             self.save_checkpoint(loader)
+        uploads = (PinnedUploader(), PinnedUploader()) if self.xp is not np else None
         while self.epoch < epochs:
             started, images = time.perf_counter(), 0
             total = len(loader) if self.config.steps_per_epoch is None else min(len(loader), self.config.steps_per_epoch)
@@ -505,7 +520,10 @@ class AEGANTrainer:
                 for _ in range(total):
                     batch = next(batches)
                     batch = batch[0] if isinstance(batch, tuple) else batch
-                    record = self.step(batch)
+                    z = self.draw_latent(len(batch))
+                    if uploads is not None:   # GPU: queue both copies here, so step() makes none
+                        batch, z = uploads[0](batch), uploads[1](z)
+                    record = self.step(batch, z)
                     images += int(batch.shape[0])
                     bar.set_postfix_str(f"rec {record['rec_image']:.3f} Dx {record['d_image']:.2f} "
                                         f"Dz {record['d_latent']:.2f}", refresh=False)

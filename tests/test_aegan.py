@@ -210,3 +210,20 @@ def test_a_step_on_the_gpu_matches_the_cpu(tmp_path):
     gpu = AEGANTrainer.from_config(small_config(model_options=no_dropout, device="gpu"), tmp_path / "gpu").step(images)
     for key in ("ge_loss", "d_loss", "rec_image", "rec_latent", "adv_image", "adv_latent"):
         assert gpu[key] == pytest.approx(cpu[key], rel=1e-3, abs=1e-5), key
+
+
+@pytest.mark.gpu
+def test_a_gpu_step_copies_nothing_but_its_logged_scalars(tmp_path, device_copies):
+    """Issue 6, as for GANTrainer: given the batch and z on the device (as fit passes them), a step
+    uploads nothing and fetches its 13 logged scalars in one copy; any other wait for the GPU raises."""
+    import cupy
+
+    import gan.aegan as aegan_module
+    trainer = AEGANTrainer.from_config(small_config(device="gpu"), tmp_path / "run")
+    images = cupy.asarray(smooth_images(4))
+    trainer.step(images, cupy.asarray(trainer.draw_latent(4)))      # the first step builds what later ones reuse
+    z = cupy.asarray(trainer.draw_latent(4))
+    with device_copies(aegan_module) as (uploads, fetches):
+        record = trainer.step(images, z)
+    assert uploads == [] and fetches == [(13,)]
+    assert np.isfinite(record["ge_loss"]) and np.isfinite(record["d_loss"]) and 0 <= record["dz_acc_prior"] <= 1
