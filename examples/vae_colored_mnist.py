@@ -52,6 +52,7 @@ from nnbox import backend  # noqa: E402
 from nnbox.datasets import load_colored_mnist  # noqa: E402
 from nnbox.optim import Adam  # noqa: E402
 from nnbox.serialization import save_checkpoint  # noqa: E402
+from nnbox.upload import PinnedUploader  # noqa: E402
 
 FIGURE_DPI = 90
 TRAVERSAL = np.linspace(-2.5, 2.5, 9)  # z values of the traversals: most of N(0, 1)'s mass
@@ -116,10 +117,12 @@ def train(vae, optimizer, images, args, rng):
         raise SystemExit(f"error: {len(images)} training images is less than one batch of {args.batch_size}; "
                          f"lower --batch-size or raise --max-images")
     step = 0
+    upload = PinnedUploader() if args.device == "gpu" else None   # GPU: copies queued, not waited for
     for epoch in range(args.epochs):
         order = rng.permutation(len(images))
         for b in range(steps_per_epoch):
-            batch = backend.to_device(images[order[b * args.batch_size:(b + 1) * args.batch_size]], args.device)
+            batch = images[order[b * args.batch_size:(b + 1) * args.batch_size]]
+            batch = batch if upload is None else upload(batch)
             if vae.gumbel is not None:
                 vae.temperature = temperature_at(args, step)
             parts = vae.step(batch, optimizer)

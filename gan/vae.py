@@ -200,19 +200,21 @@ class VAE(Module):
         reconstruction, dlogits = bce_with_logits(output.logits, (x + 1) * 0.5, reduction="sum")
         dlogits *= 1.0 / n
         total = reconstruction / n
-        parts = {"reconstruction": float(total)}
+        parts = {"reconstruction": total}
         grads = {"logits": dlogits, "mu": None, "logvar": None, "code_logits": None}
         if self.gaussian_dim:
             kl, grads["mu"], grads["logvar"] = gaussian_kl(output.mu, output.logvar)
             total = total + self.kl_weight * kl
-            parts["kl_gaussian"] = float(kl)
+            parts["kl_gaussian"] = kl
         if self.gumbel is not None:
             kl, grads["code_logits"] = categorical_kl(output.code_logits)
             total = total + self.categorical_kl_weight * kl
-            parts["kl_categorical"] = float(kl)
-        parts["loss"] = float(total)
+            parts["kl_categorical"] = kl
+        parts["loss"] = total
         self._loss_grads = grads
-        return total, parts
+        xp = get_array_module(x)   # the parts as floats: one copy from the device for all of them
+        values = backend.to_numpy(xp.stack([xp.asarray(v, dtype=xp.float64).reshape(()) for v in parts.values()]))
+        return total, dict(zip(parts, (float(v) for v in values)))
 
     def backward(self, grad=1.0):
         """Backpropagate the last `loss` (times `grad`) into every parameter's grad; returns dL/dx."""

@@ -179,3 +179,21 @@ def test_gpu_step_and_sample(rng):
     assert np.isfinite(parts["loss"])
     assert isinstance(vae.sample(4, rng=0), cupy.ndarray)
     assert isinstance(vae.reconstruct(x), cupy.ndarray)
+
+
+@pytest.mark.gpu
+def test_a_gpu_step_copies_nothing_but_its_logged_scalars(rng, device_copies):
+    """Issue 6, as for GANTrainer: with the batch on the device, a step draws its noise on the device,
+    uploads nothing, and fetches the loss's four parts in one copy (before the update, which a
+    non-finite loss must stop); any other wait for the GPU raises."""
+    import cupy
+
+    from nnbox import backend
+    vae = VAE("both", rng=9, **TINY).to("gpu")
+    optimizer = Adam(vae.parameters(), lr=1e-3)
+    x = cupy.asarray(_images(rng, n=8).astype(np.float32))
+    vae.step(x, optimizer)                       # the first step builds what later ones reuse
+    with device_copies(backend) as (uploads, fetches):
+        parts = vae.step(x, optimizer)
+    assert uploads == [] and fetches == [(4,)]
+    assert set(parts) == {"reconstruction", "kl_gaussian", "kl_categorical", "loss"} and np.isfinite(parts["loss"])
