@@ -48,6 +48,7 @@ from gan.cyclegan import CycleGANConfig, CycleGANTrainer  # noqa: E402
 from gan.history import atomic_write_text  # noqa: E402
 from gan.trainer import RNG_STREAMS  # noqa: E402
 from nnbox.data import DataLoader  # noqa: E402
+from nnbox.upload import PinnedUploader  # noqa: E402
 
 # Hue bands [low, high) of the colour domains, hue in [0, 1) (0 red, 1/3 green, 2/3 blue); low may be
 # negative, the band then wraps around red.
@@ -292,12 +293,15 @@ def train(trainer, settings, loaders, test_a, test_b, out, progress=True):
     scale = max(1, 64 // settings.image_size)
     epochs_path = out / "epochs.json"
     log = json.loads(epochs_path.read_text()) if epochs_path.is_file() and trainer.epoch else []
+    uploads = (PinnedUploader(), PinnedUploader()) if trainer.config.device == "gpu" else None
     while trainer.epoch < settings.epochs:
         started = time.perf_counter()
         steps = min(len(loader) for loader in loaders)
         bar = tqdm(zip(*loaders), total=steps, desc=f"epoch {trainer.epoch + 1}/{settings.epochs}", leave=False,
                    disable=not progress, dynamic_ncols=True)
         for a, b in bar:
+            if uploads is not None:   # GPU: queue the copies here, so the step makes none (nnbox.upload)
+                a, b = uploads[0](a), uploads[1](b)
             r = trainer.step(a, b)
             bar.set_postfix_str(f"cycle {r['cycle_a']:.3f}/{r['cycle_b']:.3f} adv {r['adv_ab']:.3f}/{r['adv_ba']:.3f} "
                                 f"D {r['d_a_loss']:.3f}/{r['d_b_loss']:.3f}", refresh=False)

@@ -222,3 +222,19 @@ def test_gpu_step_matches_cpu(rng):
     for key in ("g_loss", "cycle_a", "cycle_b", "d_a_loss", "d_b_loss"):
         assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-5), key
     np.testing.assert_allclose(gpu.translate(a, "AB"), cpu.translate(a, "AB"), atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_a_gpu_step_copies_nothing_but_its_logged_scalars(rng, device_copies):
+    """Issue 6, as for GANTrainer: with both batches on the device (the example uploads them before the
+    step), a step uploads nothing and fetches its logged scalars in one copy; any other wait raises."""
+    import cupy
+
+    from nnbox import backend
+    trainer = CycleGANTrainer(CycleGANConfig(**TINY, device="gpu"))
+    a, b = (cupy.asarray(_images(rng, 4).astype(np.float32)) for _ in range(2))
+    trainer.step(a, b)                           # the first step builds what later ones reuse
+    with device_copies(backend) as (uploads, fetches):
+        record = trainer.step(a, b)
+    assert uploads == [] and len(fetches) == 1 and len(fetches[0]) == 1
+    assert np.isfinite(record["g_loss"]) and np.isfinite(record["d_a_loss"])
