@@ -179,8 +179,9 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
         parallel.assign(image.reshape(n, -1).T, cols.reshape(-1, n), axis=0, block=TRANSPOSE_SLAB_ROWS)
         return image
     if oh == 1 and ow == 1:
-        # a single window (the DCGAN's 4x4 -> 1x1 layers): nothing overlaps, so col2im is one
-        # transposing copy; slice-adds over (C, N, 1, 1) slabs would be 3x slower. With one window
+        # a single window (on CuPy, or one that padding or dilation keeps from covering the image):
+        # nothing overlaps, so col2im is one transposing copy; slice-adds over (C, N, 1, 1) slabs
+        # would be 3x slower. With one window
         # the (n, oh, ow) and (oh, ow, n) column orders are the same.
         cols = cols.reshape(c, kh, kw, n)
         padded = workspace.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype, xp)
