@@ -474,9 +474,7 @@ class AEGANTrainer:
                    "dx_acc_recon": (logits["generated"][n:] <= thr).mean(),
                    "dz_acc_prior": (logits["prior"] > thr).mean(),
                    "dz_acc_encoded": (logits["encoded"] <= thr).mean()}
-        xp = get_array_module(x)
-        fetched = to_numpy(xp.stack([xp.asarray(value, dtype=xp.float64).reshape(()) for value in scalars.values()]))
-        scalars = dict(zip(scalars, (float(value) for value in fetched)))   # one copy from the device
+        scalars = dict(zip(scalars, backend.fetch_scalars(scalars.values())))   # one copy from the device
         ge_total, d_total = scalars["ge_loss"], scalars["d_loss"]
         seconds = time.perf_counter() - started
         record = {"step": self.global_step, "epoch": self.epoch, **scalars,

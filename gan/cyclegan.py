@@ -398,9 +398,8 @@ class CycleGANTrainer:
                  "d_a_real", "d_a_fake", "d_b_real", "d_b_fake"]
         values = [g_loss, *self.g_objective.parts.values(), d_a_loss, d_b_loss,
                   *self.d_a_objective.outputs, *self.d_b_objective.outputs]
-        xp = backend.get_array_module(a)
-        fetched = backend.to_numpy(xp.stack([xp.asarray(v, dtype=xp.float64) for v in values]))  # one transfer
-        record = {"step": self.step_count, "epoch": self.epoch, **dict(zip(names, map(float, fetched))),
+        fetched = backend.fetch_scalars(values)   # one transfer
+        record = {"step": self.step_count, "epoch": self.epoch, **dict(zip(names, fetched)),
                   "step_seconds": time.perf_counter() - started}
         if not np.all(np.isfinite(fetched)):
             raise FloatingPointError(f"CycleGAN step {self.step_count}: a non-finite loss {record}; lower the "

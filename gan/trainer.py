@@ -363,12 +363,7 @@ class GANTrainer:
                    d_loss, g_loss]           # the losses: Python floats or 0-d arrays, whichever the loss returns
         if self.penalty_rng is not None:     # NaN on turns where D did not train (no penalty computed)
             scalars += [penalty["gp"], penalty["grad_norm"]] if decision.train_d else [math.nan, math.nan]
-        on_device = [i for i, v in enumerate(scalars) if backend.is_gpu_array(v)]
-        if on_device:                        # one device-to-host copy for all of them
-            fetched = to_numpy(xp.stack([scalars[i].astype(xp.float64) for i in on_device]))
-            for i, value in zip(on_device, fetched):
-                scalars[i] = value
-        scalars = [float(v) for v in scalars]
+        scalars = backend.fetch_scalars(scalars)   # one device-to-host copy for all of them
         d_real, d_fake, acc_real, acc_fake, g_success, d_loss, g_loss = scalars[:7]
         seconds = time.perf_counter() - started
 

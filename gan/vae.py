@@ -212,9 +212,7 @@ class VAE(Module):
             parts["kl_categorical"] = kl
         parts["loss"] = total
         self._loss_grads = grads
-        xp = get_array_module(x)   # the parts as floats: one copy from the device for all of them
-        values = backend.to_numpy(xp.stack([xp.asarray(v, dtype=xp.float64).reshape(()) for v in parts.values()]))
-        return total, dict(zip(parts, (float(v) for v in values)))
+        return total, dict(zip(parts, backend.fetch_scalars(parts.values())))   # one copy from the device
 
     def backward(self, grad=1.0):
         """Backpropagate the last `loss` (times `grad`) into every parameter's grad; returns dL/dx."""

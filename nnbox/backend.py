@@ -100,6 +100,19 @@ def to_numpy(array):
     return to_device(array, "cpu")
 
 
+def fetch_scalars(values):
+    """Floats of `values` (Python numbers or 0-d arrays, NumPy or CuPy). The device ones are stacked
+    and copied to the host together: one transfer per step's logged scalars, not one wait each."""
+    values = list(values)
+    on_device = [i for i, value in enumerate(values) if is_gpu_array(value)]
+    if on_device:
+        xp = get_array_module(values[on_device[0]])
+        fetched = to_numpy(xp.stack([values[i].astype(xp.float64).reshape(()) for i in on_device]))
+        for i, value in zip(on_device, fetched):
+            values[i] = value
+    return [float(value) for value in values]
+
+
 def to_dtype(array, dtype):
     """Cast floating-point arrays to `dtype`; integer arrays (indices, masks) keep theirs."""
     if array is None or not np.issubdtype(array.dtype, np.floating):

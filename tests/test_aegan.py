@@ -218,12 +218,12 @@ def test_a_gpu_step_copies_nothing_but_its_logged_scalars(tmp_path, device_copie
     uploads nothing and fetches its 13 logged scalars in one copy; any other wait for the GPU raises."""
     import cupy
 
-    import gan.aegan as aegan_module
+    from nnbox import backend
     trainer = AEGANTrainer.from_config(small_config(device="gpu"), tmp_path / "run")
     images = cupy.asarray(smooth_images(4))
     trainer.step(images, cupy.asarray(trainer.draw_latent(4)))      # the first step builds what later ones reuse
     z = cupy.asarray(trainer.draw_latent(4))
-    with device_copies(aegan_module) as (uploads, fetches):
+    with device_copies(backend) as (uploads, fetches):
         record = trainer.step(images, z)
     assert uploads == [] and fetches == [(13,)]
     assert np.isfinite(record["ge_loss"]) and np.isfinite(record["d_loss"]) and 0 <= record["dz_acc_prior"] <= 1

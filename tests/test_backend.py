@@ -148,3 +148,9 @@ def test_real_gpu_round_trip():
     backend.synchronize(cupy)
     np.testing.assert_array_equal(backend.to_numpy(on_gpu), x)
     assert backend.to_dtype(on_gpu, np.float32).dtype == np.float32
+
+
+def test_fetch_scalars_gives_floats_in_order():
+    values = [1, np.float32(2.5), np.asarray(3.0), np.array([4.0]).sum()]
+    assert backend.fetch_scalars(values) == [1.0, 2.5, 3.0, 4.0]
+    assert all(type(v) is float for v in backend.fetch_scalars(values))

@@ -227,12 +227,12 @@ def test_a_gpu_step_copies_nothing_but_its_logged_scalars(tmp_path, faces, devic
     fetched in one copy. Every trick that draws random numbers is on, so their draws are checked too."""
     import cupy
 
-    import gan.trainer as trainer_module
+    from nnbox import backend
     config = tiny_config(device="gpu", flip_labels=0.25, soft_labels=True, label_smoothing=0.0, instance_noise=0.1)
     trainer = GANTrainer.from_config(config, tmp_path / "run")
     real = cupy.asarray(next(iter(make_loader(faces))))
     trainer.step(real)                   # the first step builds what later steps reuse
-    with device_copies(trainer_module) as (uploads, fetches):
+    with device_copies(backend) as (uploads, fetches):
         record = trainer.step(real)
     assert uploads == [] and fetches == [(7,)]
     assert np.isfinite(record["d_loss"]) and np.isfinite(record["g_loss"])
