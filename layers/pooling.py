@@ -246,11 +246,16 @@ class Unpool2d(_Pool2d):
         # one (sh, sw) cell per input pixel; the block is its top-left (kh, kw) corner
         if self.mode == "nearest" and (kh, kw) == (sh, sw):
             # blocks fill their cells: widen each row (runs of kw), then repeat the widened rows
-            # (runs of w * kw): 4x faster than one broadcast into the (N, C, H, kh, W, kw) view
+            # (runs of w * kw): 4x faster than one broadcast into the (N, C, H, kh, W, kw) view;
+            # split over the samples (nnbox.parallel)
             wide = xp.empty((n, c, h, w, sw), dtype=x.dtype)
-            wide[...] = x[..., None]
             cells = xp.empty((n, c, h, sh, w, sw), dtype=x.dtype)
-            cells[...] = wide[:, :, :, None]
+
+            def fill(a, b):
+                wide[a:b] = x[a:b, ..., None]
+                cells[a:b] = wide[a:b, :, :, None]
+
+            parallel.run(n, fill, size=cells.size, xp=xp)
         else:
             cells = xp.zeros((n, c, h, sh, w, sw), dtype=x.dtype)
             if self.mode == "zeros":
@@ -278,9 +283,16 @@ class Unpool2d(_Pool2d):
         if self.mode == "zeros":
             return xp.ascontiguousarray(cells[:, :, :, 0, :, 0])
         # the block sums as kh + kw - 2 adds of views (a reduction over the two short strided
-        # axes, .sum(axis=(3, 5)), is 10x slower): first across each block's columns, then rows
-        across = _sum_views([cells[:, :, :, :kh, :, j] for j in range(kw)])
-        return _sum_views([across[:, :, :, i] for i in range(kh)])
+        # axes, .sum(axis=(3, 5)), is 10x slower): first across each block's columns, then rows;
+        # split over the samples (nnbox.parallel)
+        dx = xp.empty((n, c, h, w), dtype=dy.dtype)
+
+        def block_sums(a, b):
+            across = _sum_views([cells[a:b, :, :, :kh, :, j] for j in range(kw)])
+            dx[a:b] = _sum_views([across[:, :, :, i] for i in range(kh)])
+
+        parallel.run(n, block_sums, size=cells.size, xp=xp)
+        return dx
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, mode={self.mode!r}"

@@ -8,6 +8,7 @@ from layers import conv_maths
 from layers.activations import LeakyReLU, ReLU
 from layers.conv import Conv2d, ConvTranspose2d
 from layers.normalization import BatchNorm2d
+from layers.pooling import Unpool2d
 from nnbox import blas, parallel
 
 
@@ -208,3 +209,12 @@ def test_activations_identical_with_and_without_threads(layer, rng, monkeypatch)
     slope = np.float32(getattr(layer, "negative_slope", 0.0))
     np.testing.assert_array_equal(y, np.where(x > 0, x, x * slope))
     np.testing.assert_array_equal(dx, np.where(x > 0, dy, dy * slope))
+
+
+def test_nearest_unpool_identical_with_and_without_threads(rng, monkeypatch):
+    x = rng.standard_normal((5, 3, 4, 6)).astype(np.float32)
+    layer = Unpool2d(2, mode="nearest")
+    dy = rng.standard_normal((5, 3, 8, 12)).astype(np.float32)
+    y, dx = _same_with_threads(lambda: (layer(x), layer.backward(dy)), monkeypatch)
+    np.testing.assert_array_equal(y, x.repeat(2, axis=2).repeat(2, axis=3))
+    np.testing.assert_allclose(dx, dy.reshape(5, 3, 4, 2, 6, 2).sum(axis=(3, 5)), rtol=1e-6)
