@@ -135,16 +135,23 @@ class MaxPool2d(_Pool2d):
         n, c, h, w = saved.x_shape
         self._check_grad(dy, saved.indices.shape)
         xp = get_array_module(dy)
-        flat = (saved.indices + _plane_offsets(xp, n, c, h * w)).reshape(-1)
         overlapping = any(s < k for s, k in zip(self.stride, self.kernel_size))
         if overlapping:
             # several windows can pick the same pixel: sum their gradients
+            flat = (saved.indices + _plane_offsets(xp, n, c, h * w)).reshape(-1)
             dx = xp.bincount(flat, weights=dy.reshape(-1), minlength=n * c * h * w).astype(dy.dtype, copy=False)
-        else:
-            # disjoint windows have distinct argmaxes: a plain scatter, no accumulation needed
-            dx = xp.zeros(n * c * h * w, dtype=dy.dtype)
-            dx[flat] = dy.reshape(-1)
-        return dx.reshape(saved.x_shape)
+            return dx.reshape(saved.x_shape)
+        # disjoint windows have distinct argmaxes: a plain scatter, no accumulation needed; split
+        # over the samples (nnbox.parallel), each piece into its own samples of dx
+        dx = xp.empty(saved.x_shape, dtype=dy.dtype)
+
+        def scatter(a, b):
+            piece = dx[a:b].reshape(-1)
+            piece.fill(0)
+            piece[(saved.indices[a:b] + _plane_offsets(xp, b - a, c, h * w)).reshape(-1)] = dy[a:b].reshape(-1)
+
+        parallel.run(n, scatter, size=dx.size, xp=xp)
+        return dx
 
     def extra_repr(self):
         return super().extra_repr() + f", return_indices={self.return_indices}"

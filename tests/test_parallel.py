@@ -8,7 +8,7 @@ from layers import conv_maths
 from layers.activations import LeakyReLU, ReLU
 from layers.conv import Conv2d, ConvTranspose2d
 from layers.normalization import BatchNorm2d
-from layers.pooling import Unpool2d
+from layers.pooling import MaxPool2d, Unpool2d
 from nnbox import blas, parallel
 
 
@@ -218,3 +218,13 @@ def test_nearest_unpool_identical_with_and_without_threads(rng, monkeypatch):
     y, dx = _same_with_threads(lambda: (layer(x), layer.backward(dy)), monkeypatch)
     np.testing.assert_array_equal(y, x.repeat(2, axis=2).repeat(2, axis=3))
     np.testing.assert_allclose(dx, dy.reshape(5, 3, 4, 2, 6, 2).sum(axis=(3, 5)), rtol=1e-6)
+
+
+def test_max_pool_backward_identical_with_and_without_threads(rng, monkeypatch):
+    x = rng.standard_normal((5, 3, 6, 8)).astype(np.float32)
+    dy = rng.standard_normal((5, 3, 3, 4)).astype(np.float32)
+    layer = MaxPool2d(2)
+    y, dx = _same_with_threads(lambda: (layer(x), layer.backward(dy)), monkeypatch)
+    windows = x.reshape(5, 3, 3, 2, 4, 2)
+    is_max = windows == windows.max(axis=(3, 5), keepdims=True)        # random floats: one maximum each
+    np.testing.assert_array_equal(dx.reshape(windows.shape), np.where(is_max, dy[:, :, :, None, :, None], 0))
