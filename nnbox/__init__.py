@@ -5,16 +5,20 @@ initialisation, gradient checking, data loading and serialisation. Layers live
 in the sibling package `layers`, GAN models and training in `gan`.
 """
 import os
+import sys
 
 # OpenBLAS's threads spin for ~0.1 s after every matrix product (2^28 cycles by default), holding a
 # core that nnbox's own threads (nnbox.parallel) and the main thread need next; with a short
 # timeout they sleep at once (measured: a 64x64 DCGAN step 1265 -> 1055 ms on 2 cores). OpenBLAS
-# reads the variable when NumPy first loads it, so this works only if nnbox comes before NumPy;
-# the example scripts and benchmarks set it themselves before importing NumPy. A value set by the
-# user is kept.
+# reads the variable when NumPy loads it; a value set by the user is kept. When NumPy was imported
+# before nnbox, OpenBLAS is told to read it again (nnbox.blas.reread_environment).
+_numpy_came_first = "numpy" in sys.modules
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from . import workspace  # noqa: E402
+from . import blas, workspace  # noqa: E402
+
+if _numpy_came_first:
+    blas.reread_environment()
 
 workspace.tune_malloc()   # reuse the heap pages of a step's temporaries (nnbox.workspace); NNBOX_MALLOC_TUNING=0: off
 

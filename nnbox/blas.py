@@ -36,8 +36,8 @@ _previous = None      # the count to restore when the last one ends
 
 
 @functools.lru_cache(maxsize=1)
-def _controls():
-    """(set_num_threads, get_num_threads) of the loaded OpenBLAS, or None where it cannot be found."""
+def _library():
+    """The OpenBLAS library NumPy loaded (a ctypes.CDLL with the thread-count functions), or None."""
     import numpy  # noqa: F401  (NumPy loads its BLAS)
     if not sys.platform.startswith("linux"):
         return None
@@ -51,13 +51,41 @@ def _controls():
             library = ctypes.CDLL(path)
         except OSError:
             continue
-        for set_name, get_name in _SYMBOLS:
-            set_threads, get_threads = getattr(library, set_name, None), getattr(library, get_name, None)
-            if set_threads is not None and get_threads is not None:
-                set_threads.argtypes, set_threads.restype = (ctypes.c_int,), None
-                get_threads.argtypes, get_threads.restype = (), ctypes.c_int
-                return set_threads, get_threads
+        if any(hasattr(library, set_name) for set_name, _ in _SYMBOLS):
+            return library
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _controls():
+    """(set_num_threads, get_num_threads) of the loaded OpenBLAS, or None where it cannot be found."""
+    library = _library()
+    for set_name, get_name in _SYMBOLS if library is not None else ():
+        set_threads, get_threads = getattr(library, set_name, None), getattr(library, get_name, None)
+        if set_threads is not None and get_threads is not None:
+            set_threads.argtypes, set_threads.restype = (ctypes.c_int,), None
+            get_threads.argtypes, get_threads.restype = (), ctypes.c_int
+            return set_threads, get_threads
+    return None
+
+
+def reread_environment():
+    """Make the loaded OpenBLAS read its environment variables again and restart its threads with
+    them; True if it could. For OPENBLAS_THREAD_TIMEOUT when NumPy (hence OpenBLAS) was imported
+    before nnbox set it: OpenBLAS reads it only when it starts its threads, and without it they
+    spin for ~0.1 s after every product, on the cores nnbox's own threads need next (measured, NumPy
+    imported first: faces GAN step 299 -> 431 ms, 32x32 DCGAN 102 -> 120 ms on 2 cores). The threads
+    stop here and start again, reading the new value, at the next product that uses them."""
+    library = _library()
+    read_env = getattr(library, "openblas_read_env", None) if library is not None else None
+    shutdown = getattr(library, "blas_thread_shutdown_", None) if library is not None else None
+    if read_env is None or shutdown is None:
+        return False
+    read_env.argtypes, read_env.restype = (), None
+    shutdown.argtypes, shutdown.restype = (), ctypes.c_int
+    read_env()
+    shutdown()
+    return True
 
 
 def available():

@@ -36,3 +36,47 @@ def test_without_control_one_thread_changes_nothing(monkeypatch):
     assert not blas.available() and blas.threads() is None
     with blas.one_thread():
         pass
+
+
+SPIN_PROBE = r"""
+import os, sys, time
+import numpy as np                         # NumPy, hence OpenBLAS, before nnbox
+{before}
+def cpu_seconds(tid):
+    fields = open(f"/proc/self/task/{{tid}}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+a = np.ones((1024, 1024), np.float32)
+a @ a                                     # starts OpenBLAS's threads
+workers = [t for t in os.listdir("/proc/self/task") if t != str(os.getpid())]
+spent = 0.0
+for _ in range(3):
+    a @ a
+    start = {{t: cpu_seconds(t) for t in workers}}
+    time.sleep(0.2)
+    spent += sum(cpu_seconds(t) - start[t] for t in workers)
+print(spent)
+"""
+
+
+@needs_control
+@pytest.mark.skipif((__import__("os").cpu_count() or 1) < 2, reason="OpenBLAS starts no threads on one CPU")
+def test_importing_nnbox_after_numpy_stops_openblas_threads_spinning():
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when NumPy loads it; imported after NumPy, nnbox makes
+    it read the variable again (blas.reread_environment). Its threads then sleep right after a
+    product instead of spinning ~0.1 s. (On a busy machine a spinning thread may get less CPU, so
+    this can only miss a regression there, not fail without one.)"""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_THREAD_TIMEOUT"}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+
+    def worker_seconds(before):
+        result = subprocess.run([sys.executable, "-c", SPIN_PROBE.format(before=before)], env=env,
+                                capture_output=True, text=True, timeout=120, check=True)
+        return float(result.stdout.strip())
+
+    assert worker_seconds("import nnbox") < 0.05          # three products, 0.6 s of sleep
+    # the same probe without nnbox: OpenBLAS's default timeout keeps its threads busy after each product
+    assert worker_seconds("") > 0.1
