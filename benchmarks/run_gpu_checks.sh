@@ -3,7 +3,10 @@
 # the whole test suite (the `gpu`-marked tests included, float64 gradient checks among them), then
 # the training-iteration benchmark and the per-layer benchmark against torch.cuda in the same run.
 #
-#     OUT=gpu_results bash benchmarks/run_gpu_checks.sh        # logs and JSON land in $OUT
+#     OUT=gpu_results REV=$(git rev-parse --short HEAD) bash benchmarks/run_gpu_checks.sh
+#
+# Logs and JSON land in $OUT. REV names the commit in gpu.txt: the working tree travels to the
+# device machine without its git history, so `git rev-parse` there may name another commit.
 #
 # No install step: the repository is put on PYTHONPATH (the machine has no network); pytest-xdist
 # spreads the suite over 8 workers when it is there. Each part has its own time limit so that one
@@ -18,7 +21,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 $PY -c "import sys, numpy, cupy, torch; print('python', sys.version.split()[0], '| numpy', numpy.__version__, \
 '| cupy', cupy.__version__, '| torch', torch.__version__, '| CUDA', torch.version.cuda, '|', torch.cuda.get_device_name())" \
     | tee -a "$OUT/gpu.txt"
-git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/gpu.txt"
+echo "commit ${REV:-unknown (pass REV=...)}" | tee -a "$OUT/gpu.txt"
 
 workers=""
 $PY -c "import xdist" 2>/dev/null && workers="-n 8"
@@ -28,8 +31,8 @@ timeout "${TEST_LIMIT:-220}" $PY -m pytest -q -p no:cacheprovider $workers -rfE 
 echo "pytest exit $? after $((SECONDS - start)) s"
 grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -25
 
-echo "== bench_train (GPU)"
-timeout "${TRAIN_LIMIT:-120}" $PY benchmarks/bench_train.py --device gpu --repeats 20 --warmup 3 --no-memory \
+echo "== bench_train (GPU, with peak memory: torch.cuda's and CuPy's pool, each in its own process)"
+timeout "${TRAIN_LIMIT:-180}" $PY benchmarks/bench_train.py --device gpu --repeats 20 --warmup 3 \
     --json "$OUT/bench_train_gpu.json" > "$OUT/bench_train.log" 2>&1
 echo "exit $?"; tail -8 "$OUT/bench_train.log"
 
