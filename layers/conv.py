@@ -13,7 +13,7 @@ Conv2d's backward is the adjoint (for dx); ConvTranspose2d's backward is the con
 """
 import numpy as np
 
-from nnbox import init, parallel, workspace
+from nnbox import init, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter
 
@@ -67,75 +67,23 @@ class _ConvNd(Module):
 
     def _convolve(self, large, small_size, batch_last=False):
         """large (N, C_large, H, W) -> (W2 @ cols as (C_small, N * OH * OW), cols); with batch_last
-        the columns are ordered (OH, OW, N) (conv_maths.batch_last_layout). Otherwise over pieces
-        of the batch on parallel threads (`_over_samples`)."""
-        xp = get_array_module(large)
-        n, per_sample = large.shape[0], small_size[0] * small_size[1]
-        w2 = self._weight_matrix()
-        if batch_last:     # a whole-batch gather (or no copy at all: im2col's one-window view)
-            cols = conv_maths.im2col(large, *self._geometry(), small_size, batch_last=True)
-        else:              # filled piece by piece below
-            cols = workspace.empty((w2.shape[1], n * per_sample), large.dtype, xp)
-        # With OpenBLAS and 256+ output rows the product is faster computed transposed, as
-        # cols^T @ W2^T (e.g. 164 -> 86 ms for D.conv4 / G.convT2 and 20% for D.conv3 / G.convT3 at
-        # batch 64); the result is then a transposed view, which the callers read through a
-        # transpose anyway. Below 256 rows it is as fast or slower (5x slower for G.convT1).
-        transposed = w2.shape[0] >= 256 and xp is np
-        product = workspace.empty((cols.shape[1], w2.shape[0]) if transposed else (w2.shape[0], cols.shape[1]),
-                                  xp.result_type(w2, cols), xp)
-
-        def samples(start, stop):
-            columns = slice(start * per_sample, stop * per_sample)
-            if not batch_last:
-                conv_maths.im2col(large[start:stop], *self._geometry(), small_size, out=cols[:, columns])
-            if transposed:
-                xp.matmul(cols[:, columns].T, w2.T, out=product[columns])
-            else:
-                xp.matmul(w2, cols[:, columns], out=product[:, columns])
-
-        self._over_samples(n, batch_last, samples, size=cols.size, xp=xp)
-        return (product.T if transposed else product), cols
+        the columns are ordered (OH, OW, N) (conv_maths.batch_last_layout)."""
+        cols = conv_maths.im2col(large, *self._geometry(), small_size, batch_last=batch_last)
+        w2 = self.weight.data.reshape(self.weight.data.shape[0], -1)
+        if w2.shape[0] >= 256 and get_array_module(cols) is np:
+            # the same product computed transposed (the result is a transposed view, which the
+            # callers read through a transpose anyway): with OpenBLAS and 256+ output rows it is
+            # faster, e.g. 164 -> 86 ms for D.conv4 / G.convT2 and 20% for D.conv3 / G.convT3 at
+            # batch 64; below 256 rows it is as fast or slower (5x slower for G.convT1)
+            product = workspace.empty((cols.shape[1], w2.shape[0]), cols.dtype, np)
+            return np.matmul(cols.T, w2.T, out=product).T, cols
+        return _matmul(w2, cols), cols
 
     def _convolve_adjoint(self, small_matrix, large_shape, small_size, batch_last=False):
-        """small_matrix (C_small, N * OH * OW) -> the large image col2im(W2^T @ small_matrix), over
-        pieces of the batch on parallel threads (`_over_samples`)."""
-        xp = get_array_module(small_matrix)
-        n, per_sample = large_shape[0], small_size[0] * small_size[1]
-        w2 = self._weight_matrix()
-
-        def adjoint(matrix, samples, out=None):
-            return conv_maths.col2im(_matmul(w2.T, matrix), (samples,) + tuple(large_shape[1:]), *self._geometry(),
-                                     small_size, batch_last=batch_last, out=out)
-
-        if batch_last or xp is not np:    # one piece: col2im makes the image itself
-            return adjoint(small_matrix, n)
-        image = workspace.empty(large_shape, small_matrix.dtype, xp)
-        self._over_samples(n, False, lambda start, stop: adjoint(
-            small_matrix[:, start * per_sample:stop * per_sample], stop - start, out=image[start:stop]),
-            size=w2.shape[1] * small_matrix.shape[1], xp=xp)
-        return image
-
-    @staticmethod
-    def _over_samples(n, batch_last, work, size, xp):
-        """work(start, stop) over pieces of the batch's N samples, in parallel threads on NumPy, each
-        piece's products on one BLAS thread (nnbox.parallel.run with blas=True). Batch-last columns
-        interleave the samples, so those layers run as one piece.
-
-        Results do not depend on the split: a piece's columns of a product, and its samples of
-        im2col and col2im, are computed exactly as in the whole batch. The weight gradient, which
-        sums over the samples, stays one product over the whole batch (`_accumulate_weight_grad`).
-        Measured at batch 64 on 2 cores, whole GAN steps: the 32x32 DCGAN and the faces GAN 5% faster
-        than with the whole batch at once (two-thread products, copies split over channels), the
-        64x64 DCGAN the same.
-        """
-        if batch_last:
-            work(0, n)
-        else:
-            parallel.run(n, work, size=size, xp=xp, blas=True)
-
-    def _weight_matrix(self):
-        """W2: the weight as (C_small, C_large * kh * kw)."""
-        return self.weight.data.reshape(self.weight.data.shape[0], -1)
+        """small_matrix (C_small, N * OH * OW) -> the large image col2im(W2^T @ small_matrix)."""
+        w2 = self.weight.data.reshape(self.weight.data.shape[0], -1)
+        return conv_maths.col2im(_matmul(w2.T, small_matrix), large_shape, *self._geometry(), small_size,
+                                 batch_last=batch_last)
 
     def _accumulate_weight_grad(self, small_matrix, cols):
         """weight.grad += small_matrix @ cols^T (when the weight is trainable)."""

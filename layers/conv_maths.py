@@ -98,14 +98,6 @@ def _as_strided(x, shape, strides):
     return xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
 
 
-def _reshaped_view(matrix, shape):
-    """`matrix` reshaped to `shape` as a view, never a copy (a block of columns of a larger matrix
-    reshapes to a view when the split axes stay whole); raises where that is impossible."""
-    if get_array_module(matrix) is np:
-        return np.reshape(matrix, shape, copy=False)
-    return matrix.reshape(shape)   # CuPy: the layers pass only whole, contiguous matrices
-
-
 def window_view(x_padded, kernel, stride, dilation, out_size):
     """A read-only view (N, C, kh, kw, OH, OW) of the windows of a padded (N, C, Hp, Wp) array.
 
@@ -118,21 +110,18 @@ def window_view(x_padded, kernel, stride, dilation, out_size):
                        (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
 
 
-def im2col(x, kernel, stride, padding, dilation, out_size, batch_last=False, out=None):
-    """Gather the windows of x (N, C, H, W) into cols (C * kh * kw, N * OH * OW): one copy (or, when
-    one unpadded window is the whole image and no `out` is given, no copy: the transposed view of x
-    as (N, C*H*W)).
+def im2col(x, kernel, stride, padding, dilation, out_size, batch_last=False):
+    """Gather the windows of x (N, C, H, W) into cols (C * kh * kw, N * OH * OW): one contiguous copy
+    (or, when one unpadded window is the whole image, no copy: the transposed view of x as (N, C*H*W)).
 
     cols[(c, i, j), (n, oh, ow)] = x_padded[n, c, oh * s_h + i * d_h, ow * s_w + j * d_w].
 
     With batch_last the columns are ordered (oh, ow, n) instead (see `batch_last_layout`): x is
     first copied, padded, to (C, Hp, Wp, N), so that the gather copies runs of N values.
-    out: a (C * kh * kw, N * OH * OW) matrix to write cols into, e.g. a block of columns of a larger
-    one (its rows may be further apart than its length); returned.
     """
     xp = get_array_module(x)
     n, c = x.shape[:2]
-    if out is None and _one_window_covers(x.shape[2:], kernel, padding, dilation) and x.flags.c_contiguous:
+    if _one_window_covers(x.shape[2:], kernel, padding, dilation) and x.flags.c_contiguous:
         # the DCGAN's 4x4 -> 1x1 layers: the columns are the samples, cols = x as (N, C*H*W)
         # transposed; a view, no copy (either column order: with one window they are the same)
         return x.reshape(n, -1).T
@@ -147,10 +136,8 @@ def im2col(x, kernel, stride, padding, dilation, out_size, batch_last=False, out
         view = _as_strided(padded, (c, kh, kw, oh, ow, n), (s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw, s_n))
     else:
         view = window_view(pad2d(x, padding), kernel, stride, dilation, out_size).transpose(1, 2, 3, 0, 4, 5)
-    if out is None:
-        out = workspace.empty((c * kernel[0] * kernel[1], n * out_size[0] * out_size[1]), x.dtype, xp)
-    parallel.assign(_reshaped_view(out, view.shape), view)   # one copy, split over channels
-    return out
+    cols = parallel.assign(workspace.empty(view.shape, x.dtype, xp), view)   # one copy, split over channels
+    return cols.reshape(c * kernel[0] * kernel[1], n * out_size[0] * out_size[1])
 
 
 def _one_window_covers(size, kernel, padding, dilation):
@@ -168,13 +155,12 @@ def offset_slices(kernel, stride, dilation, out_size):
             yield i, j, rows, slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
 
 
-def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch_last=False, out=None):
+def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch_last=False):
     """The adjoint of im2col: cols (C * kh * kw, N * OH * OW) -> image (N, C, H, W).
 
     Each column entry is added back onto the input pixel im2col read it from (pixels read by
     several windows get the sum); padding is cropped. `batch_last`: the columns are ordered
-    (oh, ow, n), as im2col(..., batch_last=True) makes them. out: an (N, C, H, W) array (e.g. some
-    samples of a larger batch) to write the image into; returned.
+    (oh, ow, n), as im2col(..., batch_last=True) makes them.
 
     Done by stride phases: padded row r = oh * s_h + i * d_h belongs to phase a = r mod s_h, at
     row q = oh + (i * d_h) // s_h of that phase. Within a phase every kernel offset is one
@@ -189,8 +175,8 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
     (kh, kw), (ph, pw), (dh, dw), (oh, ow) = kernel, padding, dilation, out_size
     if xp is np and _one_window_covers((h, w), kernel, padding, dilation):
         # the adjoint of im2col's view: image as (N, C*H*W) = cols^T, a transposing copy in slabs
-        image = workspace.empty((n, c, h, w), cols.dtype, xp) if out is None else out
-        parallel.assign(_reshaped_view(image, (n, -1)).T, cols.reshape(-1, n), axis=0, block=TRANSPOSE_SLAB_ROWS)
+        image = workspace.empty((n, c, h, w), cols.dtype, xp)
+        parallel.assign(image.reshape(n, -1).T, cols.reshape(-1, n), axis=0, block=TRANSPOSE_SLAB_ROWS)
         return image
     if oh == 1 and ow == 1:
         # a single window (on CuPy, or one that padding or dilation keeps from covering the image):
@@ -200,11 +186,10 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
         cols = cols.reshape(c, kh, kw, n)
         padded = workspace.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype, xp)
         padded[:, :, 0:dh * (kh - 1) + 1:dh, 0:dw * (kw - 1) + 1:dw] = cols.transpose(3, 0, 1, 2)
-        image = xp.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w]) if ph or pw else padded
-        return _into(out, image)
+        return xp.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w]) if ph or pw else padded
     if xp is not np:   # CuPy: one gather instead of kh * kw slice-adds per phase (kernel launches)
-        return _into(out, col2im_gather(cols, image_shape, kernel, stride, padding, dilation, out_size, batch_last))
-    image = workspace.empty((n, c, h, w), cols.dtype, xp) if out is None else out
+        return col2im_gather(cols, image_shape, kernel, stride, padding, dilation, out_size, batch_last)
+    image = workspace.empty((n, c, h, w), cols.dtype, xp)
     per_channel = kh * kw
     parallel.run(c, lambda start, stop: _col2im_channels(
         cols[start * per_channel:stop * per_channel], image[:, start:stop], kernel, stride, padding, dilation,
@@ -248,14 +233,6 @@ def _col2im_channels(cols, image, kernel, stride, padding, dilation, out_size, b
                     image[:, k:k + slab, rows, columns] = phase[k:k + slab][crop].transpose(*to_image)
             else:
                 image[:, :, rows, columns] = phase[crop].transpose(*to_image)
-
-
-def _into(out, image):
-    """image, copied into `out` when one is given."""
-    if out is None:
-        return image
-    out[...] = image
-    return out
 
 
 def col2im_gather(cols, image_shape, kernel, stride, padding, dilation, out_size, batch_last=False):

@@ -70,38 +70,6 @@ def test_conv_transpose2d_gradcheck(case, rng):
     assert "input 0" in report.max_abs_error and "parameter 'weight'" in report.max_abs_error
 
 
-@pytest.mark.parametrize("make, case", [(make_conv, (3, 4, 3, 1, 1, 1, (5, 9, 9), True)),
-                                        (make_conv, (2, 3, 4, 2, 1, 1, (4, 20, 18), False)),
-                                        (make_conv_t, (3, 2, 4, 2, 1, 0, 1, (5, 9, 9), True)),
-                                        (make_conv_t, (4, 3, 3, 1, 1, 0, 1, (3, 10, 9), False))], ids=str)
-def test_layers_over_pieces_of_the_batch(make, case, rng, monkeypatch):
-    """With the batch in pieces on parallel threads (conv.py `_over_samples`; forced here on small
-    arrays, uneven pieces): the gradient check passes, and output and gradients equal the
-    whole-batch computation's."""
-    from nnbox import parallel
-    layer, x = make(case, rng)
-    give_bias_values(layer, rng)
-    layer.to(np.float64)
-    dy = rng.standard_normal(layer(x).shape)
-
-    def run():
-        layer.zero_grad()
-        y = layer(x)
-        return y, layer.backward(dy), layer.weight.grad.copy()
-
-    whole = run()
-    monkeypatch.setattr(parallel, "MIN_SIZE", 8)
-    monkeypatch.setattr(parallel, "BLAS_PIECES", 3)
-    previous = parallel.set_threads(2)
-    try:
-        pieces = run()
-        gradcheck(layer, x, rng=rng)
-    finally:
-        parallel.set_threads(previous)
-    for got, expected in zip(pieces, whole):
-        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-
-
 small = st.integers(1, 2)
 
 
@@ -290,34 +258,6 @@ def test_im2col_col2im_are_adjoint(geometry, size, rng):
     other = rng.standard_normal(cols.shape)
     back = conv_maths.col2im(other, x.shape, *geometry, out_size)
     np.testing.assert_allclose(np.sum(cols * other), np.sum(x * back), rtol=1e-12)
-
-
-@pytest.mark.parametrize("batch_last", [False, True])
-def test_im2col_and_col2im_write_into_given_arrays(batch_last, rng):
-    """out=: im2col into a block of columns of a larger matrix, col2im into some samples of a
-    larger batch (the layers' pieces of the batch); the same values as the whole computations."""
-    geometry, out_size = ((4, 4), (2, 2), (1, 1), (1, 1)), (4, 5)
-    x = rng.standard_normal((5, 3, 8, 10))
-    cols = conv_maths.im2col(x, *geometry, out_size, batch_last=batch_last)
-    other = rng.standard_normal(cols.shape)
-    image = conv_maths.col2im(other, x.shape, *geometry, out_size, batch_last=batch_last)
-    if batch_last:   # the samples interleave in the columns: only whole matrices
-        into = np.full(cols.shape, np.nan)
-        assert conv_maths.im2col(x, *geometry, out_size, batch_last=True, out=into) is into
-        np.testing.assert_array_equal(into, cols)
-        return
-    per_sample = out_size[0] * out_size[1]
-    wider = np.full((cols.shape[0], cols.shape[1] + 7), np.nan)
-    block = wider[:, 3 * per_sample:5 * per_sample]
-    assert conv_maths.im2col(x[3:5], *geometry, out_size, out=block) is block
-    np.testing.assert_array_equal(block, cols[:, 3 * per_sample:5 * per_sample])
-    assert np.isnan(wider[:, :3 * per_sample]).all() and np.isnan(wider[:, 5 * per_sample:]).all()
-    batch = np.full(x.shape, np.nan)
-    got = conv_maths.col2im(other[:, 1 * per_sample:4 * per_sample], (3,) + x.shape[1:], *geometry, out_size,
-                            out=batch[1:4])
-    assert np.shares_memory(got, batch)
-    np.testing.assert_array_equal(batch[1:4], image[1:4])
-    assert np.isnan(batch[0]).all() and np.isnan(batch[4]).all()
 
 
 # ---------------------------------------------------------------- state, dtype, frozen weights
