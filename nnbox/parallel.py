@@ -14,32 +14,22 @@ thread, as one piece `work(0, n)`, when:
   - the arrays are CuPy's (`xp` is not NumPy): the GPU parallelises on its own;
   - `size` (the number of elements the work touches) is below MIN_SIZE: handing work to a thread
     costs tens of microseconds, more than it saves on small arrays;
-  - the call comes from inside a worker or from the caller's own piece (no nesting), or THREADS is 1.
+  - the call comes from inside a worker (no nesting), or THREADS is 1.
 A worker's exception is raised in the caller. Results never depend on the thread count when the
 caller combines per-piece results in piece order (e.g. per-sample partial sums concatenated, then
 summed), which nnbox's layers do.
 
-Work that does matrix products (`blas=True`: a convolution over pieces of its batch) is cut into
-BLAS_PIECES pieces, one per CPU, whatever THREADS is: OpenBLAS picks its kernels by matrix size, so
-the cut can change a product's rounding, and a fixed cut keeps results independent of THREADS. The
-pieces run in parallel with BLAS on one thread each (`nnbox.blas`), or, with one thread, one after
-another.
-
 THREADS: the environment variable NNBOX_THREADS if set, else the number of CPUs (at most 8);
 `set_threads(n)` changes it (1 turns the splitting off).
 """
-import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import blas as blas_threads
-
 MIN_SIZE = 1 << 17          # elements (512 KB of float32)
 MAX_DEFAULT_THREADS = 8
-CPUS = max(1, min(os.cpu_count() or 1, MAX_DEFAULT_THREADS))   # the default thread count
 
 _local = threading.local()
 _pool = None
@@ -52,11 +42,10 @@ def _default_threads():
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"NNBOX_THREADS must be a positive integer, got {value!r}")
         return int(value)
-    return CPUS
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_THREADS))
 
 
 THREADS = _default_threads()
-BLAS_PIECES = CPUS   # pieces of product work (run's blas=True), whatever THREADS is
 
 
 def set_threads(count):
@@ -98,37 +87,19 @@ def _mark_worker():
     _local.in_worker = True
 
 
-def run(n, work, size, xp=np, blas=False):
-    """Results of work(start, stop) over pieces of range(n), in order (see the module docstring).
-
-    blas: the work does matrix products. Then the pieces are BLAS_PIECES (at most), whatever THREADS
-    is, and each piece runs its products on one BLAS thread (`nnbox.blas.one_thread`) while the
-    pieces run in parallel. OpenBLAS picks its kernels by matrix size, so a piece's product can
-    round differently from the whole batch's: fixed pieces keep results independent of THREADS.
-    With one thread, in a worker, or where the BLAS thread count cannot be set, the same pieces
-    run one after another in the calling thread.
-    """
-    if n < 2 or size < MIN_SIZE or xp is not np:
+def run(n, work, size, xp=np):
+    """Results of work(start, stop) over pieces of range(n), in order (see the module docstring)."""
+    threads = THREADS
+    if (threads < 2 or n < 2 or size < MIN_SIZE or xp is not np or getattr(_local, "in_worker", False)):
         return [work(0, n)]
-    nested = getattr(_local, "in_worker", False)
-    if blas:
-        pieces = split(n, min(BLAS_PIECES, max(1, size // MIN_SIZE)))
-        if THREADS < 2 or nested or not blas_threads.available():
-            return [work(start, stop) for start, stop in pieces]
-    else:
-        if THREADS < 2 or nested:
-            return [work(0, n)]
-        pieces = split(n, min(THREADS, max(1, size // MIN_SIZE)))
+    pieces = split(n, min(threads, max(1, size // MIN_SIZE)))
     if len(pieces) == 1:
         return [work(0, n)]
-    with blas_threads.one_thread() if blas else contextlib.nullcontext():
-        futures = [_executor().submit(work, start, stop) for start, stop in pieces[1:]]
-        _local.in_worker = True             # the calling thread takes the first piece, and does not split it again
-        try:
-            first = work(*pieces[0])
-        finally:
-            _local.in_worker = False
-            rest = [future.result() for future in futures] if futures else []
+    futures = [_executor().submit(work, start, stop) for start, stop in pieces[1:]]
+    try:
+        first = work(*pieces[0])            # the calling thread takes the first piece
+    finally:
+        rest = [future.result() for future in futures] if futures else []
     return [first] + rest
 
 

@@ -1,42 +1,11 @@
-"""nnbox.blas: the BLAS thread count, set to one while product work runs in pieces on parallel threads."""
-import numpy as np
+"""nnbox.blas: OpenBLAS told to re-read OPENBLAS_THREAD_TIMEOUT when NumPy was imported before nnbox."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from nnbox import blas
-
-needs_control = pytest.mark.skipif(not blas.available(), reason="NumPy's BLAS here is not an OpenBLAS nnbox can find")
-
-
-@needs_control
-def test_one_thread_sets_one_and_restores_the_count_even_after_an_error():
-    before = blas.threads()
-    with blas.one_thread():
-        assert blas.threads() == 1
-        with blas.one_thread():                       # nested blocks: the count comes back at the outermost
-            assert blas.threads() == 1
-        assert blas.threads() == 1
-    assert blas.threads() == before
-    with pytest.raises(RuntimeError, match="inside"):
-        with blas.one_thread():
-            raise RuntimeError("inside")
-    assert blas.threads() == before
-
-
-@needs_control
-def test_products_inside_one_thread_are_right():
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((300, 200)), rng.standard_normal((200, 250))
-    expected = a @ b
-    with blas.one_thread():
-        np.testing.assert_allclose(a @ b, expected, rtol=1e-12)
-
-
-def test_without_control_one_thread_changes_nothing(monkeypatch):
-    monkeypatch.setattr(blas, "_controls", lambda: None)
-    assert not blas.available() and blas.threads() is None
-    with blas.one_thread():
-        pass
-
 
 SPIN_PROBE = r"""
 import os, sys, time
@@ -58,16 +27,13 @@ print(spent)
 """
 
 
-@needs_control
-@pytest.mark.skipif((__import__("os").cpu_count() or 1) < 2, reason="OpenBLAS starts no threads on one CPU")
+@pytest.mark.skipif(blas._library() is None, reason="NumPy's BLAS here is not an OpenBLAS nnbox can find")
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts no threads on one CPU")
 def test_importing_nnbox_after_numpy_stops_openblas_threads_spinning():
     """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when NumPy loads it; imported after NumPy, nnbox makes
     it read the variable again (blas.reread_environment). Its threads then sleep right after a
     product instead of spinning ~0.1 s. (On a busy machine a spinning thread may get less CPU, so
     this can only miss a regression there, not fail without one.)"""
-    import os
-    import subprocess
-    import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_THREAD_TIMEOUT"}
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")

@@ -9,7 +9,7 @@ from layers.activations import LeakyReLU, ReLU
 from layers.conv import Conv2d, ConvTranspose2d
 from layers.normalization import BatchNorm2d
 from layers.pooling import MaxPool2d, Unpool2d
-from nnbox import blas, parallel
+from nnbox import parallel
 
 
 @pytest.fixture
@@ -75,45 +75,6 @@ def test_run_stays_in_the_calling_thread_when_small_nested_or_not_numpy(threaded
     assert all(len(inner) == 1 for inner in nested[1:])
 
 
-@pytest.mark.parametrize("threads", [1, 4])
-def test_product_work_runs_fixed_pieces_each_on_one_blas_thread(threads, monkeypatch):
-    """blas=True: BLAS_PIECES pieces whatever THREADS is (so results do not change with it); run in
-    parallel, each piece sees one BLAS thread, and the count is restored afterwards; the calling
-    thread's own piece does not split again."""
-    monkeypatch.setattr(parallel, "MIN_SIZE", 8)
-    monkeypatch.setattr(parallel, "BLAS_PIECES", 3)
-    previous = parallel.set_threads(threads)
-    before = blas.threads()
-    seen = []
-
-    def work(start, stop):
-        nested = parallel.run(stop - start, lambda a, b: (a, b), size=100)
-        seen.append((threading.current_thread().name, blas.threads(), nested == [(0, stop - start)]))
-        return start, stop
-
-    try:
-        assert parallel.run(10, work, size=100, blas=True) == [(0, 4), (4, 7), (7, 10)]
-    finally:
-        parallel.set_threads(previous)
-    assert blas.threads() == before
-    assert len(seen) == 3 and all(unsplit for _, _, unsplit in seen)
-    names = {name for name, _, _ in seen}
-    if threads == 1 or not blas.available():      # one after another, in the caller, BLAS untouched
-        assert names == {threading.current_thread().name}
-        assert {count for _, count, _ in seen} == {before}
-    else:
-        assert len(names) > 1 and {count for _, count, _ in seen} == {1}
-
-
-def test_product_work_without_blas_control_runs_its_pieces_in_the_caller(threaded, monkeypatch):
-    monkeypatch.setattr(parallel, "BLAS_PIECES", 2)
-    monkeypatch.setattr(blas, "available", lambda: False)
-    names = []
-    assert parallel.run(6, lambda a, b: names.append(threading.current_thread().name) or (a, b),
-                        size=100, blas=True) == [(0, 3), (3, 6)]
-    assert names == [threading.current_thread().name] * 2
-
-
 def test_run_raises_a_workers_error(threaded):
     def work(start, stop):
         if start > 0:
@@ -151,7 +112,6 @@ def _same_with_threads(run, monkeypatch, threads=3):
     """run() once single-threaded and once split over `threads` threads (tiny MIN_SIZE); every array
     it returns must be bitwise the same. Returns the single-threaded results."""
     results = []
-    monkeypatch.setattr(parallel, "BLAS_PIECES", 3)   # product work in pieces too, on any machine
     for count in (1, threads):
         previous = parallel.set_threads(count)
         monkeypatch.setattr(parallel, "MIN_SIZE", 8)
