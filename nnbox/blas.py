@@ -5,8 +5,8 @@ nnbox sets OPENBLAS_THREAD_TIMEOUT when it is imported (nnbox/__init__.py): with
 threads spin for ~0.1 s after every matrix product, on the cores nnbox's own threads
 (nnbox.parallel) and the main thread need next. OpenBLAS reads the variable only when it starts its
 threads, which it does when NumPy loads it; if NumPy came first, that was too early. Measured on 2
-cores, NumPy imported first: faces GAN step 431 ms (299 ms with the variable read in time), 32x32
-DCGAN 120 ms (102 ms).
+cores with NumPy imported first, a GAN training step without and with the re-read: faces GAN 382
+-> 286 ms, 32x32 DCGAN 120 -> 104 ms (291 and 110 ms with the variable set before NumPy loads).
 
 The library is the OpenBLAS file among the process's mapped files (NumPy's own scipy-openblas build
 or a plain one). Elsewhere, or with another BLAS (MKL, Accelerate, BLIS), nothing is done.
