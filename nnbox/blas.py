@@ -40,7 +40,8 @@ def _library():
 def reread_environment():
     """Make the loaded OpenBLAS read its environment variables again and restart its threads with
     them; True if it could. The threads stop here (blas_thread_shutdown_) and start again, with the
-    values read (openblas_read_env), at the next product that uses them."""
+    values read (openblas_read_env), at the next product that uses them. Call it while no other
+    thread is inside a BLAS call (nnbox calls it once, while being imported)."""
     library = _library()
     shutdown = getattr(library, "blas_thread_shutdown_", None) if library is not None else None
     if shutdown is None:
