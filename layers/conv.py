@@ -11,7 +11,6 @@ ConvTranspose2d weight is (in, out, kh, kw). With W2 = weight.reshape(small chan
 
 Conv2d's backward is the adjoint (for dx); ConvTranspose2d's backward is the convolution (for dx).
 """
-import numpy as np
 
 from nnbox import init, workspace
 from nnbox.backend import get_array_module
@@ -70,13 +69,11 @@ class _ConvNd(Module):
         the columns are ordered (OH, OW, N) (conv_maths.batch_last_layout)."""
         cols = conv_maths.im2col(large, *self._geometry(), small_size, batch_last=batch_last)
         w2 = self.weight.data.reshape(self.weight.data.shape[0], -1)
-        if w2.shape[0] >= 256 and get_array_module(cols) is np:
-            # the same product computed transposed (the result is a transposed view, which the
-            # callers read through a transpose anyway): with OpenBLAS and 256+ output rows it is
-            # faster, e.g. 164 -> 86 ms for D.conv4 / G.convT2 and 20% for D.conv3 / G.convT3 at
-            # batch 64; below 256 rows it is as fast or slower (5x slower for G.convT1)
-            product = workspace.empty((cols.shape[1], w2.shape[0]), cols.dtype, np)
-            return np.matmul(cols.T, w2.T, out=product).T, cols
+        # One order for every shape: computing the product transposed (cols^T W2^T, returned as a
+        # transposed view) for 256+ output rows was faster with the OpenBLAS of the first round,
+        # but with OpenBLAS 0.3.31 the plain product is as fast or faster, and its contiguous result
+        # makes from_channel_major 2-5x cheaper (D.conv3 of the 64x64 DCGAN, batch 64, forward
+        # 27.5 -> 20.8 ms on 2 threads, 59.7 -> 46.2 ms on one)
         return _matmul(w2, cols), cols
 
     def _convolve_adjoint(self, small_matrix, large_shape, small_size, batch_last=False):
