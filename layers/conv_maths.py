@@ -167,8 +167,10 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
     unit-stride shifted slice-add (kh * kw adds in all, no scatter-add, no loop over the batch or
     pixels); each phase is then written, cropped, into every s_h-th row of the image. This is
     about 1.8x faster than strided slice-adds straight into the image (measured at batch 64,
-    64 channels, 32x32, kernel 4, stride 2). The innermost run of each add is OW values, or
-    OW * N values with batch_last (3-7x faster for 8x8 and smaller maps, see `batch_last_layout`).
+    64 channels, 32x32, kernel 4, stride 2). The innermost run of each add is OW values. With
+    batch_last the runs are N values whatever the stride, so the adds go straight into a padded
+    batch-last image, without phases (3-7x faster for 8x8 and smaller maps than the (n, oh, ow)
+    order, see `batch_last_layout`).
     """
     xp = get_array_module(cols)
     n, c, h, w = image_shape
@@ -199,23 +201,20 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
 
 def _col2im_channels(cols, image, kernel, stride, padding, dilation, out_size, batch_last):
     """col2im of the channels that `image` (a view (N, C', H, W) of the whole image) holds, from
-    their rows of cols (C' * kh * kw, N * OH * OW): the phases of the col2im docstring."""
+    their rows of cols (C' * kh * kw, N * OH * OW): the phases of the col2im docstring, or with
+    batch_last `_col2im_batch_last`."""
+    if batch_last:
+        return _col2im_batch_last(cols, image, kernel, stride, padding, dilation, out_size)
     xp = get_array_module(cols)
     n, c, h, w = image.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out_size
-    if batch_last:   # phases (C, rows, columns, N); the image is (N, C, H, W): move N back when writing
-        cols = cols.reshape(c, kh, kw, oh, ow, n)
-        spatial, to_image = (1, 2), (3, 0, 1, 2)
-    else:            # channel-major like cols, so every add is between two arrays laid out the same way
-        cols = cols.reshape(c, kh, kw, n, oh, ow)
-        spatial, to_image = (2, 3), (1, 0, 2, 3)
+    # channel-major like cols, so every add is between two arrays laid out the same way
+    cols = cols.reshape(c, kh, kw, n, oh, ow)
     for a in range(sh):
         first_row, rows = _phase_crop(a, sh, ph, h)
         for b in range(sw):
             first_col, columns = _phase_crop(b, sw, pw, w)
-            size = [c, n, n, n]
-            size[spatial[0]], size[spatial[1]] = -(-(h + 2 * ph - a) // sh), -(-(w + 2 * pw - b) // sw)
-            phase = workspace.zeros(size, cols.dtype, xp)
+            phase = workspace.zeros((c, n, -(-(h + 2 * ph - a) // sh), -(-(w + 2 * pw - b) // sw)), cols.dtype, xp)
             for i in range(kh):
                 if (i * dh) % sh != a:
                     continue
@@ -223,16 +222,29 @@ def _col2im_channels(cols, image, kernel, stride, padding, dilation, out_size, b
                 for j in range(kw):
                     if (j * dw) % sw == b:
                         dj = (j * dw) // sw
-                        phase[_spatial_index(spatial, slice(di, di + oh), slice(dj, dj + ow))] += cols[:, i, j]
-            crop = _spatial_index(spatial, slice(first_row, first_row + len(range(h)[rows])),
-                                  slice(first_col, first_col + len(range(w)[columns])))
-            if batch_last:   # a transposing write: in slabs of channels that stay in the cache (parallel.assign)
-                per_channel = phase[0][crop[1:]].size
-                slab = max(1, TRANSPOSE_SLAB_ROWS * n // max(per_channel, 1))
-                for k in range(0, c, slab):
-                    image[:, k:k + slab, rows, columns] = phase[k:k + slab][crop].transpose(*to_image)
-            else:
-                image[:, :, rows, columns] = phase[crop].transpose(*to_image)
+                        phase[:, :, di:di + oh, dj:dj + ow] += cols[:, i, j]
+            crop = phase[:, :, first_row:first_row + len(range(h)[rows]),
+                         first_col:first_col + len(range(w)[columns])]
+            image[:, :, rows, columns] = crop.transpose(1, 0, 2, 3)
+
+
+def _col2im_batch_last(cols, image, kernel, stride, padding, dilation, out_size):
+    """col2im from batch-last columns (C' * kh * kw, OH * OW * N) into `image` (N, C', H, W): the
+    kh * kw slice-adds go straight into a padded (C', Hp, Wp, N) array (strided, but every run is
+    N values, so no phases are needed), then one transposing copy, cropped, in channel slabs that
+    stay in the cache. 20-25% faster than phases for 8x8 and 16x16 images at batch 64 (64x32x16x16:
+    2.08 -> 1.63 ms), the same for larger."""
+    xp = get_array_module(cols)
+    n, c, h, w = image.shape
+    (kh, kw), (ph, pw), (oh, ow) = kernel, padding, out_size
+    cols = cols.reshape(c, kh, kw, oh, ow, n)
+    padded = workspace.zeros((c, h + 2 * ph, w + 2 * pw, n), cols.dtype, xp)
+    for i, j, rows, columns in offset_slices(kernel, stride, dilation, out_size):
+        padded[:, rows, columns] += cols[:, i, j]
+    inside = padded[:, ph:ph + h, pw:pw + w]
+    slab = max(1, TRANSPOSE_SLAB_ROWS // (h * w))
+    for k in range(0, c, slab):
+        image[:, k:k + slab] = inside[k:k + slab].transpose(3, 0, 1, 2)
 
 
 def col2im_gather(cols, image_shape, kernel, stride, padding, dilation, out_size, batch_last=False):
@@ -286,13 +298,6 @@ def _gather_plan(xp, image_shape, kernel, stride, padding, dilation, out_size, b
     base = np.where(valid, base, 0).reshape(h, w, -1)                 # masked taps read entry 0
     index = base[None] + per_sample * np.arange(n).reshape(n, 1, 1, 1)
     return xp.asarray(index), xp.asarray(valid.reshape(h, w, -1).astype(dtype))
-
-
-def _spatial_index(spatial, rows, columns):
-    """An index of a 4-D array that takes `rows` and `columns` on the two spatial axes."""
-    index = [slice(None)] * 4
-    index[spatial[0]], index[spatial[1]] = rows, columns
-    return tuple(index)
 
 
 def _phase_crop(phase, stride, padding, size):
