@@ -91,13 +91,29 @@ def nnbox_trainer(model, device, run_dir):
 
 
 def count_macs(network):
-    """Multiply-adds of one forward pass of an nnbox network that has just run forward."""
+    """Multiply-adds of one forward pass of an nnbox network that has just run forward, as its layers
+    are written: a convolution that ran fused with the upsampling before it (layers/resize_conv.py,
+    fewer multiply-adds) is counted as a convolution of the upsampled image, as torch computes it."""
     from layers.conv import Conv2d, ConvTranspose2d
     from layers.linear import Linear
+    from layers.resize_conv import ResizeConvolution
+    from nnbox.module import Sequential
+    fused_inputs = {}   # conv -> the shape of the upsampled image it convolved
+    for module in network.modules():
+        if isinstance(module, Sequential):
+            for step in module._last_steps():
+                if isinstance(step, ResizeConvolution) and step.saved is not None:
+                    n, c, h, w = step.saved[0]
+                    sh, sw = step.unpool.kernel_size
+                    fused_inputs[id(step.conv)] = (n, c, h * sh, w * sw)
     macs = 0
     for module in network.modules():
         saved = module._saved
-        if isinstance(module, Conv2d):
+        if id(module) in fused_inputs:   # a "same" convolution: output size = input size
+            n, _, h, w = fused_inputs[id(module)]
+            kh, kw = module.kernel_size
+            macs += n * h * w * module.in_channels * module.out_channels * kh * kw
+        elif isinstance(module, Conv2d):
             n = saved.x_shape[0]
             kh, kw = module.kernel_size
             macs += n * module.out_channels * saved.out_size[0] * saved.out_size[1] * module.in_channels * kh * kw

@@ -11,7 +11,7 @@ from nnbox import gpu_kernels, parallel
 from nnbox.backend import get_array_module
 from nnbox.module import Module
 
-from . import conv_maths
+from . import conv_maths, resize_conv
 from ._checks import check_input
 
 
@@ -244,6 +244,11 @@ class Unpool2d(_Pool2d):
 
     def output_size(self, height, width):
         return tuple((size - 1) * s + k for size, k, s in zip((height, width), self.kernel_size, self.stride))
+
+    def fused_with(self, following):
+        """Inside a Sequential: with mode "nearest", a "same" stride-1 convolution right after this
+        layer runs with it on the small image (layers/resize_conv.py); None otherwise."""
+        return resize_conv.ResizeConvolution(self, following) if resize_conv.fuses(self, following) else None
 
     def forward(self, x):
         check_input(self, x, 4, what="(N, C, H, W)")

@@ -307,22 +307,40 @@ class Sequential(Module):
         return iter(self._children.values())
 
     def forward(self, x):
-        for module in self._children.values():
-            x = module(x)
+        steps = self._steps()
+        for step in steps:
+            x = step(x)
+        self.save_for_backward(steps=steps)
         return x
 
+    def _steps(self):
+        """The children in order, where a child offers (`fused_with(next_child)`, returning a step
+        with forward, backward, backward_parameters and parameters, or None) to run together with
+        the next one: the same result, computed faster (e.g. layers/resize_conv.py)."""
+        children, steps, index = list(self._children.values()), [], 0
+        while index < len(children):
+            fuse = getattr(children[index], "fused_with", None)
+            fused = fuse(children[index + 1]) if fuse is not None and index + 1 < len(children) else None
+            steps.append(children[index] if fused is None else fused)
+            index += 1 if fused is None else 2
+        return steps
+
+    def _last_steps(self):
+        """The steps of the last forward (the children, before any forward)."""
+        return list(self._children.values()) if self._saved is None else self._saved.steps
+
     def backward(self, dy):
-        for module in reversed(self._children.values()):
-            dy = module.backward(dy)
+        for step in reversed(self._last_steps()):
+            dy = step.backward(dy)
         return dy
 
     def backward_parameters(self, dy):
-        """Backward down to the first child with a trainable parameter, which skips its input gradient;
-        the children before it (parameter-free) are not visited at all."""
-        children = list(self._children.values())
-        trainable = [i for i, module in enumerate(children) if any(p.requires_grad for p in module.parameters())]
+        """Backward down to the first step with a trainable parameter, which skips its input gradient;
+        the steps before it (parameter-free) are not visited at all."""
+        steps = self._last_steps()
+        trainable = [i for i, step in enumerate(steps) if any(p.requires_grad for p in step.parameters())]
         if trainable:
-            for module in reversed(children[trainable[0] + 1:]):
-                dy = module.backward(dy)
-            children[trainable[0]].backward_parameters(dy)
+            for step in reversed(steps[trainable[0] + 1:]):
+                dy = step.backward(dy)
+            steps[trainable[0]].backward_parameters(dy)
         return None
