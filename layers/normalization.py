@@ -122,8 +122,10 @@ class _BatchNorm(Module):
         self.running_var[...] = (1 - m) * self.running_var + m * unbiased
 
     def _forward_numpy(self, x, stat_shape, count, use_batch_stats, weight, bias):
-        """(xhat, y or None, inv_std): the passes split over the samples (nnbox.parallel)."""
+        """(xhat, y or None, inv_std): the passes split over the samples (nnbox.parallel), on x as
+        (N, C * L) with the per-channel values spread over their L positions (`_spread`)."""
         xp = np
+        n, c = x.shape[:2]
         if use_batch_stats:
             mean, var, xhat = self._batch_statistics(x, count)
             if self.training and self.track_running_stats:
@@ -131,23 +133,26 @@ class _BatchNorm(Module):
             inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype).reshape(stat_shape)
             # float32 input: xhat holds x - mean32; the rounding mean - mean32 is subtracted below
             shift = None if mean.dtype == x.dtype else \
-                (mean - mean.astype(x.dtype).astype(mean.dtype)).astype(x.dtype).reshape(stat_shape)
+                _spread((mean - mean.astype(x.dtype).astype(mean.dtype)).astype(x.dtype), x)
         else:
             inv_std = (1.0 / xp.sqrt(self.running_var.astype(x.dtype) + x.dtype.type(self.eps))).reshape(stat_shape)
-            xhat = xp.subtract(x, self.running_mean.astype(x.dtype).reshape(stat_shape),
-                               out=workspace.empty(x.shape, x.dtype, xp))
+            xhat = workspace.empty(x.shape, x.dtype, xp)
+            xp.subtract(x.reshape(n, -1), _spread(self.running_mean.astype(x.dtype), x), out=xhat.reshape(n, -1))
             shift = None
         y = None if weight is None else workspace.empty(x.shape, x.dtype, xp)
+        rows, scale = xhat.reshape(n, -1), _spread(inv_std, x)
+        if y is not None:
+            out, weight, bias = y.reshape(n, -1), _spread(weight, x), _spread(bias, x)
 
         def normalise(a, b):   # xhat = (held - shift) * inv_std, y = xhat * weight + bias, per sample range
             if shift is not None:
-                xhat[a:b] -= shift
-            xhat[a:b] *= inv_std
+                rows[a:b] -= shift
+            rows[a:b] *= scale
             if y is not None:
-                xp.multiply(xhat[a:b], weight, out=y[a:b])
-                y[a:b] += bias
+                xp.multiply(rows[a:b], weight, out=out[a:b])
+                out[a:b] += bias
 
-        parallel.run(x.shape[0], normalise, x.size, xp)
+        parallel.run(n, normalise, x.size, xp)
         return xhat, y, inv_std
 
     def _forward_cupy(self, x, stat_shape, count, use_batch_stats, weight, bias):
@@ -175,29 +180,29 @@ class _BatchNorm(Module):
         """(mean, var, x - mean) of a batch: mean and var (C,) in float64 for float32 input, x - mean
         in x's dtype (a fresh array, which forward turns into xhat in place).
 
-        Passes over x: the per-channel sums accumulated in float64 (`acc`); x - mean32, with mean32
-        the mean rounded to x's dtype (exact for x near the mean); the sums of its squares, per
-        (sample, channel) in x's dtype (np.einsum's vectorised dot) then over the samples in
-        `acc`. With the rounding error r = mean - mean32 (tiny, and known),
-        var = sum((x - mean32)^2) / m - r^2, and x - mean = (x - mean32) - r (forward subtracts r
-        while normalising; with float64 input r is 0). Every pass is split over the samples
-        (nnbox.parallel), the per-sample partial sums combined in sample order.
+        Passes over x as (N, C * L): the sums over the samples of every (channel, position),
+        accumulated in float64 (`acc`), then over the positions; x - mean32, with mean32 the mean
+        rounded to x's dtype (exact for x near the mean); the sums of its squares over the samples
+        in x's dtype (np.einsum's vectorised loop), then over the positions in `acc`. With the
+        rounding error r = mean - mean32 (tiny, and known), var = sum((x - mean32)^2) / m - r^2, and
+        x - mean = (x - mean32) - r (forward subtracts r while normalising; with float64 input r is
+        0). The sums are split over the columns, the subtraction over the samples (nnbox.parallel),
+        so results do not depend on the thread count.
         """
-        xp = get_array_module(x)
+        xp = np
         acc = np.float64 if x.dtype == np.float32 else x.dtype
         n, c = x.shape[:2]
-        rows = x.reshape(n, c, -1)                       # (N, C, L): L = H * W (or L, or 1)
-        mean = _over_samples(n, x.size, xp, lambda a, b: rows[a:b].sum(axis=2, dtype=acc)) / count
-        mean_x = mean.astype(x.dtype).reshape((1, c) + (1,) * (x.ndim - 2))
+        rows = x.reshape(n, -1)
+        mean = _over_samples(rows, lambda a, b: rows[:, a:b].sum(axis=0, dtype=acc)).reshape(c, -1).sum(axis=1)
+        mean /= count
+        mean_x = mean.astype(x.dtype)
         centred = workspace.empty(x.shape, x.dtype, xp)
-        flat = centred.reshape(n, c, -1)
-
-        def centre(a, b):
-            xp.subtract(x[a:b], mean_x, out=centred[a:b])
-            return xp.einsum("ncl,ncl->nc", flat[a:b], flat[a:b])
-
-        squares = _over_samples(n, x.size, xp, centre, acc)
-        rounding = mean - mean_x.reshape(-1).astype(acc)
+        centred_rows, spread_mean = centred.reshape(n, -1), _spread(mean_x, x)
+        parallel.run(n, lambda a, b: xp.subtract(rows[a:b], spread_mean, out=centred_rows[a:b]), x.size, xp)
+        squares = _over_samples(centred_rows, lambda a, b: xp.einsum("nk,nk->k", centred_rows[:, a:b],
+                                                                       centred_rows[:, a:b]))
+        squares = squares.reshape(c, -1).sum(axis=1, dtype=acc)
+        rounding = mean - mean_x.astype(acc)
         var = xp.maximum(squares / count - rounding * rounding, 0.0)
         return mean, var, centred   # forward subtracts the rounding (float32) while normalising
 
@@ -211,10 +216,14 @@ class _BatchNorm(Module):
         stat_shape = inv_std.shape
         n, c = dy.shape[:2]
         dy_rows, xhat_rows = dy.reshape(n, c, -1), xhat.reshape(n, c, -1)
-        if xp is np:
-            sum_dy = _over_samples(n, dy.size, xp, lambda a, b: dy_rows[a:b].sum(axis=2))               # (C,)
-            sum_dy_xhat = _over_samples(n, dy.size, xp,
-                                        lambda a, b: xp.einsum("ncl,ncl->nc", dy_rows[a:b], xhat_rows[a:b]))  # (C,)
+        if xp is np:   # sums over the samples of dy and dy xhat as (N, C * L), then over the positions
+            dy_flat, xhat_flat = dy.reshape(n, -1), xhat.reshape(n, -1)
+            acc = np.float64 if dy.dtype == np.float32 else dy.dtype
+            sum_dy = _over_samples(dy_flat, lambda a, b: dy_flat[:, a:b].sum(axis=0))
+            sum_dy = sum_dy.reshape(c, -1).sum(axis=1, dtype=acc).astype(dy.dtype)                       # (C,)
+            sum_dy_xhat = _over_samples(dy_flat, lambda a, b: xp.einsum("nk,nk->k", dy_flat[:, a:b],
+                                                                        xhat_flat[:, a:b]))
+            sum_dy_xhat = sum_dy_xhat.reshape(c, -1).sum(axis=1, dtype=acc).astype(dy.dtype)              # (C,)
         else:
             sum_dy, sum_dy_xhat = dy_rows.sum(axis=(0, 2)), gpu_kernels.channel_dot(dy_rows, xhat_rows)
             if self.affine and self.weight.requires_grad and self.bias.requires_grad and saved.batch_stats:
@@ -246,11 +255,14 @@ class _BatchNorm(Module):
             gpu_kernels.batch_norm_input_grad(dy, xhat, k_xhat, k_dy, scale, dx)
             return dx
 
+        dy_flat, xhat_flat, dx_flat = dy.reshape(n, -1), xhat.reshape(n, -1), dx.reshape(n, -1)
+        k_xhat, k_dy, scale = _spread(k_xhat, dy), _spread(k_dy, dy), _spread(scale, dy)
+
         def input_grad(a, b):
-            xp.multiply(xhat[a:b], k_xhat, out=dx[a:b])
-            xp.subtract(dy[a:b], dx[a:b], out=dx[a:b])
-            dx[a:b] -= k_dy
-            dx[a:b] *= scale
+            xp.multiply(xhat_flat[a:b], k_xhat, out=dx_flat[a:b])
+            xp.subtract(dy_flat[a:b], dx_flat[a:b], out=dx_flat[a:b])
+            dx_flat[a:b] -= k_dy
+            dx_flat[a:b] *= scale
 
         parallel.run(n, input_grad, dy.size, xp)
         return dx
@@ -260,11 +272,21 @@ class _BatchNorm(Module):
                 f"track_running_stats={self.track_running_stats}")
 
 
-def _over_samples(n, size, xp, partial, dtype=None):
-    """sum over the samples of partial(a, b) -> (b - a, C) per-sample values, computed for ranges of
-    samples in parallel (nnbox.parallel) and summed in sample order (results do not depend on the split)."""
-    pieces = parallel.run(n, partial, size, xp)
-    return (pieces[0] if len(pieces) == 1 else xp.concatenate(pieces)).sum(axis=0, dtype=dtype)
+def _over_samples(rows, partial):
+    """The sums over the samples of rows (N, K): partial(a, b) -> the (b - a,) sums of columns a:b,
+    computed for ranges of columns in parallel (nnbox.parallel) and joined; each column is summed
+    whole by one thread, so results do not depend on the split."""
+    pieces = parallel.run(rows.shape[1], partial, rows.size, np)
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def _spread(values, x):
+    """Per-channel values (C,) (any shape holding C values) -> (1, C * L) for x (N, C, ...) seen as
+    (N, C * L): each value repeated over its channel's L positions. Passes over x then run over
+    rows of C * L values; with (1, C, 1, 1) broadcasting the runs are L values long, which made
+    BatchNorm 2-3x slower on 4x4 and 8x8 maps."""
+    per_channel = x.size // (x.shape[0] * x.shape[1])
+    return np.repeat(values.reshape(-1).astype(x.dtype, copy=False), per_channel).reshape(1, -1)
 
 
 class BatchNorm1d(_BatchNorm):
