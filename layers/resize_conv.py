@@ -190,7 +190,7 @@ class ResizeConvolution:
         grid_grad = grid_grad.reshape(sh * sw * o, -1)
         if cols is not None:   # dV = dY cols^T, folded back onto the kernel's taps
             th, tw = rows[1], columns[1]
-            phase_grad = (grid_grad @ cols.T).reshape(sh, sw, o, c, th, tw).transpose(2, 3, 0, 4, 1, 5)
+            phase_grad = _matmul(grid_grad, cols.T).reshape(sh, sw, o, c, th, tw).transpose(2, 3, 0, 4, 1, 5)
             kh, kw = self.conv.kernel_size
             kernel_grad = (xp.ascontiguousarray(phase_grad).reshape(o * c, -1)
                            @ self._fold(xp, dy.dtype).T).reshape(o, c, kh, kw)
