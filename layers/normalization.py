@@ -125,7 +125,7 @@ class _BatchNorm(Module):
         """(xhat, y or None, inv_std): the passes split over the samples (nnbox.parallel), on x as
         (N, C * L) with the per-channel values spread over their L positions (`_spread`)."""
         xp = np
-        n, c = x.shape[:2]
+        n = x.shape[0]
         if use_batch_stats:
             mean, var, xhat = self._batch_statistics(x, count)
             if self.training and self.track_running_stats:

@@ -1,6 +1,6 @@
 """Unpool2d("nearest") then a "same" convolution, run by Sequential as one ResizeConvolution step:
-the same values and gradients as the two layers one after the other, gradient checks, when it
-applies and when not, and the GPU."""
+the same values and gradients as the two layers one after the other and as torch, gradient checks,
+when it applies and when not, and the GPU."""
 import numpy as np
 import pytest
 
@@ -154,6 +154,30 @@ def test_phase_taps_for_the_faces_kernel():
     lo, window, padding, sums = phase_taps(3, 2)
     assert lo == (-1, 0) and window == 2 and padding == 1
     np.testing.assert_array_equal(sums, [[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_torch_parity(case, rng, torch):
+    """The same as torch's nearest upsampling followed by the same convolution, values and gradients."""
+    unpool, conv, x = make_pair(case, rng)
+    model = Sequential(unpool, conv)
+    y = model(x)
+    dy = rng.standard_normal(y.shape)
+    dx = model.backward(dy)
+    twin = getattr(torch.nn, type(conv).__name__)(conv.in_channels, conv.out_channels, conv.kernel_size,
+                                                   padding=conv.padding, bias=conv.bias is not None).double()
+    with torch.no_grad():
+        twin.weight.copy_(torch.tensor(conv.weight.data))
+        if conv.bias is not None:
+            twin.bias.copy_(torch.tensor(conv.bias.data))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = twin(torch.nn.functional.interpolate(xt, scale_factor=unpool.kernel_size, mode="nearest"))
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(conv.weight.grad, twin.weight.grad.numpy(), rtol=1e-10, atol=1e-10)
+    if conv.bias is not None:
+        np.testing.assert_allclose(conv.bias.grad, twin.bias.grad.numpy(), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.gpu
