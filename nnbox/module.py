@@ -283,6 +283,11 @@ def _converter(target):
 class Sequential(Module):
     """Chain modules: forward runs them in order, backward in reverse.
 
+    Two neighbours that compute faster together run as one step with the same result up to
+    rounding, when the first offers it (`fused_with(next)`, see `_steps`): nearest `Unpool2d`
+    followed by a "same" convolution (layers/resize_conv.py). The children and their parameters
+    stay as they are; only how the chain is computed changes.
+
     Example::
 
         model = Sequential(Linear(784, 128), ReLU(), Linear(128, 10))
