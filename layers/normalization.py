@@ -142,15 +142,15 @@ class _BatchNorm(Module):
         y = None if weight is None else workspace.empty(x.shape, x.dtype, xp)
         rows, scale = xhat.reshape(n, -1), _spread(inv_std, x)
         if y is not None:
-            out, weight, bias = y.reshape(n, -1), _spread(weight, x), _spread(bias, x)
+            out, spread_weight, spread_bias = y.reshape(n, -1), _spread(weight, x), _spread(bias, x)
 
         def normalise(a, b):   # xhat = (held - shift) * inv_std, y = xhat * weight + bias, per sample range
             if shift is not None:
                 rows[a:b] -= shift
             rows[a:b] *= scale
             if y is not None:
-                xp.multiply(rows[a:b], weight, out=out[a:b])
-                out[a:b] += bias
+                xp.multiply(rows[a:b], spread_weight, out=out[a:b])
+                out[a:b] += spread_bias
 
         parallel.run(n, normalise, x.size, xp)
         return xhat, y, inv_std
@@ -215,7 +215,6 @@ class _BatchNorm(Module):
         xp = get_array_module(dy)
         stat_shape = inv_std.shape
         n, c = dy.shape[:2]
-        dy_rows, xhat_rows = dy.reshape(n, c, -1), xhat.reshape(n, c, -1)
         if xp is np:   # sums over the samples of dy and dy xhat as (N, C * L), then over the positions
             dy_flat, xhat_flat = dy.reshape(n, -1), xhat.reshape(n, -1)
             acc = np.float64 if dy.dtype == np.float32 else dy.dtype
@@ -225,6 +224,7 @@ class _BatchNorm(Module):
                                                                         xhat_flat[:, a:b]))
             sum_dy_xhat = sum_dy_xhat.reshape(c, -1).sum(axis=1, dtype=acc).astype(dy.dtype)              # (C,)
         else:
+            dy_rows, xhat_rows = dy.reshape(n, c, -1), xhat.reshape(n, c, -1)
             sum_dy, sum_dy_xhat = dy_rows.sum(axis=(0, 2)), gpu_kernels.channel_dot(dy_rows, xhat_rows)
             if self.affine and self.weight.requires_grad and self.bias.requires_grad and saved.batch_stats:
                 # CuPy: the per-channel lines below (both gradients, scale, k_xhat, k_dy) in one kernel

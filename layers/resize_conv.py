@@ -26,6 +26,7 @@ as a convolution's (conv.py): dV = dY cols^T (folded back onto K's taps: dK = S_
 dcols = V^T dY (col2im gives dx), db = the sum of dy.
 """
 import functools
+from collections import namedtuple
 
 import numpy as np
 
@@ -52,10 +53,13 @@ def fuses(unpool, conv):
             and conv.dilation == (1, 1) and conv.output_padding == (0, 0))
 
 
+PhaseTaps = namedtuple("PhaseTaps", "lo window padding sums")
+
+
 @functools.lru_cache(maxsize=32)
 def phase_taps(kernel, scale):
-    """For one axis: (lo, T, P, S): phase a's first row offset lo[a], the window T, the padding P
-    that keeps every window inside the padded image, and S (scale * T, kernel), S[a * T + t, i] = 1
+    """For one axis, PhaseTaps: phase a's first row offset lo[a], the window T, the padding P that
+    keeps every window inside the padded image, and sums S (scale * T, kernel), S[a * T + t, i] = 1
     where tap i of the kernel reads row lo[a] + t of the small image in phase a."""
     q = (kernel - 1) // 2
     offsets = [[(a - q + i) // scale for i in range(kernel)] for a in range(scale)]
@@ -66,14 +70,14 @@ def phase_taps(kernel, scale):
     for a, row in enumerate(offsets):
         for i, offset in enumerate(row):
             sums[a * window + offset - lo[a], i] = 1
-    return lo, window, padding, sums
+    return PhaseTaps(lo, window, padding, sums)
 
 
 @functools.lru_cache(maxsize=32)
 def _fold_matrix(xp, dtype, kernel, scale):
     """np.kron of the two axes' S, transposed, on xp's device (made once: no upload per step)."""
     rows, columns = phase_taps(kernel[0], scale[0]), phase_taps(kernel[1], scale[1])
-    return xp.asarray(np.kron(rows[3], columns[3]).T.astype(dtype))
+    return xp.asarray(np.kron(rows.sums, columns.sums).T.astype(dtype))
 
 
 class ResizeConvolution:
@@ -93,13 +97,13 @@ class ResizeConvolution:
 
     # ---------------------------------------------------------------- geometry and kernels
     def _plan(self, x):
-        """(rows, columns: `phase_taps` of each axis; the Hc x Wc grid of windows im2col makes;
+        """(rows, columns: the PhaseTaps of each axis; the Hc x Wc grid of windows im2col makes;
         the factor by which the fused product does fewer multiply-adds than the pair)."""
         (kh, kw), (sh, sw) = self.conv.kernel_size, self.unpool.kernel_size
         rows, columns = phase_taps(kh, sh), phase_taps(kw, sw)
         h, w = x.shape[2:]
-        grid = (h + 2 * rows[2] - rows[1] + 1, w + 2 * columns[2] - columns[1] + 1)
-        saving = (kh * kw * h * w) / (rows[1] * columns[1] * grid[0] * grid[1])
+        grid = (h + 2 * rows.padding - rows.window + 1, w + 2 * columns.padding - columns.window + 1)
+        saving = (kh * kw * h * w) / (rows.window * columns.window * grid[0] * grid[1])
         return rows, columns, grid, saving
 
     def _kernel(self):
@@ -116,7 +120,7 @@ class ResizeConvolution:
         kernel = self._kernel()
         xp = get_array_module(kernel)
         o, c, kh, kw = kernel.shape
-        (sh, sw), th, tw = self.unpool.kernel_size, rows[1], columns[1]
+        (sh, sw), th, tw = self.unpool.kernel_size, rows.window, columns.window
         folded = xp.ascontiguousarray(kernel).reshape(o * c, kh * kw) @ self._fold(xp, kernel.dtype)
         stacked = folded.reshape(o, c, sh, th, sw, tw).transpose(2, 4, 0, 1, 3, 5)
         return xp.ascontiguousarray(stacked).reshape(sh * sw * o, c * th * tw)
@@ -125,9 +129,9 @@ class ResizeConvolution:
         """(a, b, row slice, column slice): where phase (a, b)'s pixels sit in the Hc x Wc grid."""
         (sh, sw), (h, w) = self.unpool.kernel_size, size
         for a in range(sh):
-            r0 = rows[0][a] + rows[2]
+            r0 = rows.lo[a] + rows.padding
             for b in range(sw):
-                c0 = columns[0][b] + columns[2]
+                c0 = columns.lo[b] + columns.padding
                 yield a, b, slice(r0, r0 + h), slice(c0, c0 + w)
 
     # ---------------------------------------------------------------- forward / backward
@@ -143,7 +147,8 @@ class ResizeConvolution:
         n, _, h, w = x.shape
         (sh, sw), o = self.unpool.kernel_size, self.conv.out_channels
         phase_kernels = self._phase_kernels(rows, columns)
-        cols = conv_maths.im2col(x, (rows[1], columns[1]), (1, 1), (rows[2], columns[2]), (1, 1), grid)
+        window, padding = (rows.window, columns.window), (rows.padding, columns.padding)
+        cols = conv_maths.im2col(x, window, (1, 1), padding, (1, 1), grid)
         product = _matmul(phase_kernels, cols).reshape((sh, sw, o, n) + grid)
         y = workspace.empty((n, o, h * sh, w * sw), x.dtype, xp)
         bias = None if self.conv.bias is None else self.conv.bias.data.astype(x.dtype, copy=False).reshape(1, o, 1, 1)
@@ -189,7 +194,7 @@ class ResizeConvolution:
         parallel.run(n, gather, size=dy.size, xp=xp)
         grid_grad = grid_grad.reshape(sh * sw * o, -1)
         if cols is not None:   # dV = dY cols^T, folded back onto the kernel's taps
-            th, tw = rows[1], columns[1]
+            th, tw = rows.window, columns.window
             phase_grad = _matmul(grid_grad, cols.T).reshape(sh, sw, o, c, th, tw).transpose(2, 3, 0, 4, 1, 5)
             kh, kw = self.conv.kernel_size
             kernel_grad = (xp.ascontiguousarray(phase_grad).reshape(o * c, -1)
@@ -200,5 +205,5 @@ class ResizeConvolution:
         self.conv._accumulate_bias_grad(dy)
         if not input_grad:
             return None
-        return conv_maths.col2im(_matmul(phase_kernels.T, grid_grad), x_shape, (rows[1], columns[1]), (1, 1),
-                                 (rows[2], columns[2]), (1, 1), grid)
+        return conv_maths.col2im(_matmul(phase_kernels.T, grid_grad), x_shape, (rows.window, columns.window), (1, 1),
+                                 (rows.padding, columns.padding), (1, 1), grid)
