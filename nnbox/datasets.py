@@ -147,8 +147,11 @@ def safe_extract_tar(archive, dest):
     """Extract a tar archive (any compression) into `dest`, refusing anything that could escape it.
 
     Refused, with an `UnsafeArchiveError` naming the member: absolute paths, '..' components,
-    symbolic or hard links whose target is absolute or resolves outside `dest`, devices and FIFOs.
-    Python's 'data' extraction filter is applied as a second line of defence where it exists.
+    devices and FIFOs, and symbolic or hard links whose target is absolute or has a '..' component.
+    Links may thus only point into their own folder's subtree, so no chain of links can lead
+    outside `dest` (checking each target's text alone cannot see that `b -> a/..` with
+    `a -> ..` leaves). Python's 'data' extraction filter is applied as a second line of defence
+    where it exists.
     Extraction goes to a temporary folder beside `dest` that is renamed at the end, so a refused
     or interrupted archive leaves nothing behind. Returns `dest`.
     """
@@ -162,7 +165,7 @@ def safe_extract_tar(archive, dest):
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             for member in members:
-                _check_member(member, staging)
+                _check_member(member)
             staging.mkdir(parents=True)
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(staging, members=members, filter="data")
@@ -175,10 +178,15 @@ def safe_extract_tar(archive, dest):
     return dest
 
 
-def _check_member(member, root):
+def _is_absolute(path_text):
+    """An absolute path on any system: '/x', '\\x', 'C:...'."""
+    return path_text.startswith(("/", "\\")) or Path(path_text).is_absolute() or path_text[1:2] == ":"
+
+
+def _check_member(member):
     name = member.name
     parts = Path(name).parts
-    if name.startswith(("/", "\\")) or Path(name).is_absolute() or (len(name) > 1 and name[1] == ":"):
+    if _is_absolute(name):
         raise UnsafeArchiveError(f"archive member {name!r} has an absolute path; refusing to extract the archive")
     if ".." in parts:
         raise UnsafeArchiveError(f"archive member {name!r} contains '..'; refusing to extract the archive")
@@ -186,12 +194,10 @@ def _check_member(member, root):
         raise UnsafeArchiveError(f"archive member {name!r} is a device or FIFO; refusing to extract the archive")
     if member.issym() or member.islnk():
         target = member.linkname
-        base = root / Path(name).parent if member.issym() else root
-        resolved = os.path.normpath(base / target)
-        if Path(target).is_absolute() or not (resolved == os.path.normpath(root)
-                                              or resolved.startswith(os.path.normpath(root) + os.sep)):
+        if _is_absolute(target) or ".." in Path(target).parts:
             raise UnsafeArchiveError(
-                f"archive member {name!r} links to {target!r}, outside the target folder; refusing to extract")
+                f"archive member {name!r} links to {target!r}, which may lead outside the target folder "
+                f"(only links without '..' that are not absolute are extracted); refusing to extract")
 
 
 # --------------------------------------------------------------------------- safe unpickling

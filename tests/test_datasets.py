@@ -130,6 +130,19 @@ def test_unsafe_archive_members_are_refused(tmp_path, member, reason):
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "evil.txt").exists()
 
 
+def test_a_chain_of_links_out_of_the_folder_is_refused_without_the_data_filter(tmp_path, monkeypatch):
+    # each target alone stays inside (x/l1 -> x/.., l2 -> x/l1/.. = .), but l2 really is dest's parent;
+    # the checks must hold on their own, on Pythons that lack tarfile's 'data' filter
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    folder = tarfile.TarInfo("x")
+    folder.type = tarfile.DIRTYPE
+    archive = _tar_with(tmp_path, (folder, None), _link("x/l1", ".."), _link("l2", "x/l1/.."),
+                        _file("l2/escaped.txt"))
+    with pytest.raises(UnsafeArchiveError, match="x/l1.*outside"):
+        safe_extract_tar(archive, tmp_path / "out" / "dest")
+    assert list((tmp_path / "out").iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
+
+
 def test_device_members_are_refused(tmp_path):
     info = tarfile.TarInfo("lfw/dev")
     info.type = tarfile.CHRTYPE
