@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2    # 2: 16-bit greyscale PNGs scaled to 8 bits (version 1 clipped them to white)
 _GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -92,10 +92,16 @@ class Resize:
 
     def __call__(self, image):
         as_pil = isinstance(image, Image.Image)
-        pil = image if as_pil else Image.fromarray(np.ascontiguousarray(image))
+        one_channel = not as_pil and image.ndim == 3 and image.shape[2] == 1
+        if as_pil:
+            pil = image
+        else:   # PIL has no (H, W, 1) mode: greyscale goes through mode "L" as (H, W)
+            pil = Image.fromarray(np.ascontiguousarray(image[:, :, 0] if one_channel else image))
         if (pil.height, pil.width) != self.size:
             pil = pil.resize((self.size[1], self.size[0]), Image.BILINEAR)
-        return pil if as_pil else np.asarray(pil)
+        if as_pil:
+            return pil
+        return np.asarray(pil)[:, :, None] if one_channel else np.asarray(pil)
 
     def __repr__(self):
         return f"Resize(size={self.size})"
@@ -302,14 +308,20 @@ def _decode(path, prepare):
     """Open one image, RGB, apply the deterministic transforms; uint8 HWC. Raises on a bad file."""
     with Image.open(path) as image:
         image.load()    # decode now: a truncated file fails here, not later
+        if image.mode.startswith("I"):
+            # 16-bit greyscale PNGs (modes I;16*, I): PIL's convert("RGB") clips them at 255, so
+            # scale 0..65535 to 0..255 first
+            image = Image.fromarray(np.rint(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
         image = image.convert("RGB")
     return np.asarray(_as_array(prepare(image)), dtype=np.uint8)
 
 
 def _decode_or_none(path, prepare):
+    """_decode's image, or the error that made the file unusable (bad, truncated, too large for
+    PIL's decompression-bomb limit, or smaller than a CenterCrop)."""
     try:
         return _decode(path, prepare)
-    except (OSError, ValueError, SyntaxError) as error:    # PIL raises these for bad or truncated files
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         return error
 
 
@@ -317,7 +329,8 @@ class ImageFolder:
     """Every JPEG/PNG under `root` (recursively, sorted), prepared once and cached as a .npy.
 
     The label of an image is the index of its first-level folder in `classes` (LFW: the person).
-    Unreadable or truncated files are skipped, with one warning that counts them.
+    Files that cannot be used (unreadable, truncated, over PIL's decompression-bomb limit, smaller
+    than a CenterCrop) are skipped, with one warning that counts them and gives the first one's reason.
 
     Args:
         root: folder to search.
@@ -333,7 +346,8 @@ class ImageFolder:
     Attributes:
         images: uint8 (N, H, W, 3), the prepared images. labels: int64 (N,). classes: list of str.
         paths: relative paths of the images kept (before augmentation copies).
-        skipped: relative paths of the files that could not be read.
+        skipped: relative paths of the files that could not be read or prepared.
+        skip_reason: "path: error" for the first of them ("" when none).
         cache_path: the .npy file used (None without caching). cache_hit: whether it was reused.
     """
 
@@ -372,20 +386,21 @@ class ImageFolder:
             self.cache_path = cache_dir / f"{stem}-{key[:16]}.npy"
             loaded = self._read_cache(self.cache_path, key)
         if loaded is None:
-            images, kept, skipped = self._build(relpaths)
+            images, kept, skipped, self.skip_reason = self._build(relpaths)
             if cache:
                 try:
-                    self._write_cache(self.cache_path, key, images, kept, skipped)
+                    self._write_cache(self.cache_path, key, images, kept, skipped, self.skip_reason)
                 except OSError as error:     # a read-only or full disk costs speed, not the data
                     warnings.warn(f"ImageFolder: could not write the cache {self.cache_path} ({error}); "
                                   f"set NNBOX_CACHE or cache_dir= to a writable folder", RuntimeWarning, stacklevel=2)
         else:
-            images, kept, skipped = loaded
+            images, kept, skipped, self.skip_reason = loaded
             self.cache_hit = True
         if skipped:
             shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-            warnings.warn(f"ImageFolder: skipped {len(skipped)} unreadable or truncated file(s) under "
-                          f"{self.root}: {shown}", RuntimeWarning, stacklevel=2)
+            reason = f"; the first: {self.skip_reason}" if self.skip_reason else ""
+            warnings.warn(f"ImageFolder: skipped {len(skipped)} file(s) that could not be read or prepared under "
+                          f"{self.root}: {shown}{reason}", RuntimeWarning, stacklevel=2)
         self.paths, self.skipped = kept, skipped
         folders = [p.split("/")[0] if "/" in p else "" for p in kept]
         self.classes = sorted(set(folders))
@@ -411,24 +426,30 @@ class ImageFolder:
             return None
         try:
             meta = json.loads(meta_path.read_text())
+            if not isinstance(meta, dict) or not {"key", "paths", "skipped"} <= meta.keys():
+                raise ValueError(f"{meta_path.name} is not an ImageFolder cache description")
+            if meta["key"] != key:
+                return None
             images = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
+            paths, skipped = list(meta["paths"]), list(meta["skipped"])
+        except (OSError, ValueError, TypeError) as error:
             warnings.warn(f"ImageFolder: ignoring the unreadable cache {path} ({error}); rebuilding it",
                           RuntimeWarning, stacklevel=3)
             return None
-        if meta.get("key") != key or images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(meta["paths"]):
+        if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(paths):
             return None
-        return images, list(meta["paths"]), list(meta["skipped"])
+        return images, paths, skipped, str(meta.get("skip_reason", ""))
 
     @staticmethod
-    def _write_cache(path, key, images, kept, skipped):
+    def _write_cache(path, key, images, kept, skipped, skip_reason):
         path.parent.mkdir(parents=True, exist_ok=True)
         stem_prefix = path.name.rsplit("-", 1)[0]
         for old in path.parent.glob(stem_prefix + "-*"):   # stale caches of the same folder
             if old.suffix in (".npy", ".json") and old.stem != path.stem:
                 old.unlink(missing_ok=True)
         _atomic_write(path, lambda f: np.save(f, images, allow_pickle=False))
-        meta = {"key": key, "paths": kept, "skipped": skipped, "shape": list(images.shape)}
+        meta = {"key": key, "paths": kept, "skipped": skipped, "skip_reason": skip_reason,
+                "shape": list(images.shape)}
         _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
 
     def _build(self, relpaths):
@@ -450,7 +471,9 @@ class ImageFolder:
         if bar is not None:
             bar.close()
         kept = [rel for rel, r in zip(relpaths, results) if isinstance(r, np.ndarray)]
-        skipped = [rel for rel, r in zip(relpaths, results) if not isinstance(r, np.ndarray)]
+        failures = [(rel, r) for rel, r in zip(relpaths, results) if not isinstance(r, np.ndarray)]
+        skipped = [rel for rel, _ in failures]
+        skip_reason = f"{failures[0][0]}: {failures[0][1]}" if failures else ""
         arrays = [r for r in results if isinstance(r, np.ndarray)]
         if not arrays:
             raise ValueError(f"ImageFolder: none of the {len(relpaths)} image files under {self.root} could be read "
@@ -459,7 +482,7 @@ class ImageFolder:
         if len(shapes) > 1:
             raise ValueError(f"ImageFolder: images under {self.root} have different sizes {sorted(shapes)[:4]}; "
                              f"add CenterCrop(size) and/or Resize(size) to the transform so they can be stacked")
-        return np.stack(arrays), kept, skipped
+        return np.stack(arrays), kept, skipped, skip_reason
 
     # -- access --------------------------------------------------------------
     def __len__(self):
@@ -510,6 +533,12 @@ class _ArraySource:
 
     def __init__(self, data):
         self.arrays = tuple(np.asarray(a) for a in data) if isinstance(data, (tuple, list)) else (np.asarray(data),)
+        images = self.arrays[0]
+        if images.dtype == np.uint8 and images.ndim == 3:    # (N, H, W) greyscale -> (N, H, W, 1)
+            self.arrays = (images[..., None],) + self.arrays[1:]
+        elif images.dtype == np.uint8 and images.ndim != 4:
+            raise ValueError(f"DataLoader: uint8 images must be (N, H, W, C) or greyscale (N, H, W), "
+                             f"got shape {images.shape}")
         n = len(self.arrays[0])
         for a in self.arrays[1:]:
             if len(a) != n:
@@ -529,7 +558,8 @@ class DataLoader:
 
     Args:
         data: an `ImageFolder` (or anything with `__len__` and `get_batch(indices, rng)`), an array
-            of images (uint8 NHWC, or float NCHW), or a tuple `(images, labels, ...)` of arrays.
+            of images (uint8 NHWC or greyscale NHW, or float NCHW), or a tuple `(images, labels, ...)`
+            of arrays.
         batch_size: images per batch.
         shuffle: a new random order every epoch (otherwise 0..N-1).
         drop_last: drop the last, smaller batch.

@@ -68,6 +68,50 @@ def test_bad_files_are_skipped_with_one_warning(tree, cache):
     assert len(ds) == 9 and sorted(ds.skipped) == ["person_1/truncated.jpg", "person_2/not_an_image.png"]
 
 
+def test_too_small_and_oversized_images_are_skipped_with_the_reason(tree, cache, monkeypatch):
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tree / "person_0" / "tiny.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tree / "person_1" / "bomb.png")
+    real_open = Image.open
+
+    def open_with_a_bomb(path, *args, **kwargs):
+        if str(path).endswith("bomb.png"):   # what PIL raises for a file declaring a huge size
+            raise Image.DecompressionBombError("Image size (900000000 pixels) exceeds limit")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(data.Image, "open", open_with_a_bomb)
+    with pytest.warns(RuntimeWarning, match=r"skipped 2 .*person_0/tiny.png: CenterCrop.*only 20x20"):
+        ds = _folder(tree, cache)
+    assert len(ds) == 9 and ds.skipped == ["person_0/tiny.png", "person_1/bomb.png"]
+    with pytest.warns(RuntimeWarning, match="tiny.png: CenterCrop"):    # the reason survives the cache
+        assert _folder(tree, cache).cache_hit
+
+
+def test_16_bit_greyscale_pngs_are_scaled_not_clipped(tmp_path, cache):
+    folder = tmp_path / "grey16" / "a"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(folder / "deep.png")
+    ds = ImageFolder(folder.parent, [], cache_dir=cache, progress=False)
+    assert ds.images.shape == (1, 8, 8, 3) and np.all(ds.images == round(30000 / 257))
+
+
+@pytest.mark.parametrize("break_it", [
+    lambda meta: "[]",
+    lambda meta: "{broken",
+    lambda meta: json.dumps({"key": meta["key"]}),                       # the right key, no paths
+    lambda meta: json.dumps({**meta, "paths": 3}),
+], ids=["a list", "not json", "no paths", "paths not a list"])
+def test_a_malformed_cache_description_is_rebuilt(tree, cache, break_it):
+    first = _folder(tree, cache)
+    description = first.cache_path.with_suffix(".json")
+    description.write_text(break_it(json.loads(description.read_text())))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        again = _folder(tree, cache)
+    assert not again.cache_hit
+    np.testing.assert_array_equal(again.images, first.images)
+    assert _folder(tree, cache).cache_hit        # rewritten
+
+
 def test_missing_and_empty_folders_say_what_was_searched(tmp_path, cache):
     with pytest.raises(FileNotFoundError, match=r"nowhere.*not a folder.*\.jpg"):
         ImageFolder(tmp_path / "nowhere", cache_dir=cache)
@@ -170,6 +214,13 @@ def test_center_crop_and_resize_on_arrays_and_pil(rng):
         Resize(0)
 
 
+def test_resize_keeps_a_single_channel(rng):
+    grey = rng.integers(0, 256, (12, 10, 1), dtype=np.uint8)
+    out = Resize((6, 5))(grey)
+    assert out.shape == (6, 5, 1) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[:, :, 0], Resize((6, 5))(grey[:, :, 0]))
+
+
 def test_resize_is_antialiased():
     stripes = np.zeros((64, 64, 3), np.uint8)
     stripes[:, ::2] = 255      # one-pixel stripes alias to black or white without a low-pass filter
@@ -268,6 +319,15 @@ def test_same_generator_seed_same_order_and_transforms():
     a, b, c = run(5, True), run(5, False), run(6, True)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_greyscale_uint8_arrays_get_a_channel_axis():
+    images = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6)
+    batch = next(iter(DataLoader(images, batch_size=4, shuffle=False, prefetch=False)))
+    assert batch.shape == (4, 1, 5, 6)
+    np.testing.assert_allclose(batch[:, 0], images / 127.5 - 1, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(N, H, W, C\) or greyscale \(N, H, W\), got shape \(4, 30\)"):
+        DataLoader(images.reshape(4, 30), batch_size=2)
 
 
 def test_tuple_of_arrays_yields_images_and_labels():
