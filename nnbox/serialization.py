@@ -153,13 +153,25 @@ def _host_array(value, name, path):
 
 
 def _write_npz(path, arrays):
-    """Write `arrays` to `path` atomically: a temporary file in the same folder, fsync, os.replace."""
+    """Write `arrays` to `path` atomically: a temporary file in the same folder, fsync, os.replace.
+
+    The .npz is written entry by entry (what np.savez does, without its keyword arguments, so an
+    entry may be called "file" or "allow_pickle"). The file gets the permissions a plain open()
+    would give it: the old file's when it is replaced, else 0o666 less the umask (mkstemp's 0o600
+    would otherwise stick).
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save {path!r}: the folder {folder!r} does not exist; create it first")
     handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.fchmod(handle, _permissions_for(path))
         with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
+            with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                for name, array in arrays.items():
+                    with archive.open(name + ".npy", "w", force_zip64=True) as entry:
+                        np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -170,6 +182,16 @@ def _write_npz(path, arrays):
             pass
         raise
     _fsync_folder(folder)
+
+
+def _permissions_for(path):
+    """The mode bits `path` would have from open(): its current ones if it exists, else 0o666 & ~umask."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)     # the only portable way to read the umask is to set it
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _fsync_folder(folder):

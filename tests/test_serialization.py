@@ -167,19 +167,20 @@ def test_a_failure_mid_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
     save_checkpoint(path, generator={"w": np.ones(3)}, epoch=1)
     before = path.read_bytes()
 
-    real_savez = np.savez
+    real_write_array = np.lib.format.write_array
+    written = []
 
-    def savez_then_crash(file, **arrays):
-        real_savez(file, **arrays)
-        file.truncate(file.tell() // 2)  # half written when the "crash" comes
-        raise OSError("disk full")
+    def write_one_entry_then_crash(entry, array, **kwargs):
+        if written:     # the first entry is in the file when the "crash" comes
+            raise OSError("disk full")
+        written.append(real_write_array(entry, array, **kwargs))
 
-    monkeypatch.setattr(np, "savez", savez_then_crash)
+    monkeypatch.setattr(np.lib.format, "write_array", write_one_entry_then_crash)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, generator={"w": np.zeros(3)}, epoch=2)
-    assert path.read_bytes() == before
+    assert written and path.read_bytes() == before
     assert os.listdir(tmp_path) == ["checkpoint.npz"]  # no temporary file left behind
-    monkeypatch.setattr(np, "savez", real_savez)
+    monkeypatch.setattr(np.lib.format, "write_array", real_write_array)
     assert load_checkpoint(path)["epoch"] == 1
 
 
@@ -200,6 +201,38 @@ def test_a_failed_rename_leaves_the_old_file_and_no_temporary(tmp_path, monkeypa
     assert replaced and replaced[0][1] == str(path)
     np.testing.assert_array_equal(load_state(path)["w"], np.ones(3))
     assert os.listdir(tmp_path) == ["state.npz"]
+
+
+def test_entries_may_have_any_name(tmp_path):
+    # np.savez(file, **arrays) would take these for its own arguments
+    state = {"file": np.ones(2), "allow_pickle": np.zeros(3), "args": np.arange(4)}
+    save_state(tmp_path / "s.npz", state)
+    loaded = load_state(tmp_path / "s.npz")
+    assert list(loaded) == list(state)
+    for name, array in state.items():
+        np.testing.assert_array_equal(loaded[name], array)
+    save_checkpoint(tmp_path / "c.npz", file=np.ones(2), allow_pickle={"x": 1})
+    checkpoint = load_checkpoint(tmp_path / "c.npz")
+    np.testing.assert_array_equal(checkpoint["file"], np.ones(2))
+    assert checkpoint["allow_pickle"] == {"x": 1}
+
+
+def test_files_get_the_permissions_open_would_give(tmp_path):
+    path = tmp_path / "s.npz"
+    previous = os.umask(0o022)
+    try:
+        save_state(path, {"w": np.ones(1)})
+        assert path.stat().st_mode & 0o777 == 0o644          # not mkstemp's 0o600
+        os.chmod(path, 0o640)
+        save_state(path, {"w": np.zeros(1)})
+        assert path.stat().st_mode & 0o777 == 0o640          # a replaced file keeps its mode
+    finally:
+        os.umask(previous)
+
+
+def test_saving_into_a_missing_folder_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"the folder .*no_such_dir' does not exist"):
+        save_state(tmp_path / "no_such_dir" / "s.npz", {"w": np.ones(1)})
 
 
 def test_write_is_fsynced_before_the_rename(tmp_path, monkeypatch):
