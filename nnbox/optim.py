@@ -78,8 +78,15 @@ class Optimizer:
             state["step"] += 1
             self._update(param, state, *self._scratch_for(index, param))
 
+    def _required_state(self):
+        """The names of the arrays every updated parameter has, with the current settings."""
+        return ()
+
     def _init_state(self, param, state):
-        """Create the per-parameter arrays (zeros shaped like the parameter)."""
+        """Create the per-parameter arrays: `_required_state()`'s, zeros shaped like the parameter."""
+        xp = backend.get_array_module(param.data)
+        for entry in self._required_state():
+            state[entry] = xp.zeros_like(param.data)
 
     def _update(self, param, state, *scratch):
         raise NotImplementedError(f"{type(self).__name__} does not implement _update")
@@ -189,12 +196,9 @@ class Optimizer:
             xp = backend.get_array_module(param.data)
             value = backend.to_device(value, backend.device_of(param.data))
             new_state[index][entry] = xp.array(value, dtype=param.data.dtype, copy=True)
-        for index, state in enumerate(new_state):
-            if state and "step" not in state:
-                raise KeyError(f"{name}.load_state_dict: 'param.{index}.step' is missing")
+        previous = {key: getattr(self, key) for key in self.hyperparameters}
         for key in self.hyperparameters:
-            current = getattr(self, key)
-            value = state_dict[key]
+            current, value = previous[key], state_dict[key]
             if isinstance(current, tuple):
                 value = tuple(float(v) for v in np.asarray(value).reshape(-1))
             elif isinstance(current, bool):
@@ -202,6 +206,14 @@ class Optimizer:
             else:
                 value = float(value)
             setattr(self, key, value)
+        required = self._required_state()     # with the loaded settings (RMSprop's centered, ...)
+        for index, state in enumerate(new_state):
+            missing = ([] if "step" in state else ["step"]) + [entry for entry in required if entry not in state]
+            if state and missing:
+                for key, value in previous.items():      # leave the optimiser as it was
+                    setattr(self, key, value)
+                raise KeyError(f"{name}.load_state_dict: 'param.{index}.{missing[0]}' is missing ({name} with "
+                               f"these settings keeps step and {list(required)} per updated parameter)")
         self.state = new_state
         self._scratch = [None for _ in self.params]
 
@@ -243,6 +255,12 @@ class SGD(Optimizer):
             raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
         self.lr, self.momentum, self.dampening = float(lr), float(momentum), float(dampening)
         self.nesterov, self.weight_decay = bool(nesterov), float(weight_decay)
+
+    def _required_state(self):
+        return ("momentum_buffer",) if self.momentum else ()
+
+    def _init_state(self, param, state):
+        """Nothing yet: torch starts the momentum buffer at the first gradient (see `_update`)."""
 
     def _update(self, param, state, scratch):
         xp = backend.get_array_module(param.data)
@@ -296,10 +314,8 @@ class Adam(Optimizer):
         self.lr, self.betas = float(lr), (float(betas[0]), float(betas[1]))
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
-    def _init_state(self, param, state):
-        xp = backend.get_array_module(param.data)
-        state["exp_avg"] = xp.zeros_like(param.data)
-        state["exp_avg_sq"] = xp.zeros_like(param.data)
+    def _required_state(self):
+        return self.state_arrays
 
     def _update(self, param, state, scratch):
         xp = backend.get_array_module(param.data)
@@ -374,13 +390,8 @@ class RMSprop(Optimizer):
         # with weight decay the decayed gradient occupies the first work array
         return 2 if self.weight_decay else 1
 
-    def _init_state(self, param, state):
-        xp = backend.get_array_module(param.data)
-        state["square_avg"] = xp.zeros_like(param.data)
-        if self.centered:
-            state["grad_avg"] = xp.zeros_like(param.data)
-        if self.momentum:
-            state["momentum_buffer"] = xp.zeros_like(param.data)
+    def _required_state(self):
+        return ("square_avg",) + ("grad_avg",) * self.centered + ("momentum_buffer",) * bool(self.momentum)
 
     def _update(self, param, state, *scratch):
         xp = backend.get_array_module(param.data)

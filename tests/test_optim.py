@@ -244,6 +244,24 @@ def test_load_state_dict_errors(rng):
         SGD(params, lr=0.1).load_state_dict(state)
 
 
+@pytest.mark.parametrize("cls, options, dropped", [
+    (Adam, {}, "exp_avg_sq"),
+    (SGD, dict(lr=0.1, momentum=0.9), "momentum_buffer"),
+    (RMSprop, dict(centered=True), "grad_avg"),
+    (RMSprop, {}, "step"),
+])
+def test_an_incomplete_state_dict_is_refused_at_load_not_at_the_next_step(cls, options, dropped, rng):
+    params = make_params(rng)
+    opt = cls(params, **options)
+    run_steps(opt, params, gradient_sequence(rng, 1))
+    state = opt.state_dict()
+    del state[f"param.1.{dropped}"]
+    fresh = cls(params, **{**options, "lr": 0.5})
+    with pytest.raises(KeyError, match=rf"'param\.1\.{dropped}' is missing"):
+        fresh.load_state_dict(state)
+    assert fresh.lr == 0.5 and all(not entry for entry in fresh.state)     # left as it was
+
+
 def test_invalid_options_raise():
     params = [Parameter(np.zeros(3))]
     with pytest.raises(ValueError, match="Nesterov"):
