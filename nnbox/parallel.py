@@ -117,6 +117,9 @@ def assign(dest, source, axis=None, block=None):
     """
     from .backend import get_array_module
     xp = get_array_module(dest)
+    if dest.ndim == 0:
+        dest[...] = source
+        return dest
     if tuple(getattr(source, "shape", ())) != tuple(dest.shape):
         source = xp.broadcast_to(source, dest.shape)
     if axis is None:
@@ -129,5 +132,5 @@ def assign(dest, source, axis=None, block=None):
             index = (slice(None),) * axis + (slice(first, min(first + slab, stop)),)
             dest[index] = source[index]
 
-    run(dest.shape[axis] if dest.ndim else 1, work, dest.size, xp)
+    run(dest.shape[axis], work, dest.size, xp)
     return dest

@@ -91,7 +91,8 @@ def test_assign_matches_plain_assignment(threaded, rng):
              (source[:, 1:4, ::2], (3, 3, 2, 6)),              # a strided view
              (np.float64(2.5), (5, 4, 6, 3)),                   # a broadcast scalar
              (source[0, 0, 0], (2, 4, 6)),                      # a broadcast row
-             (source[:1, :1], (1, 1, 4, 6))]                   # no axis long enough: split along axis 0
+             (source[:1, :1], (1, 1, 4, 6)),                   # no axis long enough: split along axis 0
+             (np.float64(1.5), ())]                            # a 0-d destination
     for value, shape in cases:
         dest = np.empty(shape)
         assert parallel.assign(dest, value) is dest
