@@ -1,10 +1,18 @@
 """Input validation shared by the layers: errors that name the layer and both shapes."""
 
 
-def check_input(layer, x, ndim, channels=None, channel_axis=1, what=None):
+def check_grad(layer, dy, expected_shape):
+    """Raise ValueError unless dy, the gradient handed to layer.backward, has the forward output's shape."""
+    if tuple(getattr(dy, "shape", ())) != tuple(expected_shape) or not hasattr(dy, "ndim"):
+        raise ValueError(f"{type(layer).__name__}.backward expects dy shaped like the forward output "
+                         f"{tuple(expected_shape)}, got shape {tuple(getattr(dy, 'shape', ()))}")
+
+
+def check_input(layer, x, ndim, channels=None, channel_axis=1, what=None, unit="channels"):
     """Raise ValueError unless x has `ndim` dimensions (and `channels` at `channel_axis`).
 
-    `what` describes the expected layout, e.g. "(N, C, H, W)".
+    `what` describes the expected layout, e.g. "(N, C, H, W)"; `unit` names what axis
+    `channel_axis` counts ("features" for Linear).
     """
     name = type(layer).__name__
     shape = tuple(getattr(x, "shape", ()))
@@ -17,6 +25,6 @@ def check_input(layer, x, ndim, channels=None, channel_axis=1, what=None):
         expected = list(shape)
         expected[channel_axis] = channels
         raise ValueError(
-            f"{name} expects {channels} channels at axis {channel_axis}: input shape {tuple(expected)} "
+            f"{name} expects {channels} {unit} at axis {channel_axis}: input shape {tuple(expected)} "
             f"with that axis = {channels}, got shape {shape}"
         )

@@ -10,6 +10,8 @@ from nnbox import gpu_kernels, parallel, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module
 
+from ._checks import check_grad
+
 
 def _check_array(layer, x):
     if not hasattr(x, "ndim"):
@@ -33,12 +35,6 @@ def _elementwise(work, *arrays):
     flats = [array.reshape(-1) for array in arrays]
     parallel.run(flats[0].size, lambda a, b: work(*(flat[a:b] for flat in flats)), flats[0].size,
                  get_array_module(arrays[0]))
-
-
-def _check_grad(layer, dy, like):
-    if tuple(dy.shape) != tuple(like.shape):
-        raise ValueError(f"{type(layer).__name__}.backward expects dy shaped like the forward output "
-                         f"{tuple(like.shape)}, got shape {tuple(dy.shape)}")
 
 
 class ReLU(Module):
@@ -69,7 +65,7 @@ class ReLU(Module):
 
     def backward(self, dy):
         positive = self.saved_for_backward().positive
-        _check_grad(self, dy, positive)
+        check_grad(self, dy, positive.shape)
         if get_array_module(dy) is not np:
             return gpu_kernels.relu_grad(dy, positive)
         dx = _like(dy)
@@ -131,7 +127,7 @@ class LeakyReLU(Module):
 
     def backward(self, dy):
         positive = self.saved_for_backward().positive
-        _check_grad(self, dy, positive)
+        check_grad(self, dy, positive.shape)
         if get_array_module(dy) is not np and dy.dtype.kind == "f":
             return gpu_kernels.leaky_relu_grad(dy, positive, self.negative_slope)
         dx = _like(dy)
@@ -164,7 +160,7 @@ class Tanh(Module):
 
     def backward(self, dy):
         y = self.saved_for_backward().y
-        _check_grad(self, dy, y)
+        check_grad(self, dy, y.shape)
         return dy * (1 - y * y)
 
 
@@ -190,5 +186,5 @@ class Sigmoid(Module):
 
     def backward(self, dy):
         y = self.saved_for_backward().y
-        _check_grad(self, dy, y)
+        check_grad(self, dy, y.shape)
         return dy * y * (1 - y)

@@ -17,7 +17,7 @@ from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter
 
 from . import conv_maths
-from ._checks import check_input
+from ._checks import check_grad, check_input
 
 
 def _matmul(a, b):
@@ -102,11 +102,6 @@ class _ConvNd(Module):
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += dy.sum(axis=(0, 2, 3))
 
-    def _check_grad(self, dy, expected_shape):
-        if tuple(dy.shape) != tuple(expected_shape):
-            raise ValueError(f"{type(self).__name__}.backward expects dy shaped like the forward output "
-                             f"{tuple(expected_shape)}, got shape {tuple(dy.shape)}")
-
     def extra_repr(self):
         text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}")
@@ -184,7 +179,7 @@ class Conv2d(_ConvNd):
     def _parameter_grads(self, dy):
         saved = self.saved_for_backward()
         n = saved.x_shape[0]
-        self._check_grad(dy, (n, self.out_channels) + saved.out_size)
+        check_grad(self, dy, (n, self.out_channels) + saved.out_size)
         batch_last = conv_maths.batch_last_layout(saved.out_size)
         dy_matrix = conv_maths.to_channel_major(dy, batch_last)
         if saved.cols is not None:
@@ -265,7 +260,7 @@ class ConvTranspose2d(_ConvNd):
     def backward(self, dy):
         saved = self.saved_for_backward()
         n, _, h, w = saved.x_shape
-        self._check_grad(dy, (n, self.out_channels) + saved.out_size)
+        check_grad(self, dy, (n, self.out_channels) + saved.out_size)
         batch_last = conv_maths.batch_last_layout((h, w))
         dx_matrix, cols = self._convolve(dy, (h, w), batch_last)
         if saved.x_matrix is not None:
@@ -277,7 +272,7 @@ class ConvTranspose2d(_ConvNd):
         """dW and db only: im2col(dy) without the W2 cols product."""
         saved = self.saved_for_backward()
         n, _, h, w = saved.x_shape
-        self._check_grad(dy, (n, self.out_channels) + saved.out_size)
+        check_grad(self, dy, (n, self.out_channels) + saved.out_size)
         if saved.x_matrix is not None:
             cols = conv_maths.im2col(dy, *self._geometry(), (h, w), batch_last=conv_maths.batch_last_layout((h, w)))
             self._accumulate_weight_grad(saved.x_matrix, cols)

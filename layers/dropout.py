@@ -19,7 +19,7 @@ from nnbox import backend
 from nnbox.backend import get_array_module
 from nnbox.module import Module
 
-from ._checks import check_input
+from ._checks import check_grad, check_input
 
 
 class Dropout(Module):
@@ -85,7 +85,7 @@ class Dropout(Module):
     def forward(self, x, mask=None):
         self._check(x)
         if not self.training or self.p == 0.0 and mask is None and self.fixed_mask is None:
-            self.save_for_backward(scaled_mask=None)
+            self.save_for_backward(scaled_mask=None, shape=tuple(x.shape))
             return x
         if mask is None:
             mask = self.fixed_mask
@@ -101,12 +101,13 @@ class Dropout(Module):
         # p = 1 keeps nothing: scale 0 instead of 1/0 (the output is all zeros, as PyTorch)
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
         scaled_mask = self._broadcastable(mask.astype(x.dtype) * x.dtype.type(scale), x)
-        self.save_for_backward(scaled_mask=scaled_mask)
+        self.save_for_backward(scaled_mask=scaled_mask, shape=tuple(x.shape))
         return x * scaled_mask
 
     def backward(self, dy):
-        scaled_mask = self.saved_for_backward().scaled_mask
-        return dy if scaled_mask is None else dy * scaled_mask
+        saved = self.saved_for_backward()
+        check_grad(self, dy, saved.shape)
+        return dy if saved.scaled_mask is None else dy * saved.scaled_mask
 
     def extra_repr(self):
         return f"p={self.p}"

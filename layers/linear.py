@@ -2,7 +2,7 @@
 from nnbox import init
 from nnbox.module import Module, Parameter
 
-from ._checks import check_input
+from ._checks import check_grad, check_input
 
 
 class Linear(Module):
@@ -31,7 +31,7 @@ class Linear(Module):
         self.bias = Parameter(bias_data) if bias else None
 
     def forward(self, x):
-        check_input(self, x, 2, self.in_features, what="(N, in_features)")
+        check_input(self, x, 2, self.in_features, what="(N, in_features)", unit="features")
         self.save_for_backward(x=x)
         y = x @ self.weight.data.T
         if self.bias is not None:
@@ -45,6 +45,7 @@ class Linear(Module):
     def backward_parameters(self, dy):
         """dW and db only (no dy W product)."""
         x = self.saved_for_backward().x
+        check_grad(self, dy, (x.shape[0], self.out_features))
         if self.weight.requires_grad:
             self.weight.grad += dy.T @ x
         if self.bias is not None and self.bias.requires_grad:

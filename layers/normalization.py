@@ -9,7 +9,7 @@ from nnbox import gpu_kernels, init, parallel, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter
 
-from ._checks import check_input
+from ._checks import check_grad, check_input
 
 
 class _BatchNorm(Module):
@@ -209,9 +209,7 @@ class _BatchNorm(Module):
     def backward(self, dy):
         saved = self.saved_for_backward()
         xhat, inv_std = saved.xhat, saved.inv_std
-        if tuple(dy.shape) != tuple(xhat.shape):
-            raise ValueError(f"{type(self).__name__}.backward expects dy shaped like the forward output "
-                             f"{tuple(xhat.shape)}, got shape {tuple(dy.shape)}")
+        check_grad(self, dy, xhat.shape)
         xp = get_array_module(dy)
         stat_shape = inv_std.shape
         n, c = dy.shape[:2]

@@ -12,7 +12,7 @@ from nnbox.backend import get_array_module
 from nnbox.module import Module
 
 from . import conv_maths, resize_conv
-from ._checks import check_input
+from ._checks import check_grad, check_input
 
 
 class _Pool2d(Module):
@@ -46,11 +46,6 @@ class _Pool2d(Module):
                 f"{h + 2 * ph}x{w + 2 * pw}, smaller than the kernel {kh}x{kw}; expected shape "
                 f"(N, C, >={max(kh - 2 * ph, 1)}, >={max(kw - 2 * pw, 1)}), got shape {tuple(x.shape)}")
         return self.output_size(h, w)
-
-    def _check_grad(self, dy, expected_shape):
-        if tuple(dy.shape) != tuple(expected_shape):
-            raise ValueError(f"{type(self).__name__}.backward expects dy shaped like the forward output "
-                             f"{tuple(expected_shape)}, got shape {tuple(dy.shape)}")
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -133,7 +128,7 @@ class MaxPool2d(_Pool2d):
     def backward(self, dy):
         saved = self.saved_for_backward()
         n, c, h, w = saved.x_shape
-        self._check_grad(dy, saved.indices.shape)
+        check_grad(self, dy, saved.indices.shape)
         xp = get_array_module(dy)
         overlapping = any(s < k for s, k in zip(self.stride, self.kernel_size))
         if overlapping:
@@ -212,7 +207,7 @@ class MaxUnpool2d(_Pool2d):
 
     def backward(self, dx):
         saved = self.saved_for_backward()
-        self._check_grad(dx, saved.x_shape)
+        check_grad(self, dx, saved.x_shape)
         return dx.reshape(-1)[saved.flat].reshape(saved.y_shape)
 
 
@@ -285,7 +280,7 @@ class Unpool2d(_Pool2d):
         saved = self.saved_for_backward()
         n, c, h, w = saved.x_shape
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        self._check_grad(dy, (n, c) + self.output_size(h, w))
+        check_grad(self, dy, (n, c) + self.output_size(h, w))
         xp = get_array_module(dy)
         if dy.shape[2:] != (h * sh, w * sw):  # the last cells were cropped: they had zero gradient
             full = xp.zeros((n, c, h * sh, w * sw), dtype=dy.dtype)
@@ -351,7 +346,7 @@ class AvgPool2d(_Pool2d):
     def backward(self, dy):
         saved = self.saved_for_backward()
         n, c, h, w = saved.x_shape
-        self._check_grad(dy, (n, c) + self.output_size(h, w))
+        check_grad(self, dy, (n, c) + self.output_size(h, w))
         return conv_maths.window_spread(dy / saved.divisor, saved.x_shape, self.kernel_size, self.stride,
                                         self.padding, dy.shape[2:])
 

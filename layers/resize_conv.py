@@ -34,7 +34,7 @@ from nnbox import parallel, workspace
 from nnbox.backend import get_array_module
 
 from . import conv_maths
-from ._checks import check_input
+from ._checks import check_grad, check_input
 from .conv import Conv2d, ConvTranspose2d, _matmul
 
 # run the pair as written when the fused product would save less than this factor of
@@ -182,7 +182,7 @@ class ResizeConvolution:
         x_shape, cols, phase_kernels, rows, columns, grid = self.saved
         n, c, h, w = x_shape
         (sh, sw), o = self.unpool.kernel_size, self.conv.out_channels
-        self.conv._check_grad(dy, (n, o, h * sh, w * sw))
+        check_grad(self.conv, dy, (n, o, h * sh, w * sw))
         xp = get_array_module(dy)
         grid_grad = workspace.zeros((sh, sw, o, n) + grid, dy.dtype, xp)
 

@@ -24,6 +24,8 @@ from nnbox.backend import get_array_module
 from nnbox.losses import log_softmax
 from nnbox.module import Module
 
+from ._checks import check_grad
+
 
 class _NoisyLayer(Module):
     """The explicit-noise machinery shared by the sampling layers (generator, replay, devices).
@@ -108,16 +110,18 @@ class Reparameterize(_NoisyLayer):
             raise ValueError(f"Reparameterize: mu has shape {tuple(mu.shape)} but logvar has shape "
                              f"{tuple(logvar.shape)}; they must match")
         if not self.training:
-            self.save_for_backward(scaled_noise=None)
+            self.save_for_backward(scaled_noise=None, shape=tuple(mu.shape))
             return mu
         xp = get_array_module(mu)
         eps = self._noise(mu, noise)
         scaled_noise = xp.exp(0.5 * logvar) * eps  # s * eps = z - mu, all that backward needs
-        self.save_for_backward(scaled_noise=scaled_noise)
+        self.save_for_backward(scaled_noise=scaled_noise, shape=tuple(mu.shape))
         return mu + scaled_noise
 
     def backward(self, dz):
-        scaled_noise = self.saved_for_backward().scaled_noise
+        saved = self.saved_for_backward()
+        check_grad(self, dz, saved.shape)
+        scaled_noise = saved.scaled_noise
         if scaled_noise is None:
             return dz, get_array_module(dz).zeros_like(dz)
         return dz, 0.5 * dz * scaled_noise
@@ -185,8 +189,7 @@ class GumbelSoftmax(_NoisyLayer):
 
     def backward(self, dy):
         y = self.saved_for_backward().y
-        if tuple(dy.shape) != tuple(y.shape):
-            raise ValueError(f"GumbelSoftmax.backward: dy has shape {tuple(dy.shape)}, expected {tuple(y.shape)}")
+        check_grad(self, dy, y.shape)
         return y * (dy - (dy * y).sum(axis=-1, keepdims=True)) / self.temperature
 
     def extra_repr(self):

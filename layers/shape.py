@@ -4,11 +4,7 @@ import math
 
 from nnbox.module import Module
 
-
-def _check_grad(layer, dy, expected_shape):
-    if tuple(dy.shape) != tuple(expected_shape):
-        raise ValueError(f"{type(layer).__name__}.backward expects dy shaped like the forward output "
-                         f"{tuple(expected_shape)}, got shape {tuple(dy.shape)}")
+from ._checks import check_grad
 
 
 class _ShapeLayer(Module):
@@ -23,7 +19,7 @@ class _ShapeLayer(Module):
 
     def backward(self, dy):
         saved = self.saved_for_backward()
-        _check_grad(self, dy, saved.output_shape)
+        check_grad(self, dy, saved.output_shape)
         return dy.reshape(saved.input_shape)
 
     def _output_shape(self, input_shape):

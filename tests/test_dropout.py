@@ -166,6 +166,19 @@ def test_mask_shape_error():
         Dropout2d(0.5)(np.ones((2, 3, 4, 4)), mask=np.ones((2, 3, 4, 4)))
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("layer_class, shape, wrong", [(Dropout, (2, 3), (5, 2, 3)),
+                                                       (Dropout2d, (2, 3, 4, 4), (2, 3, 5, 5))])
+def test_backward_refuses_a_gradient_of_another_shape(layer_class, shape, wrong, training):
+    # dy * mask would broadcast to a gradient of the wrong shape without a word
+    layer = layer_class(0.5, rng=0)
+    layer.train(training)
+    layer(np.ones(shape))
+    with pytest.raises(ValueError, match=rf"{layer_class.__name__}.backward expects dy shaped like the forward "
+                                         rf"output \({shape[0]}, {shape[1]}"):
+        layer.backward(np.ones(wrong))
+
+
 def test_dropout2d_wrong_ndim():
     with pytest.raises(ValueError, match=r"Dropout2d expects a 4-D input \(N, C, H, W\), got shape \(2, 3\)"):
         Dropout2d(0.5)(np.ones((2, 3)))

@@ -85,6 +85,12 @@ def test_reparameterize_errors(rng):
         layer([0.0], np.zeros(1))
     with pytest.raises(RuntimeError, match="before forward"):
         Reparameterize().backward(np.zeros((2, 3)))
+    for training in (True, False):
+        layer.train(training)
+        layer(np.zeros((2, 3)), np.zeros((2, 3)))
+        with pytest.raises(ValueError, match=r"Reparameterize.backward expects dy shaped like the forward output "
+                                             r"\(2, 3\), got shape \(3, 3\)"):
+            layer.backward(np.zeros((3, 3)))
 
 
 # --------------------------------------------------------------------------- GumbelSoftmax
@@ -217,7 +223,7 @@ def test_gumbel_softmax_errors():
     with pytest.raises(ValueError, match=r"noise must have shape \(2, 3\)"):
         layer(np.zeros((2, 3)), noise=np.zeros((2, 4)))
     layer(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match=r"dy has shape \(3, 2\), expected \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"GumbelSoftmax.backward expects dy shaped like the forward output \(2, 3\), got shape \(3, 2\)"):
         layer.backward(np.zeros((3, 2)))
     assert "temperature=1.0, hard=False" in repr(layer)
 

@@ -255,7 +255,7 @@ def test_backward_before_forward():
 
 
 def test_input_errors_name_the_wrapped_layer():
-    with pytest.raises(ValueError, match=r"Linear expects 3 channels at axis 1.*got shape \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"Linear expects 3 features at axis 1.*got shape \(2, 4\)"):
         SpectralNorm(Linear(3, 2))(np.ones((2, 4), np.float32))
 
 
