@@ -6,7 +6,8 @@ A module computes `y = forward(x)` and, given the upstream gradient `dy = dL/dy`
 
 There is no autograd tape: `forward` saves what `backward` needs with
 `save_for_backward(name=array, ...)`, and `backward` reads it back with
-`saved_for_backward()`.
+`saved_for_backward()`. A module therefore holds one forward's state: to apply the same kind of
+layer at two places of a network, make two instances (`Sequential` refuses one object twice).
 """
 from collections import OrderedDict
 from types import SimpleNamespace
@@ -297,9 +298,18 @@ class Sequential(Module):
 
     def __init__(self, *modules):
         super().__init__()
+        seen = {}
         for index, module in enumerate(modules):
             if not isinstance(module, Module):
                 raise TypeError(f"Sequential takes Modules, got {type(module).__name__} at position {index}")
+            for part in module.modules():
+                if id(part) in seen:
+                    # its second forward would overwrite what the first saved for backward
+                    raise ValueError(
+                        f"Sequential: the same {type(part).__name__} object is used at positions {seen[id(part)]} "
+                        f"and {index}; a module keeps the state of one forward for its backward, so give "
+                        f"each position its own instance (e.g. LeakyReLU(0.2) twice, not one object reused)")
+                seen[id(part)] = index
             self.add_module(str(index), module)
 
     def __len__(self):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from layers import Linear
+from layers import Linear, ReLU
 from nnbox import backend
 from nnbox.module import Module, Parameter, Sequential
 
@@ -299,3 +299,13 @@ def test_importing_nnbox_first_shortens_openblas_spinning():
     env["OPENBLAS_THREAD_TIMEOUT"] = "12"
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
                           text=True, check=True).stdout.strip() == "12"
+
+
+def test_sequential_refuses_one_module_object_at_two_positions(rng):
+    act = ReLU()
+    with pytest.raises(ValueError, match=r"the same ReLU object is used at positions 1 and 3.*its own instance"):
+        Sequential(Linear(3, 4, rng=rng), act, Linear(4, 4, rng=rng), act)
+    inner = Linear(4, 4, rng=rng)
+    with pytest.raises(ValueError, match=r"the same Linear object is used at positions 0 and 1"):
+        Sequential(Sequential(inner, ReLU()), inner)
+    Sequential(Linear(3, 4, rng=rng), ReLU(), Linear(4, 4, rng=rng), ReLU())    # instances of one kind: fine
