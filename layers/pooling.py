@@ -79,7 +79,9 @@ class MaxPool2d(_Pool2d):
         x: (N, C, H, W) -> y, indices: (N, C, OH, OW), OH = floor((H + 2p - k_h) / s_h) + 1.
 
     Backward: dx is zero except at each window's argmax, which receives that window's dy (summed
-    where overlapping windows share an argmax). Ties go to the first maximum in the window.
+    where overlapping windows share an argmax). Ties go to the first maximum in the window; as in
+    PyTorch, a window with a NaN gives NaN at its last NaN, and one whose pixels are all -inf
+    gives -inf at its first pixel (never at the padding).
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, return_indices=False):
@@ -122,8 +124,29 @@ class MaxPool2d(_Pool2d):
             xp.add(within[offset], start, out=indices[a:b])
 
         parallel.run(n, pool, x.size, xp)   # split over the samples (nnbox.parallel)
+        unusual = ~(y > -np.inf)            # NaN or -inf maxima: the running maximum's index may be wrong
+        if unusual.any():
+            self._exact_indices(x, unusual, indices)
         self.save_for_backward(indices=indices, x_shape=tuple(x.shape))
         return (y, indices) if self.return_indices else y
+
+    def _exact_indices(self, x, which, indices):
+        """Set indices[which] as PyTorch does, scanning only the windows' real pixels: the last NaN
+        if there is one, else (all pixels -inf) the first pixel. The running maximum cannot: NaN
+        never compares greater, and the -inf padding ties with -inf pixels."""
+        n, c, h, w = x.shape
+        kh, kw = self.kernel_size
+        sample, channel, out_row, out_col = np.nonzero(which)
+        rows = out_row[:, None] * self.stride[0] - self.padding[0] + np.arange(kh)        # (S, kh)
+        cols = out_col[:, None] * self.stride[1] - self.padding[1] + np.arange(kw)        # (S, kw)
+        real = (((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]).reshape(len(rows), -1)
+        rows, cols = np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :]
+        values = x[sample[:, None, None], channel[:, None, None], rows, cols].reshape(len(real), -1)
+        position = (rows * w + cols).reshape(len(real), -1)
+        nan = np.isnan(values) & real
+        last_nan = nan.shape[1] - 1 - np.argmax(nan[:, ::-1], axis=1)
+        choice = np.where(nan.any(axis=1), last_nan, np.argmax(real, axis=1))
+        indices[which] = position[np.arange(len(choice)), choice]
 
     def backward(self, dy):
         saved = self.saved_for_backward()

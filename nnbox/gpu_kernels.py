@@ -159,7 +159,8 @@ def batch_norm_input_grad(dy, xhat, k_xhat, k_dy, scale, dx):
 def max_pool(x, kernel, stride, padding, out_size):
     """MaxPool2d's (y, indices) for a CuPy x (N, C, H, W) in one kernel: each output element scans its
     window; padding never wins (it is -inf on the CPU); ties keep the first maximum in row-major
-    window order (strict >, as the CPU and PyTorch); a NaN in the window makes the output NaN.
+    window order (strict >, as the CPU and PyTorch); a NaN in the window makes the output NaN, at
+    the last NaN's position (as PyTorch).
     indices[n, c, oh, ow] is the flat position y * W + x of the maximum within its input plane."""
     cupy = backend.require_cupy()
     n, c, h, w = x.shape
@@ -180,7 +181,7 @@ def max_pool(x, kernel, stride, padding, out_size):
                    const int col = ox * sw - pw + b;
                    if (col < 0 || col >= w) continue;
                    const T v = x[plane * h * w + (long long)row * w + col];
-                   if (!found || v > best || (v != v && best == best)) {
+                   if (!found || v > best || v != v) {
                        best = v;
                        where = (long long)row * w + col;
                        found = true;

@@ -88,6 +88,41 @@ def test_max_pool_ties_pick_the_first_like_torch(torch):
     np.testing.assert_array_equal(indices[0, 0], [[5, 3], [8, 10]])  # all-zero windows: the first
 
 
+def _minus_inf_and_nan_planes():
+    """A plane of -inf but one pixel, and windows holding one NaN, two NaNs, and NaN among -inf."""
+    corner = np.full((1, 1, 3, 3), -np.inf)
+    corner[0, 0, 2, 2] = 1.0
+    nans = np.array([[[[1.0, np.nan, 2.0, np.nan], [np.nan, 5.0, -np.inf, np.nan]]]])
+    return corner, nans
+
+
+def test_max_pool_never_picks_the_padding_and_picks_the_last_nan():
+    corner, nans = _minus_inf_and_nan_planes()
+    layer = MaxPool2d(2, padding=1, return_indices=True)
+    y, indices = layer(corner)
+    np.testing.assert_array_equal(y[0, 0], [[-np.inf, -np.inf], [-np.inf, 1.0]])
+    np.testing.assert_array_equal(indices[0, 0], [[0, 1], [3, 8]])     # all -inf: the first real pixel
+    dx = layer.backward(np.ones_like(y))
+    np.testing.assert_array_equal(dx[0, 0], [[1, 1, 0], [1, 0, 0], [0, 0, 1]])   # inside the plane
+    y, indices = MaxPool2d((1, 4), return_indices=True)(nans)
+    assert np.isnan(y).all()
+    np.testing.assert_array_equal(indices[0, 0, :, 0], [3, 7])           # the last NaN of each row
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(2, 1, 1), (3, 2, 1), ((1, 4), 1, 0), (2, 2, 0)])
+def test_max_pool_minus_inf_and_nan_windows_match_torch(kernel, stride, padding, rng, torch):
+    x = rng.choice([-np.inf, np.nan, 0.0, 1.0], size=(2, 3, 5, 6), p=[0.5, 0.2, 0.15, 0.15])
+    layer = MaxPool2d(kernel, stride, padding, return_indices=True)
+    y, indices = layer(x)
+    x_t = torch.from_numpy(x).requires_grad_()
+    y_t, indices_t = torch.nn.functional.max_pool2d(x_t, kernel, stride, padding, return_indices=True)
+    np.testing.assert_array_equal(y, y_t.detach().numpy())
+    np.testing.assert_array_equal(indices, indices_t.numpy())
+    dy = rng.standard_normal(y.shape)
+    y_t.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(layer.backward(dy), x_t.grad.numpy(), rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
 def test_max_unpool_matches_torch(case, rng, torch):
     k, s, p, shape = case
@@ -322,6 +357,18 @@ def test_max_pool_gpu_matches_cpu(rng):
     y_gpu, indices_gpu = MaxPool2d(3, 2, 1, return_indices=True)(cupy.asarray(x))
     np.testing.assert_array_equal(cupy.asnumpy(y_gpu), y)
     np.testing.assert_array_equal(cupy.asnumpy(indices_gpu), indices)
+
+
+@pytest.mark.gpu
+def test_max_pool_gpu_matches_cpu_on_minus_inf_and_nan_windows():
+    import cupy
+
+    for x, layer in zip(_minus_inf_and_nan_planes(), (MaxPool2d(2, padding=1, return_indices=True),
+                                                      MaxPool2d((1, 4), return_indices=True))):
+        y, indices = layer(x)
+        y_gpu, indices_gpu = layer(cupy.asarray(x))
+        np.testing.assert_array_equal(cupy.asnumpy(y_gpu), y)
+        np.testing.assert_array_equal(cupy.asnumpy(indices_gpu), indices)
 
 
 @pytest.mark.gpu
