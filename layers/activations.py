@@ -111,9 +111,11 @@ class LeakyReLU(Module):
             self.save_for_backward(positive=positive)
             return y
         if not 0.0 <= slope or x.dtype.kind != "f":
+            # integer input gives a float output (int64 -> float64): slopes of 0.2 and 1 - 0.2 would
+            # be 0 in an integer dtype
             positive = _positive(x)
             self.save_for_backward(positive=positive)
-            return x * self._slopes(positive, x.dtype)
+            return x * self._slopes(positive, np.result_type(x.dtype, np.float32))
         positive, y = _like(x, bool), _like(x)
 
         def leaky(x, positive, y):

@@ -78,6 +78,16 @@ def test_leaky_relu_worked_example():
     assert "negative_slope=0.1" in repr(layer)
 
 
+@pytest.mark.parametrize("dtype, out_dtype", [(np.int64, np.float64), (np.int8, np.float32)])
+def test_leaky_relu_of_integers_is_a_float(dtype, out_dtype):
+    # its slopes 0.2 and 1 - 0.2 were computed in the integer dtype: 0 and 0
+    layer = LeakyReLU(0.2)
+    y = layer(np.array([-2, -1, 0, 3], dtype=dtype))
+    assert y.dtype == out_dtype
+    np.testing.assert_allclose(y, [-0.4, -0.2, 0.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(layer.backward(np.ones(4)), [0.2, 0.2, 0.2, 1.0], rtol=1e-6)
+
+
 def test_leaky_relu_slope_above_one():
     # y = x * slope on the negative side, not max(x, slope * x), which would be wrong for slope > 1
     layer = LeakyReLU(2.0)
