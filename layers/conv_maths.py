@@ -29,6 +29,7 @@ then the padding is cropped away. On the GPU, where every slice-add is a kernel 
 instead a gather (`col2im_gather`): each input pixel reads its few column entries at once.
 """
 import functools
+import math
 
 import numpy as np
 
@@ -124,7 +125,7 @@ def im2col(x, kernel, stride, padding, dilation, out_size, batch_last=False):
     if _one_window_covers(x.shape[2:], kernel, padding, dilation) and x.flags.c_contiguous:
         # the DCGAN's 4x4 -> 1x1 layers: the columns are the samples, cols = x as (N, C*H*W)
         # transposed; a view, no copy (either column order: with one window they are the same)
-        return x.reshape(n, -1).T
+        return x.reshape(n, math.prod(x.shape[1:])).T
     if batch_last:
         ph, pw = padding
         h, w = x.shape[2:]
@@ -178,7 +179,7 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
     if xp is np and _one_window_covers((h, w), kernel, padding, dilation):
         # the adjoint of im2col's view: image as (N, C*H*W) = cols^T, a transposing copy in slabs
         image = workspace.empty((n, c, h, w), cols.dtype, xp)
-        parallel.assign(image.reshape(n, -1).T, cols.reshape(-1, n), axis=0, block=TRANSPOSE_SLAB_ROWS)
+        parallel.assign(image.reshape(n, c * h * w).T, cols.reshape(c * h * w, n), axis=0, block=TRANSPOSE_SLAB_ROWS)
         return image
     if oh == 1 and ow == 1:
         # a single window (on CuPy, or one that padding or dilation keeps from covering the image):
@@ -371,7 +372,7 @@ def from_channel_major(matrix, shape, bias=None, batch_last=False):
     if batch_last and xp is np and matrix.flags.c_contiguous:
         # (C*H*W, N) -> (N, C*H*W) is a transpose: copied in slabs (parallel.assign's block), at
         # batch 64 2x faster than in one go for 8x8 maps (64x256x8x8: 1.54 -> 0.72 ms), 5x for 16x16
-        parallel.assign(out.reshape(n, -1).T, matrix.reshape(-1, n), axis=0, block=TRANSPOSE_SLAB_ROWS)
+        parallel.assign(out.reshape(n, c * h * w).T, matrix.reshape(c * h * w, n), axis=0, block=TRANSPOSE_SLAB_ROWS)
         if bias is not None:
             bias = bias.reshape(1, c, 1, 1).astype(matrix.dtype, copy=False)
             parallel.run(n, lambda a, b: xp.add(out[a:b], bias, out=out[a:b]), size=out.size, xp=xp)

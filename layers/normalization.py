@@ -3,6 +3,8 @@
 Both are one class, `_BatchNorm`, parameterised by the layouts it accepts; the statistics of
 channel c are taken over every axis but the channel axis 1 (N; N and L; N, H and W).
 """
+import math
+
 import numpy as np
 
 from nnbox import gpu_kernels, init, parallel, workspace
@@ -137,12 +139,12 @@ class _BatchNorm(Module):
         else:
             inv_std = (1.0 / xp.sqrt(self.running_var.astype(x.dtype) + x.dtype.type(self.eps))).reshape(stat_shape)
             xhat = workspace.empty(x.shape, x.dtype, xp)
-            xp.subtract(x.reshape(n, -1), _spread(self.running_mean.astype(x.dtype), x), out=xhat.reshape(n, -1))
+            xp.subtract(_rows(x), _spread(self.running_mean.astype(x.dtype), x), out=_rows(xhat))
             shift = None
         y = None if weight is None else workspace.empty(x.shape, x.dtype, xp)
-        rows, scale = xhat.reshape(n, -1), _spread(inv_std, x)
+        rows, scale = _rows(xhat), _spread(inv_std, x)
         if y is not None:
-            out, spread_weight, spread_bias = y.reshape(n, -1), _spread(weight, x), _spread(bias, x)
+            out, spread_weight, spread_bias = _rows(y), _spread(weight, x), _spread(bias, x)
 
         def normalise(a, b):   # xhat = (held - shift) * inv_std, y = xhat * weight + bias, per sample range
             if shift is not None:
@@ -192,12 +194,12 @@ class _BatchNorm(Module):
         xp = np
         acc = np.float64 if x.dtype == np.float32 else x.dtype
         n, c = x.shape[:2]
-        rows = x.reshape(n, -1)
+        rows = _rows(x)
         mean = _over_samples(rows, lambda a, b: rows[:, a:b].sum(axis=0, dtype=acc)).reshape(c, -1).sum(axis=1)
         mean /= count
         mean_x = mean.astype(x.dtype)
         centred = workspace.empty(x.shape, x.dtype, xp)
-        centred_rows, spread_mean = centred.reshape(n, -1), _spread(mean_x, x)
+        centred_rows, spread_mean = _rows(centred), _spread(mean_x, x)
         parallel.run(n, lambda a, b: xp.subtract(rows[a:b], spread_mean, out=centred_rows[a:b]), x.size, xp)
         squares = _over_samples(centred_rows, lambda a, b: xp.einsum("nk,nk->k", centred_rows[:, a:b],
                                                                        centred_rows[:, a:b]))
@@ -214,7 +216,7 @@ class _BatchNorm(Module):
         stat_shape = inv_std.shape
         n, c = dy.shape[:2]
         if xp is np:   # sums over the samples of dy and dy xhat as (N, C * L), then over the positions
-            dy_flat, xhat_flat = dy.reshape(n, -1), xhat.reshape(n, -1)
+            dy_flat, xhat_flat = _rows(dy), _rows(xhat)
             acc = np.float64 if dy.dtype == np.float32 else dy.dtype
             sum_dy = _over_samples(dy_flat, lambda a, b: dy_flat[:, a:b].sum(axis=0))
             sum_dy = sum_dy.reshape(c, -1).sum(axis=1, dtype=acc).astype(dy.dtype)                       # (C,)
@@ -222,7 +224,7 @@ class _BatchNorm(Module):
                                                                         xhat_flat[:, a:b]))
             sum_dy_xhat = sum_dy_xhat.reshape(c, -1).sum(axis=1, dtype=acc).astype(dy.dtype)              # (C,)
         else:
-            dy_rows, xhat_rows = dy.reshape(n, c, -1), xhat.reshape(n, c, -1)
+            dy_rows, xhat_rows = (a.reshape(n, c, math.prod(a.shape[2:])) for a in (dy, xhat))
             sum_dy, sum_dy_xhat = dy_rows.sum(axis=(0, 2)), gpu_kernels.channel_dot(dy_rows, xhat_rows)
             if self.affine and self.weight.requires_grad and self.bias.requires_grad and saved.batch_stats:
                 # CuPy: the per-channel lines below (both gradients, scale, k_xhat, k_dy) in one kernel
@@ -253,7 +255,7 @@ class _BatchNorm(Module):
             gpu_kernels.batch_norm_input_grad(dy, xhat, k_xhat, k_dy, scale, dx)
             return dx
 
-        dy_flat, xhat_flat, dx_flat = dy.reshape(n, -1), xhat.reshape(n, -1), dx.reshape(n, -1)
+        dy_flat, xhat_flat, dx_flat = _rows(dy), _rows(xhat), _rows(dx)
         k_xhat, k_dy, scale = _spread(k_xhat, dy), _spread(k_dy, dy), _spread(scale, dy)
 
         def input_grad(a, b):
@@ -278,12 +280,17 @@ def _over_samples(rows, partial):
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
+def _rows(a):
+    """a (N, C, ...) as a (N, C * L) view; unlike reshape(n, -1) it works for N = 0."""
+    return a.reshape(a.shape[0], math.prod(a.shape[1:]))
+
+
 def _spread(values, x):
     """Per-channel values (C,) (any shape holding C values) -> (1, C * L) for x (N, C, ...) seen as
     (N, C * L): each value repeated over its channel's L positions. Passes over x then run over
     rows of C * L values; with (1, C, 1, 1) broadcasting the runs are L values long, which made
     BatchNorm 2-3x slower on 4x4 and 8x8 maps."""
-    per_channel = x.size // (x.shape[0] * x.shape[1])
+    per_channel = math.prod(x.shape[2:])
     return np.repeat(values.reshape(-1).astype(x.dtype, copy=False), per_channel).reshape(1, -1)
 
 

@@ -150,8 +150,9 @@ class ResizeConvolution:
         window, padding = (rows.window, columns.window), (rows.padding, columns.padding)
         cols = conv_maths.im2col(x, window, (1, 1), padding, (1, 1), grid)
         product = _matmul(phase_kernels, cols).reshape((sh, sw, o, n) + grid)
-        y = workspace.empty((n, o, h * sh, w * sw), x.dtype, xp)
-        bias = None if self.conv.bias is None else self.conv.bias.data.astype(x.dtype, copy=False).reshape(1, o, 1, 1)
+        # the product's dtype, as the unfused conv gives (float32 x with float64 weights: float64)
+        y = workspace.empty((n, o, h * sh, w * sw), product.dtype, xp)
+        bias = None if self.conv.bias is None else self.conv.bias.data.astype(y.dtype, copy=False).reshape(1, o, 1, 1)
 
         def write(first, last):   # each phase's pixels into every s-th row and column of y
             for a, b, phase_rows, phase_columns in self._phases(rows, columns, (h, w)):

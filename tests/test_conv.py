@@ -376,6 +376,21 @@ def test_conv2d_padding_makes_small_image_fit():
     assert layer(np.zeros((1, 1, 1, 1), dtype=np.float32)).shape == (1, 1, 1, 1)
 
 
+@pytest.mark.parametrize("make, x_shape", [
+    (lambda: Conv2d(3, 4, 3), (0, 3, 5, 5)),                       # batch-last columns
+    (lambda: Conv2d(3, 4, 3, padding=1), (0, 3, 12, 12)),          # channel-major columns
+    (lambda: Conv2d(3, 4, 4), (0, 3, 4, 4)),                       # one window covers the image
+    (lambda: ConvTranspose2d(3, 4, 4, 2, 1), (0, 3, 4, 4)),
+    (lambda: ConvTranspose2d(3, 4, 4), (0, 3, 1, 1)),
+])
+def test_an_empty_batch_gives_empty_results_like_torch(make, x_shape):
+    layer = make()
+    y = layer(np.zeros(x_shape, np.float32))
+    assert y.shape[0] == 0 and y.shape[1] == 4
+    assert layer.backward(np.zeros_like(y)).shape == x_shape
+    assert not layer.weight.grad.any()
+
+
 def test_conv_transpose2d_empty_output():
     layer = ConvTranspose2d(1, 1, 1, padding=1)
     with pytest.raises(ValueError, match=r"ConvTranspose2d: the input image 1x1 gives an empty output -1x-1.*"

@@ -150,6 +150,13 @@ def test_running_statistics_worked_example():
     np.testing.assert_allclose(layer.eval()(np.array([[1.0]])), [[0.0]], atol=1e-12)
 
 
+@pytest.mark.parametrize("layer_class, shape", [(BatchNorm1d, (0, 3)), (BatchNorm1d, (0, 3, 5)), (BatchNorm2d, (0, 3, 2, 2))])
+def test_an_empty_batch_in_eval_gives_empty_results(layer_class, shape):
+    layer = layer_class(3).eval()
+    y = layer(np.zeros(shape, np.float32))
+    assert y.shape == shape and layer.backward(np.zeros(shape, np.float32)).shape == shape
+
+
 def test_eval_does_not_touch_running_statistics(rng):
     layer = randomised(BatchNorm2d(2), rng).eval()
     before = {name: array.copy() for name, array in layer.state_dict().items()}

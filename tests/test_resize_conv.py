@@ -129,6 +129,24 @@ def test_small_maps_run_as_written_with_the_same_result(rng):
     np.testing.assert_array_equal(dx, expected[1])
 
 
+def test_fused_output_has_the_dtype_of_the_unfused_pair(rng):
+    # float32 images into float64 weights: the conv's product, hence its output, is float64
+    unpool, conv = Unpool2d(2, mode="nearest"), Conv2d(3, 4, 3, padding=1, rng=0, dtype=np.float64)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    model = Sequential(unpool, conv)
+    y = model(x)
+    assert model._last_steps()[0].saved is not None          # it did fuse
+    assert y.dtype == conv(unpool(x)).dtype == np.float64
+    np.testing.assert_allclose(y, conv(unpool(x)), rtol=1e-12, atol=1e-12)
+
+
+def test_an_empty_batch_gives_empty_results(rng):
+    model = Sequential(Unpool2d(2, mode="nearest"), Conv2d(3, 4, 3, padding=1, rng=0))
+    y = model(np.zeros((0, 3, 8, 8), np.float32))
+    assert y.shape == (0, 4, 16, 16)
+    assert model.backward(np.zeros_like(y)).shape == (0, 3, 8, 8)
+
+
 def test_clear_saved_drops_the_fused_state(rng):
     unpool, conv, x = make_pair(CASES[0], rng)
     model = Sequential(unpool, conv)
