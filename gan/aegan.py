@@ -49,7 +49,7 @@ from .history import History, atomic_write_text
 from .losses import get_gan_loss
 from .models import ARCHITECTURES, MLPDiscriminator, _Network, build_gan
 from .trainer import (CHECKPOINT_NAME, NonFiniteLossError, _module_generators, _restore_saved_state,
-                      _saved_state, read_checkpoint_meta, stream_rng)
+                      _saved_state, non_finite_weights, read_checkpoint_meta, stream_rng)
 from .tricks import sample_latent
 
 LOSSES = ("non_saturating", "minimax", "least_squares", "hinge")  # wasserstein needs clipping: not offered
@@ -526,6 +526,13 @@ class AEGANTrainer:
                     bar.set_postfix_str(f"rec {record['rec_image']:.3f} Dx {record['d_image']:.2f} "
                                         f"Dz {record['d_latent']:.2f}", refresh=False)
                     bar.update(1)
+                # the epoch's last updates may have broken the weights after its losses were logged
+                broken = non_finite_weights(dict(zip(self.networks._fields, self.networks)))
+                if broken:
+                    raise NonFiniteLossError(
+                        f"AEGAN training stopped at the end of epoch {self.epoch + 1}: non-finite weights in "
+                        f"{len(broken)} arrays ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); "
+                        f"the checkpoint of the last completed epoch is kept. Lower the learning rates and resume.")
             except NonFiniteLossError:
                 self.write_history()
                 raise

@@ -42,7 +42,7 @@ from nnbox.optim import Adam
 
 from .history import History
 from .losses import get_gan_loss
-from .trainer import _restore_saved_state, _saved_state, stream_rng
+from .trainer import _restore_saved_state, _saved_state, non_finite_weights, stream_rng
 
 NORMS = ("batch", "none")
 LEAKY_SLOPE = 0.2             # the discriminator's LeakyReLU slope (the paper's PatchGAN)
@@ -452,8 +452,17 @@ class CycleGANTrainer:
         self.history = History(meta["history"])
 
     def save_checkpoint(self, path, **extra):
-        """Write the trainer's state (and `extra` sections, e.g. the data loaders' states) to `path`."""
+        """Write the trainer's state (and `extra` sections, e.g. the data loaders' states) to `path`.
+
+        FloatingPointError, writing nothing, when a weight is NaN or infinite: a step's losses are
+        checked before its update, which can still break the weights, and a checkpoint of broken
+        weights would replace the last good one."""
         from nnbox.serialization import save_checkpoint
+        broken = non_finite_weights(self.networks)
+        if broken:
+            raise FloatingPointError(f"CycleGAN: not writing {path}: non-finite weights in {len(broken)} arrays "
+                                     f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); the file "
+                                     f"already there is kept. Lower the learning rate and restart from it")
         save_checkpoint(path, **self.state_dict(), **extra)
         return path
 

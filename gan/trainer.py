@@ -37,6 +37,8 @@ weights, bit for bit, as an uninterrupted one.
 
 A non-finite loss stops training with NonFiniteLossError; the checkpoint on disk, from the last
 completed epoch, is left as it was, and the history up to the failing step is written for diagnosis.
+So do non-finite weights at the end of an epoch (the epoch's last update can make them so after its
+losses were logged): they are checked before the epoch's grid and checkpoint are written.
 """
 import json
 import math
@@ -175,7 +177,19 @@ OPTIMIZERS = {"adam": _adam, "rmsprop": _rmsprop, "sgd": _sgd}
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss or a statistic became NaN or infinite; training stopped, the last checkpoint is kept."""
+    """A loss, a statistic or a weight became NaN or infinite; training stopped, the last checkpoint is kept."""
+
+
+def non_finite_weights(networks):
+    """The parameters and buffers of `networks` ({label: Module}) that hold a NaN or an infinity,
+    as "label name" strings; one device-to-host copy for all of them."""
+    names, finite = [], []
+    for label, network in networks.items():
+        for name, array in network.state_dict().items():
+            if array.dtype.kind == "f":
+                names.append(f"{label} {name}")
+                finite.append(get_array_module(array).isfinite(array).all())
+    return [name for name, ok in zip(names, backend.fetch_scalars(finite)) if not ok]
 
 
 def build_models(config):
@@ -424,13 +438,24 @@ class GANTrainer:
             get_array_module(param.data).clip(param.data, -c, c, out=param.data)
 
     def _non_finite_message(self, record):
+        return self._stopped_message(
+            f"at step {record['step']} (epoch {record['epoch'] + 1}): a non-finite value, D loss "
+            f"{record['d_loss']}, G loss {record['g_loss']}, D(x) {record['d_real']}, D(G(z)) {record['d_fake']}")
+
+    def _stopped_message(self, what):
         kept = (f"the last good checkpoint, {self.checkpoint_path} (after epoch {self._saved_epoch}), is kept"
                 if self._saved_epoch is not None else "no checkpoint had been written yet")
-        return (f"training stopped at step {record['step']} (epoch {record['epoch'] + 1}): a non-finite value, "
-                f"D loss {record['d_loss']}, G loss {record['g_loss']}, D(x) {record['d_real']}, "
-                f"D(G(z)) {record['d_fake']}; {kept}. The history up to this step is in "
-                f"{self.run_dir / 'history.csv'}. Lower the learning rates, or try another loss or "
-                f"balancing rule, then resume from the checkpoint.")
+        return (f"training stopped {what}; {kept}. The history up to then is in {self.run_dir / 'history.csv'}. "
+                f"Lower the learning rates, or try another loss or balancing rule, then resume from the "
+                f"checkpoint.")
+
+    def _check_weights_finite(self):
+        """NonFiniteLossError, before anything of this epoch is written, if a weight is NaN or infinite."""
+        broken = non_finite_weights({"G": self.G, "D": self.D})
+        if broken:
+            raise NonFiniteLossError(self._stopped_message(
+                f"at the end of epoch {self.epoch + 1}: its last updates left non-finite weights in "
+                f"{len(broken)} arrays ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''})"))
 
     # ------------------------------------------------------------------ epochs
     _saved_epoch = None  # the epoch count of the checkpoint on disk (None: none written by this trainer)
@@ -457,6 +482,7 @@ class GANTrainer:
                 started = time.perf_counter()
                 images = self._run_epoch(loader, epochs, tqdm)
                 seconds = time.perf_counter() - started
+                self._check_weights_finite()
                 self.epoch_log.append({"epoch": self.epoch, "seconds": seconds, "images": images,
                                        "images_per_sec": images / seconds if seconds > 0 else float("nan")})
                 self.epoch += 1

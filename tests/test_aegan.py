@@ -6,7 +6,7 @@ import pytest
 from gan.aegan import (AEGANConfig, AEGANNetworks, AEGANTrainer, DiscriminatorLoss, Encoder, GeneratorEncoderLoss,
                        LossWeights, build_aegan, plot_aegan_losses, save_reconstruction_grid)
 from gan.history import History
-from gan.trainer import CHECKPOINT_NAME
+from gan.trainer import CHECKPOINT_NAME, NonFiniteLossError
 from nnbox.data import DataLoader
 from nnbox.gradcheck import gradcheck
 
@@ -159,6 +159,27 @@ def test_resume_continues_exactly_and_writes_the_epoch_figures(tmp_path):
                  "history.csv", "config.json", CHECKPOINT_NAME):
         assert (run / name).is_file(), name
     # write_figures (plots, interpolations) runs in tests/test_aegan_example.py
+
+
+def test_weights_broken_by_an_epochs_last_update_are_not_checkpointed(tmp_path):
+    images = smooth_images(8)
+    trainer = AEGANTrainer.from_config(small_config(steps_per_epoch=2, seed=3), tmp_path)
+    trainer.fit(loader(images), epochs=1)
+    saved = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    optimizer = trainer.optimizers["latent_discriminator"]
+    real_step = optimizer.step
+
+    def step_that_blows_up():                    # after the step's losses were computed and logged
+        real_step()
+        if trainer.global_step == 3:
+            optimizer.params[0].data[...] = np.nan
+
+    optimizer.step = step_that_blows_up
+    with pytest.raises(NonFiniteLossError, match=r"end of epoch 2: non-finite weights in 1 arrays "
+                                                 r"\(latent_discriminator "):
+        trainer.fit(loader(images), epochs=2)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == saved
+    assert not (tmp_path / "samples" / "epoch_002.png").exists()
 
 
 def test_reconstruction_grid_interleaves_rows(tmp_path):

@@ -155,6 +155,16 @@ def test_a_few_steps_reduce_the_cycle_loss():
     assert len(trainer.history) == 25 and trainer.step_count == 25
 
 
+def test_a_checkpoint_of_broken_weights_is_not_written(tmp_path, rng):
+    trainer = CycleGANTrainer(CycleGANConfig(**TINY, seed=3))
+    path = trainer.save_checkpoint(tmp_path / "checkpoint.npz")
+    saved = path.read_bytes()
+    trainer.networks["G_BA"].parameters()[0].data[...] = np.nan
+    with pytest.raises(FloatingPointError, match=r"not writing .*non-finite weights in 1 arrays \(G_BA "):
+        trainer.save_checkpoint(path)
+    assert path.read_bytes() == saved
+
+
 def test_checkpoint_round_trip_continues_identically(tmp_path, rng):
     a, b = _images(rng, 4).astype(np.float32), _images(rng, 4).astype(np.float32)
     trainer = CycleGANTrainer(CycleGANConfig(**TINY, d_norm="batch", lambda_identity=0.5, seed=3))

@@ -122,6 +122,28 @@ def test_a_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, faces
         np.testing.assert_array_equal(value, good_weights[key])
 
 
+def test_weights_broken_by_an_epochs_last_update_are_not_checkpointed(tmp_path, faces):
+    # the last step's losses are finite (computed before its update), but the update breaks G
+    run = tmp_path / "run"
+    trainer = GANTrainer.from_config(tiny_config(balance="alternate"), run)
+    trainer.fit(make_loader(faces), epochs=1)
+    saved = (run / CHECKPOINT_NAME).read_bytes()
+    real_step = trainer.opt_g.step
+
+    def step_that_blows_up():
+        real_step()
+        if trainer.global_step == 7:             # epoch 2's last step (4 batches per epoch)
+            trainer.G.parameters()[0].data[...] = np.inf
+
+    trainer.opt_g.step = step_that_blows_up
+    with pytest.raises(NonFiniteLossError, match=r"end of epoch 2: .*non-finite weights in 1 arrays \(G main\.0\.weight\)"
+                                                 r".*last good checkpoint.*after epoch 1"):
+        trainer.fit(make_loader(faces), epochs=2)
+    assert (run / CHECKPOINT_NAME).read_bytes() == saved
+    assert not (run / "samples" / "epoch_002.png").exists()
+    assert len(History.from_csv(run / "history.csv")) == 8      # every step of the epoch is recorded
+
+
 def test_every_balancing_decision_is_recorded_and_replays(tmp_path, faces):
     # low thresholds make the skip rule skip often; the stall guard forces training after 2 skips
     config = tiny_config(balance="skip", d_threshold=0.3, g_threshold=0.3, max_consecutive_skips=2)
