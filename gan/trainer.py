@@ -40,6 +40,8 @@ completed epoch, is left as it was, and the history up to the failing step is wr
 So do non-finite weights at the end of an epoch (the epoch's last update can make them so after its
 losses were logged): they are checked before the epoch's grid and checkpoint are written.
 """
+import contextlib
+import copy
 import json
 import math
 import time
@@ -546,13 +548,15 @@ class GANTrainer:
 
     # ------------------------------------------------------------------ samples, files
     def sample(self, z=None):
-        """G(z) for the fixed latents (or `z`), NumPy float NCHW; G's state is left as it was."""
+        """G(z) for the fixed latents (or `z`), NumPy float NCHW; G's state is left as it was, and so
+        are the random streams training draws from (a dropout in G draws from copies)."""
         z = self.fixed_z if z is None else z
         buffers = [(name, array.copy()) for name, array in self.G.named_buffers() if array is not None]
         was_training = self.G.training
         self.G.train(self.config.sample_mode == "train")
         try:
-            images = self.G(to_device(z, self.config.device))
+            with _throwaway_generators(self.G):
+                images = self.G(to_device(z, self.config.device))
         finally:
             self.G.train(was_training)
             for name, array in buffers:   # BatchNorm in train mode updated its running averages
@@ -678,6 +682,28 @@ def _saved_state(module):
 def _restore_saved_state(snapshot):
     for module, saved in snapshot:
         object.__setattr__(module, "_saved", saved)
+
+
+@contextlib.contextmanager
+def _throwaway_generators(module):
+    """Inside: every NumPy generator the module's layers hold is a copy (and their CuPy generators,
+    derived from it, are made afresh); afterwards the layers hold their own again, unadvanced. The
+    models share one generator among all their dropout layers, G's and D's, so a draw while
+    sampling would otherwise change D's next masks."""
+    swapped = []
+    for layer in module.modules():
+        for name, value in vars(layer).items():
+            if isinstance(value, np.random.Generator):
+                swapped.append((layer, name, value))
+        if "_device_rng" in vars(layer):
+            swapped.append((layer, "_device_rng", layer._device_rng))
+    try:
+        for layer, name, value in swapped:
+            object.__setattr__(layer, name, None if name == "_device_rng" else copy.deepcopy(value))
+        yield
+    finally:
+        for layer, name, value in swapped:
+            object.__setattr__(layer, name, value)
 
 
 def _module_generators(module, prefix):

@@ -144,6 +144,23 @@ def test_weights_broken_by_an_epochs_last_update_are_not_checkpointed(tmp_path, 
     assert len(History.from_csv(run / "history.csv")) == 8      # every step of the epoch is recorded
 
 
+def test_sampling_with_a_dropout_in_g_leaves_training_unchanged(tmp_path, faces):
+    # the models share one generator among G's and D's dropout layers: a draw while sampling
+    # would change D's next masks
+    def two_steps(run, sample_between):
+        trainer = GANTrainer.from_config(tiny_config(model_options={"g_dropout": 0.3}, balance="alternate"), run)
+        batches = iter(make_loader(faces))
+        trainer.step(next(batches))
+        if sample_between:
+            assert np.isfinite(trainer.sample()).all()
+        trainer.step(next(batches))
+        return trainer.G.state_dict() | {"D." + k: v for k, v in trainer.D.state_dict().items()}
+
+    plain, sampled = two_steps(tmp_path / "plain", False), two_steps(tmp_path / "sampled", True)
+    for key, value in plain.items():
+        np.testing.assert_array_equal(sampled[key], value, err_msg=key)
+
+
 def test_every_balancing_decision_is_recorded_and_replays(tmp_path, faces):
     # low thresholds make the skip rule skip often; the stall guard forces training after 2 skips
     config = tiny_config(balance="skip", d_threshold=0.3, g_threshold=0.3, max_consecutive_skips=2)
