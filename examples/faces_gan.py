@@ -16,6 +16,7 @@ works it says so in one line and uses procedurally drawn cartoon faces instead.
     python examples/faces_gan.py --balance alternate --soft-labels --label-smoothing 0 --instance-noise 0.1 \\
         --instance-noise-decay 2000 --d-input-dropout 0.1 --noise uniform --out runs/tricks
     python examples/faces_gan.py --resume runs/lfw32 --epochs 30       # continue that run to 30 epochs
+    python examples/faces_gan.py --resume runs/lfw32 --lr 1e-4         # ... with lower learning rates
     python -m gan.report runs/lfw32                                    # rebuild a run's report.html
 
 Each run folder (`--out`) receives samples/epoch_XXX.png (fixed noise, one grid per epoch),
@@ -105,7 +106,8 @@ def build_parser():
                                               "wgan_gp"),
                           help=f"GAN loss ({t.loss}); wgan_gp: the Wasserstein loss with the gradient penalty and, "
                                f"unless given otherwise, Gulrajani et al.'s recipe: --optimizer adam --lr 1e-4 "
-                               f"--beta1 0 --beta2 0.9 --balance ratio --n-d 5 --label-smoothing 0")
+                               f"--beta1 0 --beta2 0.9 --balance ratio --n-d 5 --label-smoothing 0, and for "
+                               f"--arch dcgan a critic without BatchNorm")
     training.add_argument("--clip-value", type=float, help=f"WGAN weight clipping ({t.clip_value})")
     training.add_argument("--gp-weight", type=float, help=f"WGAN-GP: the gradient penalty's weight lambda ({t.gp_weight})")
     training.add_argument("--optimizer", choices=("adam", "rmsprop", "sgd"), help=f"({t.optimizer})")
@@ -143,8 +145,9 @@ def build_parser():
     return p
 
 
-# options that only pick among models/settings and are allowed to change on --resume
-RESUME_OVERRIDES = ("epochs", "device", "progress", "report", "resume")
+# options allowed with --resume: where and how long to run, and the learning rates (lowered after a
+# run diverged, say); everything else comes from the run's checkpoint
+RESUME_OVERRIDES = ("epochs", "device", "progress", "report", "resume", "lr", "lr_g", "lr_d")
 # what --loss wgan_gp sets when not given (Gulrajani et al. 2017, Algorithm 1)
 WGAN_GP_RECIPE = {"optimizer": "adam", "lr": 1e-4, "beta1": 0.0, "beta2": 0.9, "balance": "ratio", "n_d": 5,
                   "label_smoothing": 0.0}
@@ -168,6 +171,8 @@ def config_from_args(given):
     for key, option in MODEL_OPTIONS.items():
         if key in given:
             model_options[option] = given.pop(key)
+    if given.get("loss") == "wgan_gp" and given.get("arch") == "dcgan":
+        model_options["d_batch_norm"] = False     # the penalty is per sample: no BatchNorm in the critic
     example_fields = {f.name for f in fields(FacesGANConfig)} - {"train"}
     for key, value in given.items():
         if key in example_fields:
@@ -189,6 +194,8 @@ def load_faces(cfg):
     from nnbox.synthetic_faces import synthetic_faces
     if cfg.max_images is not None and cfg.max_images < 1:
         raise UsageError(f"--max-images must be >= 1, got {cfg.max_images}")
+    if cfg.synthetic_count < 1:
+        raise UsageError(f"--synthetic-count must be >= 1, got {cfg.synthetic_count}")
     size = cfg.train.image_size
     images, source = None, None
     if cfg.dataset in ("auto", "lfw"):
@@ -254,7 +261,11 @@ def main(argv=None):
               f"{cfg.train.balance} balancing, {len(loader)} batches of {loader.batch_size} per epoch, "
               f"device {cfg.train.device}", flush=True)
         trainer.fit(loader, cfg.epochs)
-    except (UsageError, NonFiniteLossError, FileExistsError, FileNotFoundError) as error:
+    except NonFiniteLossError as error:
+        print(f"faces_gan: {error} (here: python examples/faces_gan.py --resume {cfg.out} --lr ...)",
+              file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as error:   # usage, settings, data, a corrupt or foreign checkpoint
         print(f"faces_gan: {error}", file=sys.stderr)
         return 2
     if trainer.config.report:
@@ -275,7 +286,8 @@ def _resume(given):
     changed = sorted(k for k in given if k not in RESUME_OVERRIDES)
     if changed:
         raise UsageError(f"--resume continues a run with its saved settings; only --epochs, --device, "
-                         f"--no-progress and --no-report may be given with it, not --{changed[0].replace('_', '-')}")
+                         f"--no-progress, --no-report and the learning rates (--lr, --lr-g, --lr-d) may be "
+                         f"given with it, not --{changed[0].replace('_', '-')}")
     run_dir = Path(given["resume"])
     train, extra = GANTrainer.read_checkpoint_configs(run_dir)
     cfg = FacesGANConfig(**{k: v for k, v in extra.get("example", {}).items()}, out=str(run_dir), train=train)
@@ -286,6 +298,14 @@ def _resume(given):
     _check_device(cfg.train.device)
     trainer = GANTrainer.resume(run_dir, device=cfg.train.device)
     trainer.config.progress, trainer.config.report = cfg.train.progress, cfg.train.report
+    if "epochs" in given:   # the new target, so that a later --resume without --epochs continues to it
+        trainer.extra_config["epochs"] = cfg.epochs
+    lr_g, lr_d = given.get("lr_g", given.get("lr")), given.get("lr_d", given.get("lr"))
+    if lr_g is not None or lr_d is not None:
+        before = (trainer.config.lr_g, trainer.config.lr_d)
+        trainer.set_learning_rates(lr_g, lr_d)
+        print(f"learning rates from now on: G {before[0]:g} -> {trainer.config.lr_g:g}, "
+              f"D {before[1]:g} -> {trainer.config.lr_d:g}", flush=True)
     if trainer.epoch >= cfg.epochs:
         print(f"the run in {run_dir} has already done {trainer.epoch} of {cfg.epochs} epochs; "
               f"give --epochs N (N > {trainer.epoch}) to train further", flush=True)

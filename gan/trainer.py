@@ -122,6 +122,13 @@ class TrainConfig:
 
     def __post_init__(self):
         backend.check_device(self.device)
+        for name in ("image_size", "channels", "latent_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.width is not None and int(self.width) < 1:
+            raise ValueError(f"TrainConfig: width must be >= 1 (or None for the defaults), got {self.width}")
+        if not (self.lr_g >= 0 and self.lr_d >= 0):
+            raise ValueError(f"TrainConfig: learning rates must be >= 0, got lr_g={self.lr_g}, lr_d={self.lr_d}")
         if self.sample_mode not in ("train", "eval"):
             raise ValueError(f"TrainConfig: sample_mode must be 'train' or 'eval', got {self.sample_mode!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -194,6 +201,16 @@ def non_finite_weights(networks):
     return [name for name, ok in zip(names, backend.fetch_scalars(finite)) if not ok]
 
 
+def _check_critic(discriminator):
+    """ValueError unless the gradient penalty can go through every layer of the critic (a BatchNorm
+    or a SpectralNorm cannot: layers.second_order), said before any training or file is made."""
+    from layers import second_order
+    try:
+        second_order.chain(discriminator)
+    except TypeError as error:
+        raise ValueError(f"loss 'wgan_gp': {error} (the DCGAN critic: model_options d_batch_norm=False)") from error
+
+
 def build_models(config):
     """(G, D) from a TrainConfig, on the CPU, weights from the config's "model" random stream."""
     from .models import build_gan
@@ -227,12 +244,7 @@ class GANTrainer:
                 f"{self.run_dir} already holds a run ({CHECKPOINT_NAME}); continue it with "
                 f"GANTrainer.resume({str(self.run_dir)!r}) (examples/faces_gan.py --resume {self.run_dir}), "
                 f"or start over with overwrite=True (--overwrite), or choose another folder")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite and not _resuming:
-            for old in (self.run_dir / SAMPLES_DIR).glob("epoch_*.png"):
-                old.unlink()
-            self.checkpoint_path.unlink(missing_ok=True)
-
+        # everything that can refuse the config comes before the run folder is touched
         self.latent_dim = getattr(generator, "latent_dim", config.latent_dim)
         if self.latent_dim != config.latent_dim:
             raise ValueError(f"GANTrainer: the generator takes latent_dim={self.latent_dim}, "
@@ -240,6 +252,8 @@ class GANTrainer:
         self.G = generator.to(config.device)
         self.D = discriminator.to(config.device)
         self.loss = get_gan_loss("wasserstein" if config.uses_gradient_penalty else config.loss)
+        if config.uses_gradient_penalty:
+            _check_critic(self.D)
         # eps of the penalty's interpolation; only WGAN-GP runs have (and checkpoint) this stream
         self.penalty_rng = stream_rng(config.seed, "penalty") if config.uses_gradient_penalty else None
         self.opt_g = OPTIMIZERS[config.optimizer](self.G.parameters(), config, config.lr_g)
@@ -256,6 +270,11 @@ class GANTrainer:
         self.fixed_z = sample_latent(config.n_samples, self.latent_dim, config.latent_kind,
                                      stream_rng(config.seed, "fixed_noise"))  # NumPy; moved when used
         self.threshold = 0.5 if config.loss == "least_squares" else 0.0  # D calls x real when output > it
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not _resuming:
+            for old in (self.run_dir / SAMPLES_DIR).glob("epoch_*.png"):
+                old.unlink()
+            self.checkpoint_path.unlink(missing_ok=True)
         self.history = History()
         self.epoch_log = []          # per epoch: {"epoch", "seconds", "images", "images_per_sec"}
         self.epoch = 0               # completed epochs
@@ -299,6 +318,17 @@ class GANTrainer:
                       extra_config=meta["extra"])
         trainer._load_state(state)
         return trainer
+
+    def set_learning_rates(self, lr_g=None, lr_d=None):
+        """Change G's and/or D's learning rate from the next step on (e.g. on resuming a run that
+        diverged); the config, hence the next checkpoint, records the new values."""
+        for network, value in (("g", lr_g), ("d", lr_d)):
+            if value is None:
+                continue
+            if not value >= 0:
+                raise ValueError(f"set_learning_rates: lr_{network} must be >= 0, got {value}")
+            setattr(self.config, f"lr_{network}", float(value))
+            getattr(self, f"opt_{network}").lr = float(value)
 
     @staticmethod
     def read_checkpoint_configs(run_dir):

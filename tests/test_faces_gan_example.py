@@ -43,8 +43,17 @@ def test_main_trains_one_epoch_and_writes_its_files(faces_gan, tmp_path, capsys)
     assert len(json.loads((out / "history.json").read_text())) == 4
     with Image.open(out / "samples.gif") as gif:
         assert gif.n_frames == 3
-    assert faces_gan.main(["--resume", str(out), "--lr", "0.1"]) == 2    # settings cannot change on resume
-    assert "--lr" in capsys.readouterr().err
+    assert faces_gan.main(["--resume", str(out), "--batch-size", "8"]) == 2    # settings cannot change on resume
+    assert "not --batch-size" in capsys.readouterr().err
+
+    # but the learning rates can (a run that diverged), and a new --epochs target is kept for the next --resume
+    assert faces_gan.main(["--resume", str(out), "--epochs", "3", "--lr-g", "1e-4", "--no-progress",
+                           "--no-report"]) == 0
+    assert "G 0.0002 -> 0.0001, D 0.0002 -> 0.0002" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert (config["train"]["lr_g"], config["train"]["lr_d"], config["epochs"]) == (1e-4, 2e-4, 3)
+    assert faces_gan.main(["--resume", str(out), "--no-progress", "--no-report"]) == 0
+    assert "already done 3 of 3 epochs" in capsys.readouterr().out
 
 
 def test_the_defaults_are_the_recipe(faces_gan):
@@ -63,6 +72,38 @@ def test_options_reach_the_configs(faces_gan):
     assert (t.lr_g, t.lr_d, t.soft_labels, t.label_smoothing) == (1e-4, 4e-4, True, 0.0)
     assert t.model_options == {"d_input_dropout": 0.2, "d_spectral_norm": True}
     assert (t.balance, t.n_d, t.latent_kind, t.image_size, t.arch) == ("ratio", 5, "uniform", 64, "dcgan")
+
+
+def test_wgan_gp_gets_a_critic_it_can_penalise(faces_gan, tmp_path, capsys):
+    cfg = faces_gan.config_from_args({"loss": "wgan_gp", "arch": "dcgan"})
+    assert cfg.train.model_options == {"d_batch_norm": False}          # no BatchNorm in the DCGAN critic
+    # a spectrally normalised critic cannot be penalised: said before anything is written
+    assert faces_gan.main(SMALL + ["--loss", "wgan_gp", "--spectral-norm", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "SpectralNorm has no double backward" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--latent-dim", "0"], "latent_dim must be >= 1"),
+    (["--steps-per-epoch", "0"], "steps_per_epoch must be >= 1"),
+    (["--d-threshold", "2"], "threshold"),
+    (["--width", "0"], "width must be >= 1"),
+    (["--synthetic-count", "0"], "--synthetic-count must be >= 1"),
+])
+def test_bad_settings_are_one_line_errors_before_anything_is_written(faces_gan, tmp_path, capsys, options, message):
+    assert faces_gan.main(SMALL + options + ["--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("faces_gan: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+def test_resuming_from_a_corrupt_checkpoint_is_a_one_line_error(faces_gan, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.npz").write_bytes(b"not a zip file")
+    assert faces_gan.main(["--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "corrupt or truncated" in err
 
 
 def test_without_lfw_it_falls_back_to_synthetic_faces_in_one_line(faces_gan, tmp_path, monkeypatch):
