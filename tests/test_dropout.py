@@ -179,6 +179,14 @@ def test_backward_refuses_a_gradient_of_another_shape(layer_class, shape, wrong,
         layer.backward(np.ones(wrong))
 
 
+@pytest.mark.parametrize("layer_class, shape", [(Dropout, (50, 40)), (Dropout2d, (20, 30, 2, 2))])
+def test_float16_input_is_dropped_and_scaled(layer_class, shape):
+    x = np.ones(shape, np.float16)
+    y = layer_class(0.25, rng=0)(x)
+    assert y.dtype == np.float16 and set(np.unique(y)) == {0.0, np.float16(1 / 0.75)}
+    assert 0.2 < (y == 0).mean() < 0.3
+
+
 def test_dropout2d_wrong_ndim():
     with pytest.raises(ValueError, match=r"Dropout2d expects a 4-D input \(N, C, H, W\), got shape \(2, 3\)"):
         Dropout2d(0.5)(np.ones((2, 3)))
