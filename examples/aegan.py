@@ -27,22 +27,20 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads Open
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: `python examples/aegan.py`
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli sits beside this file
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
+from _cli import (CLI_ERRORS, LFW_HINT, UsageError, at_least, check_device, fail, load_dataset,  # noqa: E402
+                  positive, probability)
 from gan.aegan import AEGANConfig, AEGANTrainer, LossWeights  # noqa: E402
 from gan.trainer import stream_rng  # noqa: E402
-from nnbox import backend  # noqa: E402
 from nnbox.data import DataLoader, ImageFolder, RandomHorizontalFlip, Resize  # noqa: E402
 from nnbox.datasets import LFW_FOLDER_NAMES, find_lfw, load_lfw  # noqa: E402
 
 SUBSET_STREAM = 1000  # the --max-images subset is drawn with default_rng([seed, 1000])
 DATA_KEYS = ("dataset", "data", "download", "max_images", "flip", "batch_size")  # saved with the run, reused on --resume
 RESUME_OVERRIDES = ("epochs", "device", "progress", "resume")
-
-
-class UsageError(ValueError):
-    """A command line that cannot work (shown as one line, without a traceback)."""
 
 
 class CenterSquare:
@@ -126,7 +124,7 @@ def load_images(data, image_size, seed):
     if kind == "folder" and folder is None:
         raise UsageError("--dataset folder needs --data DIR")
     if kind == "lfw" or (kind == "auto" and (folder is None or is_lfw(folder))):
-        source = load_lfw(folder, image_size=image_size, download=data["download"])
+        source = load_dataset(load_lfw, folder, image_size=image_size, download=data["download"], hint=LFW_HINT)
         what = f"LFW from {source.root}"
     else:
         source = ImageFolder(folder, [CenterSquare(), Resize(image_size)])
@@ -146,16 +144,24 @@ def make_loader(images, data, seed):
                       transform=RandomHorizontalFlip(0.5) if data["flip"] else None)
 
 
+def check_options(given):
+    """One-line usage errors for numbers that cannot work, before anything is built or read."""
+    at_least(1, **{key: given.get(key) for key in ("batch_size", "epochs", "steps_per_epoch", "latent_dim", "width",
+                                                    "latent_hidden")})
+    positive(lr=given.get("lr"), lr_d=given.get("lr_d"))
+    probability(beta1=given.get("beta1"))
+    check_device(given.get("device"))   # --device gpu without CuPy: nnbox.backend's message, before any work
+
+
 def main(argv=None):
     given = vars(build_parser().parse_args(argv))
     try:
+        check_options(given)
         if "resume" in given:
             trainer, data, epochs = _resume(given)
             config = trainer.config
         else:
             config, data, epochs, out, overwrite = settings_from_args(given)
-            if config.device == "gpu":
-                backend.require_cupy()   # without CuPy: its error now, before the data is read
             trainer = None
         images, description = load_images(data, config.image_size, config.seed)
         print(f"data: {description}", flush=True)
@@ -167,9 +173,8 @@ def main(argv=None):
               f"{len(loader)} batches of {loader.batch_size} per epoch, device {config.device}", flush=True)
         trainer.fit(loader, epochs)
         trainer.write_figures()
-    except (ValueError, OSError, RuntimeError) as error:  # usage, missing files, no CuPy, a non-finite loss
-        print(f"aegan: {error}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as error:
+        return fail("aegan", error)
     print(f"figures: {trainer.run_dir / 'samples'}, {trainer.run_dir / 'reconstructions'}, {trainer.run_dir / 'plots'}")
     return 0
 
@@ -180,7 +185,8 @@ def _resume(given):
         raise UsageError(f"--resume continues a run with its saved settings; only --epochs, --device and "
                          f"--no-progress may be given with it, not --{changed[0].replace('_', '-')}")
     run_dir = Path(given["resume"])
-    _, extra = AEGANTrainer.read_checkpoint_configs(run_dir)
+    saved, extra = AEGANTrainer.read_checkpoint_configs(run_dir)
+    check_device(given.get("device", saved.device))   # a GPU run, resumed without CuPy (or give --device cpu)
     trainer = AEGANTrainer.resume(run_dir, device=given.get("device"))
     if "progress" in given:
         trainer.config.progress = given["progress"]

@@ -31,14 +31,15 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: docs/performance.md
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; compare_runs sits beside this file
+for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; compare_runs and _cli sit beside this file
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from compare_runs import (UsageError, add_run_arguments, check_device, evaluate_variant,  # noqa: E402
-                          plot_epoch_grids, plot_loss_comparison, plot_throughput_comparison, recipe_config, subset,
-                          summarize, train_variant)
-from gan.trainer import NonFiniteLossError  # noqa: E402
+from _cli import (CIFAR10_HINT, CLI_ERRORS, UsageError, at_least, check_device, fail, load_dataset,  # noqa: E402
+                  probability)
+from compare_runs import (add_run_arguments, evaluate_variant, plot_epoch_grids,  # noqa: E402
+                          plot_loss_comparison, plot_throughput_comparison, recipe_config, subset, summarize,
+                          train_variant)
 
 ARCHS = ("mlp", "dcgan")
 LATENT_DIM = 128
@@ -69,9 +70,9 @@ def train_config(args, arch):
 def load_cifar(data, split, download):
     """(images float32 (N, 3, 32, 32), labels, a line saying what they are) for --split."""
     from nnbox.datasets import load_cifar10
-    if split != "auto":
-        images, labels, _ = load_cifar10(data, split=split, download=download)
-        return images, labels, f"CIFAR-10 {split} split"
+    if split == "test":
+        images, labels, _ = load_cifar10(data, split="test", download=download)
+        return images, labels, "CIFAR-10 test split"
     try:
         images, labels, _ = load_cifar10(data, split="train", download=download)
         return images, labels, "CIFAR-10 train split"
@@ -80,20 +81,30 @@ def load_cifar(data, split, download):
             images, labels, _ = load_cifar10(data, split="test", download=False)
         except FileNotFoundError:
             raise error from None
+        if split == "train":
+            raise UsageError(f"{error}; give --split test (or auto) to train on its test images") from None
         print(f"no CIFAR-10 training batches ({error}); training on the test split instead, "
               f"{len(images)} images (give --split test to say so, or --data a folder with data_batch_1..5.bin)",
               flush=True)
         return images, labels, "CIFAR-10 test split (the folder holds no training batches)"
 
 
+def check_options(args):
+    """One-line usage errors for numbers that cannot work, before any data is read."""
+    at_least(1, epochs=args.epochs, batch_size=args.batch_size, max_images=args.max_images,
+             dcgan_width=args.dcgan_width, mlp_hidden=args.mlp_hidden)
+    at_least(0, eval_images=args.eval_images)
+    probability(label_smoothing=args.label_smoothing)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        check_options(args)
         check_device(args.device)
-        if args.epochs < 1:
-            raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
         archs = list(dict.fromkeys(args.arch))
-        images, labels, what = load_cifar(args.data, args.split, args.download)
+        images, labels, what = load_dataset(load_cifar, args.data, args.split, download=args.download,
+                                            hint=CIFAR10_HINT)
         images, labels = subset(images, args.max_images, args.seed, labels)
         print(f"data: {len(images)} images of 32x32 from the {what}", flush=True)
         out = Path(args.out)
@@ -108,9 +119,8 @@ def main(argv=None):
             if args.eval_images > 0:
                 metrics[arch] = evaluate_variant(out / arch, images, n=args.eval_images, seed=args.seed,
                                                  device=args.device, report=args.report)
-    except (UsageError, NonFiniteLossError, FileExistsError, FileNotFoundError) as error:
-        print(f"cifar_gan: {error}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as error:
+        return fail("cifar_gan", error)
     if len(archs) > 1:
         compare = out / "compare"
         plot_loss_comparison({a: t.history for a, t in trainers.items()}, compare / "losses.png")

@@ -18,19 +18,15 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: docs/performance.md
 import numpy as np  # noqa: E402
 
+from _cli import UsageError
 from gan.balance import BALANCE_RULES
 from gan.history import atomic_write_bytes, atomic_write_text
 from gan.trainer import SAMPLES_DIR, GANTrainer, TrainConfig, stream_rng
 from gan.visualize import D_COLOR, G_COLOR, moving_average, to_uint8_images
-from nnbox import backend
 from nnbox.data import DataLoader
 
 REAL_IMAGES_NAME = "real_images.npy"  # the training images of a run, uint8 NHWC, for gan.evaluate's --real
 FIGURE_DPI = 100
-
-
-class UsageError(ValueError):
-    """A command line that cannot work (the examples print it as one line, without a traceback)."""
 
 
 def add_run_arguments(parser, default_out, variants):
@@ -67,15 +63,6 @@ def recipe_config(args, **settings):
     return TrainConfig(loss="non_saturating", optimizer="adam", lr_g=2e-4, lr_d=2e-4, beta1=0.5,
                        balance=args.balance, label_smoothing=args.label_smoothing, sample_scale=1, seed=args.seed,
                        device=args.device, progress=args.progress, report=args.report, **settings)
-
-
-def check_device(device):
-    """--device gpu without a usable CuPy: nnbox.backend's error as a UsageError, before any data is read."""
-    if device == "gpu":
-        try:
-            backend.require_cupy()
-        except RuntimeError as error:
-            raise UsageError(str(error)) from error
 
 
 def subset(images, max_images, seed, *arrays):

@@ -41,9 +41,11 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads Open
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: `python examples/cyclegan_mnist.py`
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli sits beside this file
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
+from _cli import CLI_ERRORS, MNIST_HINT, UsageError, at_least, check_device, fail, load_dataset, positive  # noqa: E402
 from gan.cyclegan import CycleGANConfig, CycleGANTrainer  # noqa: E402
 from gan.history import atomic_write_text  # noqa: E402
 from gan.trainer import RNG_STREAMS  # noqa: E402
@@ -58,11 +60,7 @@ STROKE = 0.5           # a pixel whose value (max of R, G, B in [0, 1]) exceeds 
 MIN_SATURATION = 0.3   # a stroke less saturated than this counts as grey (in no colour band)
 FIGURE_DIGITS = 10     # test digits shown per figure
 CHECKPOINT_NAME = "checkpoint.npz"
-RESUME_OVERRIDES = ("resume", "epochs", "device", "progress")
-
-
-class UsageError(ValueError):
-    """A command line that cannot work (one line, no traceback)."""
+RESUME_OVERRIDES = ("resume", "epochs", "device", "progress", "download")
 
 
 @dataclass
@@ -109,15 +107,15 @@ def tint(images, band, rng):
     return ((images + 1) * rgb[:, :, None, None] - 1).astype(np.float32)
 
 
-def load_domains(settings, seed):
+def load_domains(settings, seed, download=True):
     """(train A, train B, test A, test B): unpaired halves of the training digits, and the same test digits
-    in both colours (A's and B's)."""
+    in both colours (A's and B's). MNIST is downloaded when it is not found and `download`."""
     from nnbox.datasets import load_mnist
     for band in (settings.domain_a, settings.domain_b):
         if band not in HUE_BANDS:
             raise UsageError(f"unknown colour domain {band!r}: use one of {sorted(HUE_BANDS)}")
-    train, _ = load_mnist(settings.data, "train")
-    test, _ = load_mnist(settings.data, "test")
+    train, _ = load_dataset(load_mnist, settings.data, "train", download=download, hint=MNIST_HINT)
+    test, _ = load_dataset(load_mnist, settings.data, "test", download=download, hint=MNIST_HINT)
     order = np.random.default_rng([seed, 1000]).permutation(len(train))
     if settings.max_images:
         if settings.max_images < 2 * settings.batch_size:
@@ -217,6 +215,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], argument_default=argparse.SUPPRESS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="folder with MNIST's four IDX files (default: the cache, else a download)")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never download MNIST")
     p.add_argument("--max-images", type=int, help=f"training digits used, split into A and B; 0: all ({d.max_images})")
     p.add_argument("--test-images", type=int, help=f"test digits for the measures ({d.test_images})")
     p.add_argument("--image-size", type=int, choices=(16, 28, 32), help=f"({d.image_size})")
@@ -243,7 +242,7 @@ def build_parser():
 def settings_from_args(given):
     """(ExampleSettings, CycleGANConfig) from the options given (the rest: the defaults)."""
     given = dict(given)
-    for key in ("resume", "progress", "overwrite"):
+    for key in ("resume", "progress", "overwrite", "download"):
         given.pop(key, None)
     if "width" in given:
         given["g_width"] = given["d_width"] = given.pop("width")
@@ -253,11 +252,18 @@ def settings_from_args(given):
     return settings, config
 
 
-def _start(given):
-    """(trainer, settings, loader states or None, out folder) for a new run or a resumed one.
+def check_options(given):
+    """One-line usage errors for numbers that cannot work, before anything is built or read."""
+    at_least(1, epochs=given.get("epochs"), batch_size=given.get("batch_size"), test_images=given.get("test_images"),
+             width=given.get("width"))
+    at_least(0, max_images=given.get("max_images"), n_residual=given.get("n_residual"),
+             lambda_cycle=given.get("lambda_cycle"), lambda_identity=given.get("lambda_identity"))
+    positive(lr=given.get("lr"))
+    check_device(given.get("device"))   # --device gpu without CuPy: nnbox.backend's message, before any work
 
-    Building the trainer moves the networks to the device: --device gpu without CuPy raises
-    nnbox.backend's RuntimeError here, before anything is written."""
+
+def _start(given):
+    """(trainer, settings, loader states or None, out folder) for a new run or a resumed one."""
     if "resume" not in given:
         settings, config = settings_from_args(given)
         out = Path(settings.out)
@@ -266,12 +272,15 @@ def _start(given):
         return CycleGANTrainer(config), settings, None, out
     changed = sorted(k for k in given if k not in RESUME_OVERRIDES)
     if changed:
-        raise UsageError(f"--resume continues a run with its saved settings; only --epochs, --device and "
-                         f"--no-progress may be given with it, not --{changed[0].replace('_', '-')}")
+        raise UsageError(f"--resume continues a run with its saved settings; only --epochs, --device, --no-download "
+                         f"and --no-progress may be given with it, not --{changed[0].replace('_', '-')}")
     out = Path(given["resume"])
     if not (out / CHECKPOINT_NAME).is_file():
         raise UsageError(f"cannot resume: {out / CHECKPOINT_NAME} does not exist")
-    trainer, state = CycleGANTrainer.load(out / CHECKPOINT_NAME, device=given.get("device"))
+    try:
+        trainer, state = CycleGANTrainer.load(out / CHECKPOINT_NAME, device=given.get("device"))
+    except RuntimeError as error:   # a GPU run, resumed without CuPy: nnbox.backend.require_cupy
+        raise UsageError(f"{error}; or give --device cpu to continue the run on the CPU") from error
     settings = ExampleSettings(**state["example"])
     settings.epochs, settings.out = given.get("epochs", settings.epochs), str(out)
     return trainer, settings, state["loaders"], out
@@ -327,13 +336,10 @@ def train(trainer, settings, loaders, test_a, test_b, out, progress=True):
 def main(argv=None):
     given = vars(build_parser().parse_args(argv))
     try:
+        check_options(given)
         trainer, settings, loader_states, out = _start(given)
-    except (UsageError, RuntimeError) as error:
-        print(f"cyclegan_mnist: {error}", file=sys.stderr)
-        return 2
-    try:
         seed = trainer.config.seed
-        train_a, train_b, test_a, test_b = load_domains(settings, seed)
+        train_a, train_b, test_a, test_b = load_domains(settings, seed, given.get("download", True))
         loaders = _loaders(train_a, train_b, settings, seed, loader_states)
         out.mkdir(parents=True, exist_ok=True)
         print(f"data: {len(train_a)} digits as A ({settings.domain_a}), {len(train_b)} other digits as B "
@@ -344,9 +350,8 @@ def main(argv=None):
             _, translations = measure_translations(trainer, test_a, test_b, settings)
             save_figures(out, translations, 0, max(1, 64 // settings.image_size))
         train(trainer, settings, loaders, test_a, test_b, out, given.get("progress", True))
-    except (UsageError, FileNotFoundError) as error:
-        print(f"cyclegan_mnist: {error}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as error:
+        return fail("cyclegan_mnist", error)
     return 0
 
 

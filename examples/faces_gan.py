@@ -35,19 +35,16 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads Open
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: `python examples/faces_gan.py`
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli sits beside this file
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
+from _cli import UsageError, check_device  # noqa: E402
 from gan.trainer import GANTrainer, NonFiniteLossError, TrainConfig, stream_rng  # noqa: E402
-from nnbox import backend  # noqa: E402
 from nnbox.data import ColorJitter, Compose, DataLoader, RandomHorizontalFlip, with_augmented_copies  # noqa: E402
 
 SUBSET_SEED_OFFSET = 1000  # the --max-images subset is drawn with default_rng([seed, 1000])
 AUGMENT_SEED_OFFSET = 1001  # the --augment-copies copies with default_rng([seed, 1001])
-
-
-class UsageError(ValueError):
-    """A command line that cannot work (shown as one line, without a traceback)."""
 
 
 @dataclass
@@ -249,7 +246,7 @@ def main(argv=None):
             trainer, cfg = _resume(given)
         else:
             cfg = config_from_args(given)
-            _check_device(cfg.train.device)
+            check_device(cfg.train.device)
             trainer = None
         images, description = load_faces(cfg)
         print(f"data: {description}", flush=True)
@@ -273,15 +270,6 @@ def main(argv=None):
     return 0
 
 
-def _check_device(device):
-    """--device gpu without a usable CuPy: nnbox.backend's error, before any data is loaded."""
-    if device == "gpu":
-        try:
-            backend.require_cupy()
-        except RuntimeError as error:
-            raise UsageError(str(error)) from error
-
-
 def _resume(given):
     changed = sorted(k for k in given if k not in RESUME_OVERRIDES)
     if changed:
@@ -295,7 +283,7 @@ def _resume(given):
     for key in ("device", "progress", "report"):
         if key in given:
             setattr(cfg.train, key, given[key])
-    _check_device(cfg.train.device)
+    check_device(cfg.train.device)
     trainer = GANTrainer.resume(run_dir, device=cfg.train.device)
     trainer.config.progress, trainer.config.report = cfg.train.progress, cfg.train.report
     if "epochs" in given:   # the new target, so that a later --resume without --epochs continues to it

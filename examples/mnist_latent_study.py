@@ -30,14 +30,14 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads Open
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; compare_runs sits beside this file
+for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; compare_runs and _cli sit beside this file
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from compare_runs import (UsageError, add_run_arguments, check_device, evaluate_variant,  # noqa: E402
-                          grouped_bars, plot_epoch_grids, plot_loss_comparison, plot_throughput_comparison, pyplot,
-                          recipe_config, save_figure, subset, summarize, train_variant)
-from gan.trainer import NonFiniteLossError  # noqa: E402
+from _cli import CLI_ERRORS, MNIST_HINT, at_least, check_device, fail, load_dataset, probability  # noqa: E402
+from compare_runs import (add_run_arguments, evaluate_variant, grouped_bars,  # noqa: E402
+                          plot_epoch_grids, plot_loss_comparison, plot_throughput_comparison, pyplot, recipe_config,
+                          save_figure, subset, summarize, train_variant)
 from gan.tricks import LATENT_KINDS, sample_latent  # noqa: E402
 
 PAD = 2           # 28 + 2 * 2 = 32, the DCGAN's smallest size
@@ -50,6 +50,7 @@ def build_parser():
     p.add_argument("--noise", nargs="+", choices=LATENT_KINDS, default=list(reversed(LATENT_KINDS)),
                    help="latent law(s) to train with, one run each (default: uniform normal)")
     p.add_argument("--data", default=None, help="folder with MNIST's IDX files (default: the cache, else a download)")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never download MNIST")
     p.add_argument("--latent-dim", type=int, default=100, help="size of z (default 100, as in DCGAN)")
     p.add_argument("--width", type=int, default=None, help="DCGAN width w (default: gan.models' 64)")
     p.add_argument("--input-dropout", type=float, default=0.2, help="dropout on D's input images (default 0.2)")
@@ -127,15 +128,22 @@ def plot_class_histograms(fractions, path):
 
 
 # --------------------------------------------------------------------------- main
+def check_options(args):
+    """One-line usage errors for numbers that cannot work, before any data is read."""
+    at_least(1, epochs=args.epochs, batch_size=args.batch_size, max_images=args.max_images,
+             latent_dim=args.latent_dim, width=args.width)
+    at_least(0, eval_images=args.eval_images)
+    probability(input_dropout=args.input_dropout, label_smoothing=args.label_smoothing)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from nnbox.datasets import load_mnist
     kinds = list(dict.fromkeys(args.noise))
     try:
-        if args.epochs < 1:
-            raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+        check_options(args)
         check_device(args.device)
-        images, labels = load_mnist(args.data, split="train")
+        images, labels = load_dataset(load_mnist, args.data, split="train", download=args.download, hint=MNIST_HINT)
         images, labels = subset(pad_digits(images), args.max_images, args.seed, labels)
         print(f"data: {len(images)} MNIST training digits padded to {IMAGE_SIZE}x{IMAGE_SIZE}", flush=True)
         out = Path(args.out)
@@ -159,9 +167,8 @@ def main(argv=None):
                                                     classifier_confidence=confidence)
                 print(f"{kind}: digits drawn {np.round(fractions[kind], 3).tolist()}, "
                       f"mean classifier confidence {confidence:.3f}", flush=True)
-    except (UsageError, NonFiniteLossError, FileExistsError, FileNotFoundError) as error:
-        print(f"mnist_latent_study: {error}", file=sys.stderr)
-        return 2
+    except CLI_ERRORS as error:
+        return fail("mnist_latent_study", error)
     compare = out / "compare"
     plot_noise_histograms(args.latent_dim, compare / "noise.png", seed=args.seed)
     if len(kinds) > 1:

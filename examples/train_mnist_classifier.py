@@ -9,16 +9,24 @@ weights with nnbox.serialization.save_state (an .npz: no pickle).
 """
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: docs/performance.md
 import numpy as np  # noqa: E402
 
-from gan.classifier import MNISTClassifier
-from nnbox.datasets import load_mnist
-from nnbox.losses import CrossEntropyLoss
-from nnbox.optim import Adam
-from nnbox.serialization import save_state
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli sits beside this file
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from _cli import CLI_ERRORS, MNIST_HINT, UsageError, at_least, fail, load_dataset, positive  # noqa: E402
+from gan.classifier import MNISTClassifier  # noqa: E402
+from nnbox.datasets import load_mnist  # noqa: E402
+from nnbox.losses import CrossEntropyLoss  # noqa: E402
+from nnbox.optim import Adam  # noqa: E402
+from nnbox.serialization import save_state  # noqa: E402
 
 
 def accuracy(model, images, labels, batch_size=1000):
@@ -31,21 +39,21 @@ def accuracy(model, images, labels, batch_size=1000):
     return correct / len(images)
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="folder with the four MNIST IDX files (default: cache/download)")
+    parser.add_argument("--no-download", dest="download", action="store_false", help="never download MNIST")
     parser.add_argument("--out", default="mnist_classifier.npz", help="where the weights go")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-images", type=int, default=None, help="train on a subset (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
 
-    train_x, train_y = load_mnist(args.data, split="train")
-    test_x, test_y = load_mnist(args.data, split="test")
-    if args.max_images:
-        train_x, train_y = train_x[:args.max_images], train_y[:args.max_images]
+
+def train(args, train_x, train_y, test_x, test_y):
+    """Adam on the cross-entropy, printing the test accuracy after each epoch; saves the weights to args.out."""
     rng = np.random.default_rng(args.seed)
     model = MNISTClassifier(rng=rng)
     loss_fn = CrossEntropyLoss()
@@ -61,8 +69,26 @@ def main(argv=None):
         print(f"epoch {epoch}: loss {np.mean(losses):.4f}, test accuracy {accuracy(model, test_x, test_y):.4f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
     save_state(args.out, model.state_dict())
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        at_least(1, epochs=args.epochs, batch_size=args.batch_size, max_images=args.max_images)
+        positive(lr=args.lr)
+        train_x, train_y = load_dataset(load_mnist, args.data, split="train", download=args.download, hint=MNIST_HINT)
+        test_x, test_y = load_dataset(load_mnist, args.data, split="test", download=args.download, hint=MNIST_HINT)
+        if args.max_images:
+            train_x, train_y = train_x[:args.max_images], train_y[:args.max_images]
+        if len(train_x) < args.batch_size:
+            raise UsageError(f"{len(train_x)} training images is less than one batch of {args.batch_size}; "
+                             f"lower --batch-size or raise --max-images")
+        train(args, train_x, train_y, test_x, test_y)
+    except CLI_ERRORS as error:
+        return fail("train_mnist_classifier", error)
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -37,14 +37,16 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads Open
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: `python examples/vae_colored_mnist.py`
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli sits beside this file
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from _cli import CLI_ERRORS, MNIST_HINT, UsageError, at_least, check_device, fail, load_dataset, positive  # noqa: E402
 from gan.history import atomic_write_text  # noqa: E402
 from gan.vae import LATENTS, VAE, one_hot  # noqa: E402
 from gan.visualize import moving_average, save_image_grid  # noqa: E402
@@ -94,9 +96,9 @@ def build_parser():
 # --------------------------------------------------------------------------- data
 def load_data(args, rng):
     """(train images, test images, test labels, test tints (N, 3) in [0, 1]) as float32 NCHW in [-1, 1]."""
-    options = dict(mode=args.colors, download=args.download)
-    train, _, _ = load_colored_mnist(args.data, "train", rng=rng, **options)
-    test, test_labels, colors = load_colored_mnist(args.data, "test", rng=rng, **options)
+    options = dict(mode=args.colors, rng=rng, download=args.download, hint=MNIST_HINT)
+    train, _, _ = load_dataset(load_colored_mnist, args.data, "train", **options)
+    test, test_labels, colors = load_dataset(load_colored_mnist, args.data, "test", **options)
     if args.max_images:
         train = train[rng.permutation(len(train))[:args.max_images]]
     keep = slice(0, args.test_images)
@@ -114,7 +116,7 @@ def train(vae, optimizer, images, args, rng):
     history = {name: [] for name in ("step", "epoch", "temperature") + LOSS_PARTS}
     steps_per_epoch = len(images) // args.batch_size
     if steps_per_epoch == 0:
-        raise SystemExit(f"error: {len(images)} training images is less than one batch of {args.batch_size}; "
+        raise UsageError(f"{len(images)} training images is less than one batch of {args.batch_size}; "
                          f"lower --batch-size or raise --max-images")
     step = 0
     upload = PinnedUploader() if args.device == "gpu" else None   # GPU: copies queued, not waited for
@@ -295,14 +297,35 @@ def write_figures(vae, history, test, labels, tints, means, code_probs, out, rng
 
 
 # --------------------------------------------------------------------------- main
+def check_options(args):
+    """One-line usage errors for numbers that cannot work, before any data is read."""
+    at_least(1, epochs=args.epochs, batch_size=args.batch_size, max_images=args.max_images, latent_dim=args.latent_dim,
+             categorical_dims=args.categorical_dims, width=args.width, log_every=args.log_every)
+    at_least(2, categories=args.categories)
+    at_least(16, test_images=args.test_images)   # reconstructions.png shows 16 test digits
+    positive(lr=args.lr, temperature=args.temperature, min_temperature=args.min_temperature)
+    at_least(0, anneal_rate=args.anneal_rate, kl_weight=args.kl_weight,
+             categorical_kl_weight=args.categorical_kl_weight)
+
+
 def main(argv=None):
+    """The command line: trains and writes the run folder (see run); 0, or 2 after a one-line error."""
     args = build_parser().parse_args(argv)
-    if args.device == "gpu":
-        backend.require_cupy()
+    try:
+        check_options(args)
+        check_device(args.device)
+        run(args)
+    except CLI_ERRORS as error:
+        return fail("vae_colored_mnist", error)
+    return 0
+
+
+def run(args):
+    """Train, evaluate, write the figures, the checkpoint and metrics.json into args.out; returns the metrics."""
     rng = np.random.default_rng(args.seed)
+    train_images, test, labels, tints = load_data(args, rng)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_images, test, labels, tints = load_data(args, rng)
     print(f"coloured MNIST ({args.colors} colours): {len(train_images)} training and {len(test)} test images",
           flush=True)
     vae = VAE(args.latent, latent_dim=args.latent_dim, categories=args.categories,
@@ -332,4 +355,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -86,7 +86,8 @@ def test_evaluation_of_a_run_writes_finite_measures_and_figures(cifar_gan, compa
 def test_a_missing_split_is_a_clear_error(cifar_gan, tmp_path, capsys):
     data = write_cifar_test_batch(tmp_path / "data", 4)
     assert cifar_gan.main(TINY + ["--data", str(data), "--split", "train", "--out", str(tmp_path / "r")]) == 2
-    assert "lacks data_batch_1.bin" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "lacks data_batch_1.bin" in err and "give --split test (or auto)" in err and len(err.splitlines()) == 1
     assert cifar_gan.main(TINY + ["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
     assert "no CIFAR-10 batches" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -1,0 +1,92 @@
+"""What the example programs share on the command line: a mistake is one line on stderr, exit status 2.
+
+    from _cli import CLI_ERRORS, MNIST_HINT, at_least, fail, load_dataset, positive
+
+    def main(argv=None):
+        args = build_parser().parse_args(argv)
+        try:
+            at_least(1, batch_size=args.batch_size, epochs=args.epochs)
+            positive(lr=args.lr)
+            images, labels = load_dataset(load_mnist, args.data, download=args.download, hint=MNIST_HINT)
+            ...
+        except CLI_ERRORS as error:
+            return fail("my_program", error)
+        return 0
+"""
+import pickle
+import sys
+
+from gan.trainer import NonFiniteLossError
+from nnbox import backend
+
+# What a command line expects to go wrong, shown without a traceback: a bad option or bad data (ValueError:
+# UsageError, nnbox.serialization.SerializationError, nnbox.datasets.ChecksumError), a missing file or no
+# network (OSError: urllib's URLError), a refused pickle (nnbox.datasets.UnsafePickleError), a training run
+# that diverged (NonFiniteLossError; FloatingPointError from gan.cyclegan). Programming errors (TypeError,
+# AttributeError, ...) keep their traceback.
+CLI_ERRORS = (ValueError, OSError, pickle.UnpicklingError, NonFiniteLossError, FloatingPointError)
+
+MNIST_HINT = "pass --data <the folder with MNIST's four IDX files>, e.g. --data ../shared/data/mnist"
+CIFAR10_HINT = "pass --data <the folder holding cifar-10-batches-bin>, e.g. --data ../shared/data/cifar-10-batches-bin"
+LFW_HINT = "pass --data <LFW's folder>, e.g. --data ../shared/data/lfw-deepfunneled"
+
+
+class UsageError(ValueError):
+    """A command line that cannot work (shown as one line, without a traceback)."""
+
+
+def fail(program, error):
+    """Print `program: error` on stderr as one line; returns the exit status, 2."""
+    print(f"{program}: {' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr)
+    return 2
+
+
+def at_least(minimum, **options):
+    """A UsageError unless every option given (name=value; None: not given) is >= minimum."""
+    for name, value in options.items():
+        if value is not None and not value >= minimum:   # `not >=` also refuses NaN
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
+def positive(**options):
+    """A UsageError unless every option given (name=value; None: not given) is > 0."""
+    for name, value in options.items():
+        if value is not None and not value > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
+def probability(**options):
+    """A UsageError unless every option given (name=value; None: not given) is in [0, 1)."""
+    for name, value in options.items():
+        if value is not None and not 0 <= value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+
+
+def check_device(device):
+    """--device gpu without a usable CuPy: nnbox.backend's message as a UsageError, before any work."""
+    if device == "gpu":
+        try:
+            backend.require_cupy()
+        except RuntimeError as error:
+            raise UsageError(str(error)) from error
+
+
+def load_dataset(load, *args, download, hint, **kwargs):
+    """`load(*args, download=download, **kwargs)`, where data that is missing (with --no-download) or that
+    cannot be downloaded is a UsageError saying where the loader looked and `hint`, how to fix it."""
+    try:
+        return load(*args, download=download, **kwargs)
+    except FileNotFoundError as missing:
+        fix = hint if download else f"{hint}, or leave out --no-download"
+        raise UsageError(f"{_looked(missing)}; {fix}") from missing
+    except OSError as error:          # the download failed: no network (URLError), refused, timed out
+        try:
+            load(*args, download=False, **kwargs)   # a FileNotFoundError: it says where the loader looked
+        except FileNotFoundError as missing:
+            raise UsageError(f"{_looked(missing)}, and downloading it failed ({error}); {hint}") from error
+        raise
+
+
+def _looked(missing):
+    """The loader's message without its advice to Python callers ("pass data_dir=..., or download=True")."""
+    return str(missing).split("; pass data_dir=")[0]

@@ -1,0 +1,143 @@
+"""The example programs' command lines: an ordinary mistake (missing data, no network, a number that cannot
+work) is one line `<program>: ...` on stderr and exit status 2, not a traceback; programming errors still raise.
+No training runs here: every case stops before the first step."""
+import gzip
+import importlib.util
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gan.trainer import NonFiniteLossError
+from nnbox.serialization import SerializationError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+HINTS = {"cifar_gan": "--data ../shared/data/cifar-10-batches-bin", "cyclegan_mnist": "--data ../shared/data/mnist",
+         "mnist_latent_study": "--data ../shared/data/mnist", "train_mnist_classifier": "--data ../shared/data/mnist",
+         "vae_colored_mnist": "--data ../shared/data/mnist", "aegan": "--data ../shared/data/lfw-deepfunneled"}
+PROGRAMS = sorted(HINTS)
+EXTRA = {"aegan": ["--dataset", "lfw"]}   # aegan reads any other folder as a plain image folder
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_cli_example", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def programs():
+    return {name: _load(name) for name in PROGRAMS}
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+    """An empty data cache, and no network: a download fails at once with URLError."""
+    monkeypatch.setenv("NNBOX_CACHE", str(tmp_path / "cache"))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network in the tests")
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+
+def one_line_error(program, module, argv, capsys):
+    """Run main(argv); check exit status 2 and a single `<program>: ...` line on stderr; return that line."""
+    assert module.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: "), lines
+    return lines[0]
+
+
+def data_args(program, folder, out):
+    return EXTRA.get(program, []) + ["--data", str(folder), "--out", str(out)]
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_missing_data_with_no_download_says_where_it_looked(programs, program, tmp_path, capsys):
+    empty, out = tmp_path / "empty", tmp_path / "run"
+    empty.mkdir()
+    line = one_line_error(program, programs[program], data_args(program, empty, out) + ["--no-download"], capsys)
+    assert str(empty) in line and HINTS[program] in line and "leave out --no-download" in line
+    assert not out.exists()
+
+
+@pytest.mark.filterwarnings("ignore:load_lfw")   # "no LFW images in ...; using the cache or downloading instead"
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_a_failed_download_says_where_it_looked(programs, program, tmp_path, capsys):
+    empty, out = tmp_path / "empty", tmp_path / "run"
+    empty.mkdir()
+    line = one_line_error(program, programs[program], data_args(program, empty, out), capsys)
+    assert str(empty) in line and "downloading it failed" in line and "no network in the tests" in line
+    assert HINTS[program] in line and not out.exists()
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_batch_size_zero(programs, program, tmp_path, capsys):
+    line = one_line_error(program, programs[program], ["--batch-size", "0", "--out", str(tmp_path / "run")], capsys)
+    assert line == f"{program}: --batch-size must be >= 1, got 0"
+
+
+@pytest.mark.parametrize("program, argv, message", [
+    ("cifar_gan", ["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    ("cifar_gan", ["--eval-images", "-1"], "--eval-images must be >= 0, got -1"),
+    ("cifar_gan", ["--label-smoothing", "1"], "--label-smoothing must be in [0, 1), got 1.0"),
+    ("mnist_latent_study", ["--max-images", "0"], "--max-images must be >= 1, got 0"),
+    ("mnist_latent_study", ["--input-dropout", "1.5"], "--input-dropout must be in [0, 1), got 1.5"),
+    ("cyclegan_mnist", ["--lr", "0"], "--lr must be > 0, got 0.0"),
+    ("cyclegan_mnist", ["--test-images", "0"], "--test-images must be >= 1, got 0"),
+    ("cyclegan_mnist", ["--lambda-cycle", "-1"], "--lambda-cycle must be >= 0, got -1.0"),
+    ("train_mnist_classifier", ["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    ("train_mnist_classifier", ["--lr", "nan"], "--lr must be > 0, got nan"),
+    ("vae_colored_mnist", ["--log-every", "0"], "--log-every must be >= 1, got 0"),
+    ("vae_colored_mnist", ["--temperature", "0"], "--temperature must be > 0, got 0.0"),
+    ("vae_colored_mnist", ["--categories", "1"], "--categories must be >= 2, got 1"),
+    ("vae_colored_mnist", ["--test-images", "8"], "--test-images must be >= 16, got 8"),
+    ("aegan", ["--lr-d", "-0.1"], "--lr-d must be > 0, got -0.1"),
+    ("aegan", ["--beta1", "1"], "--beta1 must be in [0, 1), got 1.0"),
+    ("aegan", ["--epochs", "0"], "--epochs must be >= 1, got 0"),
+])
+def test_numbers_that_cannot_work(programs, program, argv, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert one_line_error(program, programs[program], argv + ["--out", str(out)], capsys) == f"{program}: {message}"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("error", [SerializationError("a\nbroken file"), NonFiniteLossError("D's loss is nan"),
+                                   FloatingPointError("non-finite weights"), PermissionError("read-only")])
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_expected_errors_are_one_line(programs, program, error, tmp_path, monkeypatch, capsys):
+    def fails(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(programs[program], "load_dataset", fails)
+    line = one_line_error(program, programs[program], data_args(program, tmp_path, tmp_path / "run"), capsys)
+    assert line == f"{program}: {' '.join(str(error).split())}"
+
+
+@pytest.mark.parametrize("error", [TypeError, AttributeError, KeyError])
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_programming_errors_keep_their_traceback(programs, program, error, tmp_path, monkeypatch):
+    def fails(*args, **kwargs):
+        raise error("a bug")
+    monkeypatch.setattr(programs[program], "load_dataset", fails)
+    with pytest.raises(error):
+        programs[program].main(data_args(program, tmp_path, tmp_path / "run"))
+
+
+def _write_mnist(folder, n_train, n_test):
+    folder.mkdir()
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        for kind, magic, array in (("images-idx3-ubyte", 2051, np.zeros((n, 28, 28), np.uint8)),
+                                   ("labels-idx1-ubyte", 2049, np.arange(n, dtype=np.uint8) % 10)):
+            header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+            (folder / f"{prefix}-{kind}.gz").write_bytes(gzip.compress(header + array.tobytes()))
+    return folder
+
+
+def test_classifier_with_fewer_images_than_a_batch(programs, tmp_path, capsys):
+    data = _write_mnist(tmp_path / "mnist", 8, 4)
+    argv = ["--data", str(data), "--no-download", "--batch-size", "16", "--out", str(tmp_path / "w.npz")]
+    line = one_line_error("train_mnist_classifier", programs["train_mnist_classifier"], argv, capsys)
+    assert "8 training images is less than one batch of 16" in line and not (tmp_path / "w.npz").exists()
