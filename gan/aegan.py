@@ -49,7 +49,8 @@ from .history import History, atomic_write_text
 from .losses import get_gan_loss
 from .models import ARCHITECTURES, MLPDiscriminator, _Network, build_gan
 from .trainer import (CHECKPOINT_NAME, NonFiniteLossError, _module_generators, _restore_saved_state,
-                      _saved_state, non_finite_weights, read_checkpoint_meta, stream_rng)
+                      _saved_state, non_finite_weights, read_checkpoint_meta, reset_device_generators,
+                      stream_rng)
 from .tricks import sample_latent
 
 LOSSES = ("non_saturating", "minimax", "least_squares", "hinge")  # wasserstein needs clipping: not offered
@@ -509,6 +510,7 @@ class AEGANTrainer:
             self.save_checkpoint(loader)
         uploads = (PinnedUploader(), PinnedUploader()) if self.xp is not np else None
         while self.epoch < epochs:
+            reset_device_generators(*self.networks)   # GPU: re-derived from the checkpointed NumPy ones
             started, images = time.perf_counter(), 0
             total = len(loader) if self.config.steps_per_epoch is None else min(len(loader), self.config.steps_per_epoch)
             batches = iter(loader)
@@ -647,6 +649,7 @@ class AEGANTrainer:
                              f"networks' {sorted(own)}")
         for name, rng in own.items():
             rng.bit_generator.state = meta["rng"][name]
+        reset_device_generators(*self.networks)
         self.epoch, self.global_step = int(meta["epoch"]), int(meta["global_step"])
         self.fixed_z = np.asarray(meta["fixed_z"], dtype=np.float32)
         self.reference = None if meta["reference"] is None else np.asarray(meta["reference"], dtype=np.float32)

@@ -448,6 +448,7 @@ class GANTrainer:
         self._device_latent_rng = None
         self.instance_noise.reset_device_rngs()
         self.label_policy.reset_device_rngs()
+        reset_device_generators(self.G, self.D)
 
     def _targets(self, n, xp):
         """D's targets from the label policy; None (the loss's own 1/0) when they are the defaults.
@@ -643,6 +644,7 @@ class GANTrainer:
             rng.bit_generator.state = states[name]
         self.instance_noise.reset_device_rngs()   # CuPy generators are re-derived from the restored ones
         self.label_policy.reset_device_rngs()
+        reset_device_generators(self.G, self.D)
 
     def save_checkpoint(self, loader=None):
         """Write RUN_DIR/checkpoint.npz atomically (everything needed to continue exactly)."""
@@ -712,6 +714,16 @@ def _saved_state(module):
 def _restore_saved_state(snapshot):
     for module, saved in snapshot:
         object.__setattr__(module, "_saved", saved)
+
+
+def reset_device_generators(*networks):
+    """Make every layer of `networks` that draws on the GPU (dropout masks, noise) derive its CuPy
+    generator afresh from its NumPy one at its next use. Trainers call it at each epoch start and
+    after restoring the NumPy generators, so a resumed GPU run draws what an uninterrupted one does."""
+    for network in networks:
+        for layer in network.modules():
+            if hasattr(layer, "reset_device_rng"):
+                layer.reset_device_rng()
 
 
 @contextlib.contextmanager

@@ -261,6 +261,18 @@ def test_a_step_on_the_gpu(tmp_path, faces):
 
 
 @pytest.mark.gpu
+def test_a_resumed_gpu_run_matches_an_uninterrupted_one(tmp_path, faces):
+    # the faces D has dropout: its CuPy generator must be re-derived from the checkpointed NumPy one
+    config = tiny_config(steps_per_epoch=3, device="gpu")
+    straight = GANTrainer.from_config(config, tmp_path / "straight")
+    straight.fit(make_loader(faces), epochs=2)
+    GANTrainer.from_config(config, tmp_path / "split").fit(make_loader(faces), epochs=1)
+    resumed = GANTrainer.resume(tmp_path / "split")
+    resumed.fit(make_loader(faces), epochs=2)
+    assert without_timing(straight.history) == without_timing(resumed.history)
+
+
+@pytest.mark.gpu
 def test_a_gpu_step_copies_nothing_but_its_logged_scalars(tmp_path, faces, device_copies):
     """Issue 6: inside a step no array crosses between host and device except the logged scalars,
     fetched in one copy. Every trick that draws random numbers is on, so their draws are checked too."""
