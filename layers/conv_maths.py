@@ -254,23 +254,24 @@ def col2im_gather(cols, image_shape, kernel, stride, padding, dilation, out_size
 
     Each pixel has at most T = T_h T_w such entries (T_h = ceil(kh d_h / s_h) at most: 4 for
     kernel 4, stride 2). Their positions in a channel's block of cols are fixed by the shapes, so
-    they are computed once (`_gather_plan`, cached) as an index (N, H, W, T) and a 0/1 mask (H, W, T)
-    for pixels with fewer; then col2im is one take, one masked sum over T and one transpose: a
-    handful of kernel launches on the GPU whatever the kernel size. The result equals `col2im`'s up
-    to the order of the additions (tested on NumPy).
+    they are computed once (`_gather_plan`, cached) as an index (N, H, W, T) and a mask (H, W, T)
+    of the taps that exist, for pixels with fewer; then col2im is one take, one masked sum over T
+    and one transpose: a handful of kernel launches on the GPU whatever the kernel size. The result
+    equals `col2im`'s up to the order of the additions (tested on NumPy). The missing taps read
+    entry 0 and are dropped by `where`, not multiplied by 0, which would turn an inf there into NaN.
     """
     xp = get_array_module(cols)
     n, c, h, w = image_shape
     index, mask = _gather_plan(xp, image_shape, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation),
-                               tuple(out_size), bool(batch_last), np.dtype(cols.dtype).str)
+                               tuple(out_size), bool(batch_last))
     gathered = xp.take(cols.reshape(c, -1), index, axis=1)            # (C, N, H, W, T)
-    summed = (gathered * mask).sum(axis=-1)                            # (C, N, H, W)
+    summed = xp.where(mask, gathered, 0).sum(axis=-1)                  # (C, N, H, W)
     return xp.ascontiguousarray(summed.transpose(1, 0, 2, 3))
 
 
 @functools.lru_cache(maxsize=64)
-def _gather_plan(xp, image_shape, kernel, stride, padding, dilation, out_size, batch_last, dtype):
-    """(index (N, H, W, T) into a channel's block of cols, mask (H, W, T)) for `col2im_gather`, on xp."""
+def _gather_plan(xp, image_shape, kernel, stride, padding, dilation, out_size, batch_last):
+    """(index (N, H, W, T) into a channel's block of cols, boolean mask (H, W, T)) for `col2im_gather`, on xp."""
     n, _, h, w = image_shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out_size
 
@@ -298,7 +299,7 @@ def _gather_plan(xp, image_shape, kernel, stride, padding, dilation, out_size, b
     valid = row_valid[:, None, :, None] & col_valid[None, :, None, :]
     base = np.where(valid, base, 0).reshape(h, w, -1)                 # masked taps read entry 0
     index = base[None] + per_sample * np.arange(n).reshape(n, 1, 1, 1)
-    return xp.asarray(index), xp.asarray(valid.reshape(h, w, -1).astype(dtype))
+    return xp.asarray(index), xp.asarray(valid.reshape(h, w, -1))
 
 
 def _phase_crop(phase, stride, padding, size):

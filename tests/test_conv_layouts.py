@@ -138,3 +138,17 @@ def test_col2im_gather_equals_col2im(geometry, size, batch_last, rng):
     got = conv_maths.col2im_gather(cols, x_shape, *geometry, out_size, batch_last=batch_last)
     assert got.shape == x_shape and got.flags.c_contiguous
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch_last", [False, True])
+def test_col2im_gather_does_not_spread_an_inf_it_should_not_read(batch_last):
+    """Pixels with fewer taps read a stand-in entry (the block's first) that must be dropped, not
+    multiplied by 0: an inf there (a tap that lands in the padding, so col2im crops it away) would
+    otherwise spread NaN over the border pixels of its channel and sample."""
+    geometry, x_shape, out_size = ((4, 4), (2, 2), (1, 1), (1, 1)), (2, 3, 8, 8), (4, 4)
+    cols = np.ones((3 * 16, 2 * 4 * 4))
+    cols[0, 0] = np.inf
+    want = conv_maths.col2im(cols, x_shape, *geometry, out_size, batch_last=batch_last)
+    got = conv_maths.col2im_gather(cols, x_shape, *geometry, out_size, batch_last=batch_last)
+    assert np.isfinite(want).all() and not np.isnan(got).any()
+    np.testing.assert_array_equal(got, want)
