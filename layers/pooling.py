@@ -157,6 +157,8 @@ class MaxPool2d(_Pool2d):
         if overlapping:
             # several windows can pick the same pixel: sum their gradients
             flat = (saved.indices + _plane_offsets(xp, n, c, h * w)).reshape(-1)
+            if xp is not np:
+                return gpu_kernels.scatter_sum(flat, dy.reshape(-1), n * c * h * w).reshape(saved.x_shape)
             dx = xp.bincount(flat, weights=dy.reshape(-1), minlength=n * c * h * w).astype(dy.dtype, copy=False)
             return dx.reshape(saved.x_shape)
         # disjoint windows have distinct argmaxes: a plain scatter, no accumulation needed; split

@@ -27,6 +27,17 @@ def _sum_of(in_params, out_params, map_expr, name):
     return backend.require_cupy().ReductionKernel(in_params, out_params, map_expr, "a + b", "y = a", "0", name)
 
 
+def scatter_sum(index, values, size):
+    """out (size,) with out[k] = the sum of values[i] over the i with index[i] = k (index, values 1-D
+    CuPy arrays): cupyx.scatter_add, atomic adds in one launch. CuPy's bincount(weights=) would do
+    the same but first checks the indices' range on the host: two waits for the GPU."""
+    backend.require_cupy()
+    import cupyx
+    out = backend.require_cupy().zeros(size, dtype=values.dtype)
+    cupyx.scatter_add(out, index, values)
+    return out
+
+
 def channel_dot(a, b):
     """sum over n and l of a[n, c, l] b[n, c, l] -> (C,), in one reduction kernel (a and b (N, C, L))."""
     return _sum_of("T a, T b", "T y", "a * b", "nnbox_channel_dot")(a, b, axis=(0, 2))
@@ -42,8 +53,11 @@ def channel_mean_var(x):
     mean = _sum_of("T x, float64 count", "float64 y", "x / count", "nnbox_channel_mean")(x, count, axis=axes)
     square_mean = _sum_of("T x, float64 count", "float64 y", "(double)x * x / count",
                           "nnbox_channel_square_mean")(x, count, axis=axes)
+    # not CUDA's max(), which is fmax: it would turn a NaN variance (a NaN or inf in x) into 0, where
+    # the CPU's np.maximum keeps it NaN
     return mean, _elementwise("float64 square_mean, float64 mean", "float64 var",
-                              "var = max(square_mean - mean * mean, 0.0)", "nnbox_variance")(square_mean, mean)
+                              "const double d = square_mean - mean * mean; var = d < 0.0 ? 0.0 : d",
+                              "nnbox_variance")(square_mean, mean)
 
 
 def relu(x):
