@@ -28,14 +28,18 @@ second_order.register_container(_Network, lambda network: [network.main])
 def interpolate(real, fake, rng):
     """(x_hat, eps): x_hat = eps real + (1 - eps) fake with eps (N, 1, ..., 1) ~ U[0, 1), one per sample.
 
-    eps is drawn on the host from the NumPy generator `rng` (N numbers) and moved to real's device.
+    eps is drawn by `rng`: a NumPy generator (or a seed) draws the N numbers on the host, and they
+    are moved to real's device; a CuPy generator (what GANTrainer passes on the GPU, derived from
+    its NumPy one) draws them on the device, so a training step copies nothing to it.
     """
     if tuple(real.shape) != tuple(fake.shape):
         raise ValueError(f"gradient_penalty: real and fake batches must have the same shape, got "
                          f"{tuple(real.shape)} and {tuple(fake.shape)}")
-    n = real.shape[0]
-    eps = as_rng(rng).random((n,) + (1,) * (real.ndim - 1)).astype(real.dtype)
-    eps = to_device(eps, device_of(real))
+    shape = (real.shape[0],) + (1,) * (real.ndim - 1)
+    if type(rng).__module__.split(".")[0] == "cupy":
+        eps = rng.random(shape, dtype=real.dtype)
+    else:
+        eps = to_device(as_rng(rng).random(shape).astype(real.dtype), device_of(real))
     return eps * real + (1 - eps) * fake, eps
 
 

@@ -267,6 +267,7 @@ class GANTrainer:
         self._uploader = PinnedUploader() if config.device == "gpu" else None
         self.latent_rng = stream_rng(config.seed, "latent")
         self._device_latent_rng = None  # GPU only: a CuPy generator derived from latent_rng (see _latent)
+        self._device_penalty_rng = None  # GPU and WGAN-GP only: one derived from penalty_rng
         self.fixed_z = sample_latent(config.n_samples, self.latent_dim, config.latent_kind,
                                      stream_rng(config.seed, "fixed_noise"))  # NumPy; moved when used
         self.threshold = 0.5 if config.loss == "least_squares" else 0.0  # D calls x real when output > it
@@ -374,7 +375,7 @@ class GANTrainer:
             penalty = None
             if self.penalty_rng is not None:   # WGAN-GP: on the images D just saw
                 _, penalty = gradient_penalty(self.D, d_real_input, d_fake_input, self.config.gp_weight,
-                                              self.penalty_rng)
+                                              self._penalty_generator())
             self.opt_d.step()
             if self.loss.wants_weight_clipping and self.penalty_rng is None:
                 self._clip_discriminator()
@@ -442,10 +443,19 @@ class GANTrainer:
             return rng.uniform(-1.0, 1.0, shape).astype(self.xp.float32)
         raise ValueError(f"unknown latent_kind {self.config.latent_kind!r}: use 'normal' or 'uniform'")
 
+    def _penalty_generator(self):
+        """WGAN-GP's eps: the NumPy "penalty" generator on the CPU; on the GPU a CuPy generator derived
+        from it at the first step of each epoch (like `_latent`'s), so nothing is uploaded per step."""
+        if self.xp is np:
+            return self.penalty_rng
+        if self._device_penalty_rng is None:
+            self._device_penalty_rng = backend.random_generator(self.penalty_rng, self.xp)
+        return self._device_penalty_rng
+
     def _begin_epoch(self):
         """Forget device generators derived from NumPy ones: each epoch re-derives them from the NumPy
         generators' states, which the checkpoint holds, so resuming on the GPU draws the same numbers."""
-        self._device_latent_rng = None
+        self._device_latent_rng = self._device_penalty_rng = None
         self.instance_noise.reset_device_rngs()
         self.label_policy.reset_device_rngs()
         reset_device_generators(self.G, self.D)
@@ -642,7 +652,8 @@ class GANTrainer:
                              f"unexpected {unexpected}")
         for name, rng in own.items():
             rng.bit_generator.state = states[name]
-        self.instance_noise.reset_device_rngs()   # CuPy generators are re-derived from the restored ones
+        self._device_latent_rng = self._device_penalty_rng = None   # CuPy generators are re-derived from
+        self.instance_noise.reset_device_rngs()                      # the restored ones
         self.label_policy.reset_device_rngs()
         reset_device_generators(self.G, self.D)
 

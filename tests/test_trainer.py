@@ -273,17 +273,20 @@ def test_a_resumed_gpu_run_matches_an_uninterrupted_one(tmp_path, faces):
 
 
 @pytest.mark.gpu
-def test_a_gpu_step_copies_nothing_but_its_logged_scalars(tmp_path, faces, device_copies):
+@pytest.mark.parametrize("loss, scalars", [("non_saturating", 7), ("wgan_gp", 9)])
+def test_a_gpu_step_copies_nothing_but_its_logged_scalars(tmp_path, faces, device_copies, loss, scalars):
     """Issue 6: inside a step no array crosses between host and device except the logged scalars,
-    fetched in one copy. Every trick that draws random numbers is on, so their draws are checked too."""
+    fetched in one copy. Every trick that draws random numbers is on, so their draws are checked too
+    (WGAN-GP: the penalty's eps, and its two logged figures)."""
     import cupy
 
     from nnbox import backend
-    config = tiny_config(device="gpu", flip_labels=0.25, soft_labels=True, label_smoothing=0.0, instance_noise=0.1)
+    config = tiny_config(device="gpu", flip_labels=0.25, soft_labels=True, label_smoothing=0.0, instance_noise=0.1,
+                         loss=loss, balance="alternate")
     trainer = GANTrainer.from_config(config, tmp_path / "run")
     real = cupy.asarray(next(iter(make_loader(faces))))
     trainer.step(real)                   # the first step builds what later steps reuse
     with device_copies(backend) as (uploads, fetches):
         record = trainer.step(real)
-    assert uploads == [] and fetches == [(7,)]
+    assert uploads == [] and fetches == [(scalars,)]
     assert np.isfinite(record["d_loss"]) and np.isfinite(record["g_loss"])
