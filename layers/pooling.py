@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from nnbox import gpu_kernels, parallel
+from nnbox import backend, gpu_kernels, parallel
 from nnbox.backend import get_array_module
 from nnbox.module import Module
 
@@ -221,9 +221,11 @@ class MaxUnpool2d(_Pool2d):
                                  f"for an input of shape {tuple(y.shape)}")
         if h < 1 or w < 1:
             raise ValueError(f"{name}: the input of shape {tuple(y.shape)} gives an empty output {h}x{w}")
-        if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= h * w):
-            raise ValueError(f"{name}: indices must lie in [0, {h * w}) for an output plane of {h}x{w}, got "
-                             f"values in [{int(indices.min())}, {int(indices.max())}]")
+        if indices.size:   # both bounds in one fetch: on the GPU each would be a wait for the device
+            low, high = (int(v) for v in backend.fetch_scalars([indices.min(), indices.max()]))
+            if low < 0 or high >= h * w:
+                raise ValueError(f"{name}: indices must lie in [0, {h * w}) for an output plane of {h}x{w}, got "
+                                 f"values in [{low}, {high}]")
         flat = (xp.asarray(indices).astype(np.int64, copy=False) + _plane_offsets(xp, n, c, h * w)).reshape(-1)
         x = xp.zeros(n * c * h * w, dtype=y.dtype)
         x[flat] = y.reshape(-1)
