@@ -8,8 +8,8 @@ recipe, so the architecture is the only difference.
     python examples/cifar_gan.py --data ../shared/data/cifar-10-batches-bin --arch dcgan --epochs 5 --out runs/cifar
     python examples/cifar_gan.py --data ../shared/data/cifar-10-batches-bin --arch mlp dcgan --epochs 4 \\
         --max-images 10000 --out runs/cifar_compare          # both, then the comparison figures
-    python examples/cifar_gan.py --data /tmp/tiny_cifar --arch mlp --epochs 1 --max-images 64 --eval-images 0 \\
-        --out /tmp/smoke                                     # a quick end-to-end check
+    python examples/cifar_gan.py --data ../shared/data/cifar-10-batches-bin --arch mlp --epochs 1 \\
+        --max-images 64 --eval-images 0 --out /tmp/smoke     # a quick end-to-end check (seconds)
 
 Data: `--data` is a folder holding `cifar-10-batches-bin` (or the batches themselves), read by
 nnbox.datasets.load_cifar10. `--split auto` (the default) trains on the 50,000 training images and,
@@ -20,7 +20,8 @@ Each architecture trains into OUT/<arch>/ (gan.trainer's run folder: samples/epo
 checkpoint.npz, history, plots, report.html) and is then evaluated by gan.evaluate against the
 images it trained on (OUT/<arch>/metrics.json, evaluation/: nearest neighbours, linear and slerp
 interpolations; SWD and FID on pixel features). With two architectures, OUT/compare/ holds the
-figures side by side (losses.png, samples_per_epoch.png, throughput.png) and summary.json.
+figures side by side (losses.png, samples_per_epoch.png, throughput.png); OUT/summary.json sums up
+every architecture's run and measures.
 """
 import argparse
 import os

@@ -16,7 +16,7 @@ works it says so in one line and uses procedurally drawn cartoon faces instead.
     python examples/faces_gan.py --balance alternate --soft-labels --label-smoothing 0 --instance-noise 0.1 \\
         --instance-noise-decay 2000 --d-input-dropout 0.1 --noise uniform --out runs/tricks
     python examples/faces_gan.py --resume runs/lfw32 --epochs 30       # continue that run to 30 epochs
-    python examples/faces_gan.py --resume runs/lfw32 --lr 1e-4         # ... with lower learning rates
+    python examples/faces_gan.py --resume runs/lfw32 --epochs 40 --lr 1e-4   # 10 more, lower learning rates
     python -m gan.report runs/lfw32                                    # rebuild a run's report.html
 
 Each run folder (`--out`) receives samples/epoch_XXX.png (fixed noise, one grid per epoch),
@@ -289,6 +289,9 @@ def _resume(given):
     if "epochs" in given:   # the new target, so that a later --resume without --epochs continues to it
         trainer.extra_config["epochs"] = cfg.epochs
     lr_g, lr_d = given.get("lr_g", given.get("lr")), given.get("lr_d", given.get("lr"))
+    if (lr_g is not None or lr_d is not None) and trainer.epoch >= cfg.epochs:
+        raise UsageError(f"the run in {run_dir} has already done {trainer.epoch} of {cfg.epochs} epochs: new "
+                         f"learning rates need epochs to train; give --epochs N (N > {trainer.epoch}) too")
     if lr_g is not None or lr_d is not None:
         before = (trainer.config.lr_g, trainer.config.lr_d)
         trainer.set_learning_rates(lr_g, lr_d)

@@ -9,8 +9,8 @@ z (gan.tricks.sample_latent): "uniform" U(-1, 1)^d or "normal" N(0, 1)^d.
 
     python examples/mnist_latent_study.py --data ../shared/data/mnist --epochs 5 --max-images 10000 \\
         --classifier-weights mnist_classifier.npz --out runs/mnist_latent
-    python examples/mnist_latent_study.py --data /tmp/tiny_mnist --epochs 1 --max-images 64 --width 8 \\
-        --eval-images 0 --out /tmp/smoke                     # a quick end-to-end check
+    python examples/mnist_latent_study.py --data ../shared/data/mnist --epochs 1 --max-images 64 --width 8 \\
+        --eval-images 0 --out /tmp/smoke                     # a quick end-to-end check (seconds)
 
 Each kind trains into OUT/<kind>/ (gan.trainer's run folder) and is evaluated by gan.evaluate
 against the images it trained on (SWD; FID/KID on pixel features, or on the digit classifier's

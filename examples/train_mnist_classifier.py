@@ -1,8 +1,8 @@
 """Train the small MNIST classifier whose features measure digit GANs (FID/KID/IS with --features mnist).
 
     python examples/train_mnist_classifier.py --data ../shared/data/mnist --out mnist_classifier.npz
-    python -m gan.evaluate runs/mnist_gan --real ../shared/data/mnist --features mnist \
-        --classifier-weights mnist_classifier.npz
+    python -m gan.evaluate runs/mnist_latent/normal --real ../shared/data/mnist --features mnist \\
+        --classifier-weights mnist_classifier.npz            # a run of examples/mnist_latent_study.py
 
 Adam, cross-entropy, a few epochs; prints the test accuracy (about 99% after 2 epochs) and saves the
 weights with nnbox.serialization.save_state (an .npz: no pickle).

@@ -54,6 +54,8 @@ def test_main_trains_one_epoch_and_writes_its_files(faces_gan, tmp_path, capsys)
     assert (config["train"]["lr_g"], config["train"]["lr_d"], config["epochs"]) == (1e-4, 2e-4, 3)
     assert faces_gan.main(["--resume", str(out), "--no-progress", "--no-report"]) == 0
     assert "already done 3 of 3 epochs" in capsys.readouterr().out
+    assert faces_gan.main(["--resume", str(out), "--lr", "1e-5"]) == 2     # nothing would train with them
+    assert "new learning rates need epochs to train; give --epochs N (N > 3)" in capsys.readouterr().err
 
 
 def test_the_defaults_are_the_recipe(faces_gan):
