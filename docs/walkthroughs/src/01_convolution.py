@@ -89,7 +89,9 @@ for h, k, s, p, d in cases:
 #
 # A convolution *gathers*: each output pixel is a weighted sum of a window of input pixels.
 # A transposed convolution *scatters*: each input pixel $x_{ab}$ multiplies the whole kernel $K$ and
-# adds the product into the output, at the block that starts at row $a s$, column $b s$:
+# adds the product into the output, at the block that starts at row $a s$, column $b s$ (with padding
+# $p$ the full result is then cropped by $p$ rows and columns on every side, so the block starts at
+# $(a s - p,\ b s - p)$ of the output):
 #
 # $$ Y = \sum_{a,b} x_{ab}\; \operatorname{shift}_{(a s,\, b s)}(K). $$
 #
@@ -197,14 +199,16 @@ assert down.weight.data.shape == up.weight.data.shape == (512, 256, 4, 4)
 #
 # $$ Y = W_2 \cdot \text{cols}, \qquad (O \times C k_h k_w)\cdot(C k_h k_w \times N H_\text{out} W_\text{out}). $$
 #
-# For a 3x3 image and a 2x2 kernel the four windows become the four columns:
+# For a 3x4 image and a 2x2 kernel the six windows become the six columns (a square image would
+# give a symmetric `cols` here, and the print below could not tell taps from windows):
 
 # %%
-small = np.arange(9.0).reshape(1, 1, 3, 3)
-cols = conv_maths.im2col(small, (2, 2), (1, 1), (0, 0), (1, 1), (2, 2))
+small = np.arange(12.0).reshape(1, 1, 3, 4)
+cols = conv_maths.im2col(small, (2, 2), (1, 1), (0, 0), (1, 1), (2, 3))
 print("image:\n", small[0, 0], "\ncols (rows: kernel taps (u, v); columns: windows (i, j)):\n", cols)
-assert np.array_equal(cols[:, 0], [0, 1, 3, 4])          # the top-left window, read row by row
-assert np.array_equal(cols[:, 3], [4, 5, 7, 8])          # the bottom-right window
+assert cols.shape == (4, 6)                              # 4 taps, 2 x 3 windows
+assert np.array_equal(cols[:, 0], [0, 1, 4, 5])          # the top-left window, read row by row
+assert np.array_equal(cols[:, 5], [6, 7, 10, 11])        # the bottom-right window
 
 # %% [markdown]
 # Now a real case (2 images, 3 channels, 4 output channels, stride 2, padding 1), three ways: the
@@ -310,9 +314,11 @@ assert np.array_equal(tconv.backward(dz), conv(dz))
 print("Conv2d.backward = ConvTranspose2d.forward, and ConvTranspose2d.backward = Conv2d.forward")
 
 # %% [markdown]
-# The weight gradient comes from the same matrices: with `cols` = im2col of the large side and
-# $dY$ the small side's gradient as a (channels, pixels) matrix, $dW_2 = dY \cdot \text{cols}^\top$
-# for both layers. `nnbox.gradcheck` confirms both layers, input and weights, against central
+# The weight gradient comes from the same matrices: it is (small-side matrix) $\cdot$
+# im2col(large-side image)$^\top$, where exactly one of the two is a gradient. For `Conv2d`,
+# $dW_2 = dY \cdot \text{im2col}(x)^\top$ ($dY$ the gradient of its small output); for
+# `ConvTranspose2d`, $dW_2 = X \cdot \text{im2col}(dY)^\top$ ($X$ its small input, $dY$ the gradient of
+# its large output). `nnbox.gradcheck` confirms both layers, input and weights, against central
 # differences (walkthrough 4 explains how):
 
 # %%

@@ -11,9 +11,9 @@
 # Everything here runs the real code: `gan.trainer.GANTrainer` with `gan.models.build_gan("faces")`,
 # the way `examples/faces_gan.py` does. Every claim is checked with an `assert`.
 #
-# The runs are short (280 steps in all, about 3 minutes of CPU time), so the faces are not faces
-# yet: the point is the *dynamics*. The recipe, `python examples/faces_gan.py`, trains for 20 epochs
-# of LFW (over 4,000 steps of 64 faces) with wider networks.
+# The runs are short (280 steps in all, under a minute on an idle 2-core machine), so the faces are
+# not faces yet: the point is the *dynamics*. The recipe, `python examples/faces_gan.py`, trains for
+# 20 epochs of LFW (over 4,000 steps of 64 faces) with wider networks.
 
 # %%
 import io

@@ -92,8 +92,8 @@ assert np.all(np.diff(js[theta > 0]) == 0) and np.all(np.diff(w1[theta > 0]) > 0
 # with a Lipschitz constant $K$ the estimate is $K \cdot W_1$ at best.
 #
 # A check of the duality on a case we can compute: $Q$ is $P$ moved by a vector $d$. Then
-# $W_1 = \|d\|$ (move every point by $d$), and the linear function $f(x) = \langle d, x\rangle / \|d\|$,
-# which is 1-Lipschitz, reaches it.
+# $W_1 = \|d\|$ (move every point by $d$), and the linear function $f(x) = -\langle d, x\rangle / \|d\|$
+# (high on $P$, low on the shifted $Q$), which is 1-Lipschitz, reaches it.
 
 # %%
 def eight_gaussians(n, rng, radius=2.0, std=0.05):
