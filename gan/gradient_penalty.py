@@ -18,7 +18,7 @@ each parameter's grad. Each sample's gradient is its own only when D mixes no sa
 import numpy as np
 
 from layers import second_order
-from nnbox.backend import as_rng, get_array_module, to_device, device_of
+from nnbox.backend import as_rng, device_of, draw_dtype, get_array_module, is_gpu_generator, to_device
 
 from .models import _Network
 
@@ -36,8 +36,8 @@ def interpolate(real, fake, rng):
         raise ValueError(f"gradient_penalty: real and fake batches must have the same shape, got "
                          f"{tuple(real.shape)} and {tuple(fake.shape)}")
     shape = (real.shape[0],) + (1,) * (real.ndim - 1)
-    if type(rng).__module__.split(".")[0] == "cupy":
-        eps = rng.random(shape, dtype=real.dtype)
+    if is_gpu_generator(rng):
+        eps = rng.random(shape, dtype=draw_dtype(real.dtype)).astype(real.dtype, copy=False)
     else:
         eps = to_device(as_rng(rng).random(shape).astype(real.dtype), device_of(real))
     return eps * real + (1 - eps) * fake, eps

@@ -115,7 +115,8 @@ class LeakyReLU(Module):
             # be 0 in an integer dtype
             positive = _positive(x)
             self.save_for_backward(positive=positive)
-            return x * self._slopes(positive, np.result_type(x.dtype, np.float32))
+            dtype = x.dtype if x.dtype.kind == "f" else np.result_type(x.dtype, np.float32)
+            return x * self._slopes(positive, dtype)
         positive, y = _like(x, bool), _like(x)
 
         def leaky(x, positive, y):

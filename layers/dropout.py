@@ -15,8 +15,6 @@ None) or pass `forward(x, mask=mask)` (this call only). A mask holds the keep de
 (1/True = keep, 0/False = drop), shaped like the random draw: x's shape for Dropout,
 (N, C) for Dropout2d. `layer.last_mask` is the mask the last training forward used.
 """
-import numpy as np
-
 from nnbox import backend
 from nnbox.backend import get_array_module
 from nnbox.module import Module
@@ -81,10 +79,8 @@ class Dropout(Module):
             if self._device_rng is None:
                 self._device_rng = backend.random_generator(self.rng, xp)
             generator = self._device_rng
-        # P(u >= p) = 1 - p for u ~ U[0, 1): always kept at p = 0, never at p = 1; the generators draw
-        # float32 or float64 only (float16 input gets float32 draws)
-        dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float32
-        return generator.random(self.mask_shape(x), dtype=dtype) >= self.p
+        # P(u >= p) = 1 - p for u ~ U[0, 1): always kept at p = 0, never at p = 1
+        return generator.random(self.mask_shape(x), dtype=backend.draw_dtype(x.dtype)) >= self.p
 
     def forward(self, x, mask=None):
         self._check(x)

@@ -101,7 +101,7 @@ class Reparameterize(_NoisyLayer):
     """
 
     def _draw(self, xp, shape, dtype):
-        return self._generator(xp).standard_normal(shape, dtype=dtype)
+        return self._generator(xp).standard_normal(shape, dtype=backend.draw_dtype(dtype)).astype(dtype, copy=False)
 
     def forward(self, mu, logvar, noise=None):
         for name, array in (("mu", mu), ("logvar", logvar)):
@@ -173,8 +173,8 @@ class GumbelSoftmax(_NoisyLayer):
 
     def _draw(self, xp, shape, dtype):
         # -log(E) with E ~ Exp(1) is -log(-log U): torch draws g the same way; E > 0 keeps g finite
-        exponential = self._generator(xp).standard_exponential(shape, dtype=dtype)
-        return -xp.log(xp.maximum(exponential, np.finfo(dtype).tiny))
+        exponential = self._generator(xp).standard_exponential(shape, dtype=backend.draw_dtype(dtype))
+        return -xp.log(xp.maximum(exponential, np.finfo(exponential.dtype).tiny)).astype(dtype, copy=False)
 
     def forward(self, logits, noise=None):
         _check_floating(self, "logits", logits)

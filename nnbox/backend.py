@@ -139,6 +139,18 @@ def random_generator(rng, xp):
     return xp.random.default_rng(int(rng.integers(2**63)))
 
 
+def draw_dtype(dtype):
+    """The dtype to draw random numbers in for arrays of `dtype`: itself for float32 and float64,
+    float32 otherwise (NumPy's and CuPy's generators draw no float16); cast the draw afterwards."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)
+
+
+def is_gpu_generator(rng):
+    """Whether `rng` is a CuPy random generator (it draws on the device)."""
+    return type(rng).__module__.split(".")[0] == "cupy"
+
+
 def as_rng(rng_or_seed):
     """Accept a NumPy Generator, an int seed or None (fresh entropy)."""
     if isinstance(rng_or_seed, np.random.Generator):

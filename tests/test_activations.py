@@ -78,6 +78,11 @@ def test_leaky_relu_worked_example():
     assert "negative_slope=0.1" in repr(layer)
 
 
+def test_leaky_relu_keeps_float16_with_any_slope():
+    for slope in (0.2, -0.5):
+        assert LeakyReLU(slope)(np.array([-2.0, 3.0], np.float16)).dtype == np.float16
+
+
 @pytest.mark.parametrize("dtype, out_dtype", [(np.int64, np.float64), (np.int8, np.float32)])
 def test_leaky_relu_of_integers_is_a_float(dtype, out_dtype):
     # its slopes 0.2 and 1 - 0.2 were computed in the integer dtype: 0 and 0

@@ -93,6 +93,15 @@ def test_reparameterize_errors(rng):
             layer.backward(np.zeros((3, 3)))
 
 
+@pytest.mark.parametrize("make", [lambda: Reparameterize(rng=0), lambda: GumbelSoftmax(rng=0)])
+def test_float16_inputs_get_float16_noise(make):
+    # NumPy's generators draw no float16: the noise is drawn in float32 and cast
+    layer = make()
+    x = np.zeros((2, 3), np.float16)
+    y = layer(x, x) if isinstance(layer, Reparameterize) else layer(x)
+    assert y.dtype == np.float16 and layer.last_noise.dtype == np.float16 and np.isfinite(y).all()
+
+
 # --------------------------------------------------------------------------- GumbelSoftmax
 @pytest.mark.parametrize("shape", [(4, 5), (2, 3, 4), (3, 1)])
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
