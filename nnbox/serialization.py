@@ -24,7 +24,7 @@ Arrays on the GPU are copied to the CPU.
 """
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -157,16 +157,18 @@ def _write_npz(path, arrays):
 
     The .npz is written entry by entry (what np.savez does, without its keyword arguments, so an
     entry may be called "file" or "allow_pickle"). The file gets the permissions a plain open()
-    would give it: the old file's when it is replaced, else 0o666 less the umask (mkstemp's 0o600
-    would otherwise stick).
+    would give it: the temporary is created with mode 0o666, which the system reduces by the umask
+    (tempfile.mkstemp's 0o600 would stick to every checkpoint), and a file being replaced passes
+    its own mode on.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot save {path!r}: the folder {folder!r} does not exist; create it first")
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    handle, temporary = _create_temporary(folder, os.path.basename(path))
     try:
-        os.fchmod(handle, _permissions_for(path))
+        if os.path.exists(path):
+            os.chmod(temporary, os.stat(path).st_mode & 0o777)
         with os.fdopen(handle, "wb") as file:
             with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
                 for name, array in arrays.items():
@@ -184,14 +186,18 @@ def _write_npz(path, arrays):
     _fsync_folder(folder)
 
 
-def _permissions_for(path):
-    """The mode bits `path` would have from open(): its current ones if it exists, else 0o666 & ~umask."""
-    try:
-        return os.stat(path).st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)     # the only portable way to read the umask is to set it
-        os.umask(umask)
-        return 0o666 & ~umask
+def _create_temporary(folder, name):
+    """(descriptor, path) of a new file ".NAME.XXXXXXXX.tmp" in `folder`, opened for writing with
+    mode 0o666 less the umask (what open() gives; reading the umask would mean setting it, which
+    is not thread-safe)."""
+    for _ in range(100):
+        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file for {name!r} in {folder!r}")
 
 
 def _fsync_folder(folder):
