@@ -108,7 +108,8 @@ class MaxPool2d(_Pool2d):
         indices = xp.empty((n, c) + out_size, dtype=np.int64)
 
         def pool(a, b):
-            """A running maximum over the kernel offsets for samples a:b; `offset` remembers which won."""
+            """A running maximum over the kernel offsets for samples a:b; `offset` remembers which won.
+            Returns whether a maximum is NaN or -inf (`_exact_indices` must then set its index)."""
             out, offset = y[a:b], None
             for i, j, rows, columns in conv_maths.offset_slices(self.kernel_size, self.stride, (1, 1), out_size):
                 window = padded[a:b, :, rows, columns]
@@ -122,11 +123,10 @@ class MaxPool2d(_Pool2d):
                 # with the mask times k (a multiply by the mask: 40x faster than copyto(where=))
                 xp.maximum(offset, better * offset_type(i * kw + j), out=offset)
             xp.add(within[offset], start, out=indices[a:b])
+            return out.size > 0 and not out.min() > -np.inf    # one reduction; NaN propagates through min
 
-        parallel.run(n, pool, x.size, xp)   # split over the samples (nnbox.parallel)
-        unusual = ~(y > -np.inf)            # NaN or -inf maxima: the running maximum's index may be wrong
-        if unusual.any():
-            self._exact_indices(x, unusual, indices)
+        if any(parallel.run(n, pool, x.size, xp)):   # split over the samples (nnbox.parallel)
+            self._exact_indices(x, ~(y > -np.inf), indices)
         self.save_for_backward(indices=indices, x_shape=tuple(x.shape))
         return (y, indices) if self.return_indices else y
 
