@@ -40,7 +40,9 @@ from nnbox.datasets import LFW_FOLDER_NAMES, find_lfw, load_lfw  # noqa: E402
 
 SUBSET_STREAM = 1000  # the --max-images subset is drawn with default_rng([seed, 1000])
 DATA_KEYS = ("dataset", "data", "download", "max_images", "flip", "batch_size")  # saved with the run, reused on --resume
-RESUME_OVERRIDES = ("epochs", "device", "progress", "resume")
+# options allowed with --resume: how long and where to run, and the learning rates (lowered after
+# a run diverged, say); everything else comes from the run's checkpoint
+RESUME_OVERRIDES = ("epochs", "device", "progress", "resume", "lr", "lr_d")
 
 
 class CenterSquare:
@@ -182,8 +184,8 @@ def main(argv=None):
 def _resume(given):
     changed = sorted(k for k in given if k not in RESUME_OVERRIDES)
     if changed:
-        raise UsageError(f"--resume continues a run with its saved settings; only --epochs, --device and "
-                         f"--no-progress may be given with it, not --{changed[0].replace('_', '-')}")
+        raise UsageError(f"--resume continues a run with its saved settings; only --epochs, --device, "
+                         f"--no-progress, --lr and --lr-d may be given with it, not --{changed[0].replace('_', '-')}")
     run_dir = Path(given["resume"])
     saved, extra = AEGANTrainer.read_checkpoint_configs(run_dir)
     check_device(given.get("device", saved.device))   # a GPU run, resumed without CuPy (or give --device cpu)
@@ -191,6 +193,15 @@ def _resume(given):
     if "progress" in given:
         trainer.config.progress = given["progress"]
     epochs = given.get("epochs", extra.get("epochs", trainer.epoch))
+    if "epochs" in given:    # the new target, so that a later --resume without --epochs continues to it
+        trainer.extra_config["epochs"] = epochs
+    if ("lr" in given or "lr_d" in given) and trainer.epoch >= epochs:
+        raise UsageError(f"the run in {run_dir} has already done {trainer.epoch} of {epochs} epochs: new "
+                         f"learning rates need epochs to train; give --epochs N (N > {trainer.epoch}) too")
+    if "lr" in given or "lr_d" in given:
+        trainer.set_learning_rates(given.get("lr"), given.get("lr_d"))
+        print(f"learning rates from now on: G and E {trainer.config.lr:g}, D_x and D_z {trainer.config.lr_d:g}",
+              flush=True)
     if trainer.epoch >= epochs:
         print(f"the run in {run_dir} has already done {trainer.epoch} of {epochs} epochs; "
               f"give --epochs N (N > {trainer.epoch}) to train further", flush=True)

@@ -48,7 +48,7 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
 from _cli import CLI_ERRORS, MNIST_HINT, UsageError, at_least, check_device, fail, load_dataset, positive  # noqa: E402
 from gan.cyclegan import CycleGANConfig, CycleGANTrainer  # noqa: E402
 from gan.history import atomic_write_text  # noqa: E402
-from gan.trainer import RNG_STREAMS  # noqa: E402
+from gan.trainer import RNG_STREAMS, non_finite_weights  # noqa: E402
 from nnbox.data import DataLoader  # noqa: E402
 from nnbox.upload import PinnedUploader  # noqa: E402
 
@@ -60,7 +60,7 @@ STROKE = 0.5           # a pixel whose value (max of R, G, B in [0, 1]) exceeds 
 MIN_SATURATION = 0.3   # a stroke less saturated than this counts as grey (in no colour band)
 FIGURE_DIGITS = 10     # test digits shown per figure
 CHECKPOINT_NAME = "checkpoint.npz"
-RESUME_OVERRIDES = ("resume", "epochs", "device", "progress", "download")
+RESUME_OVERRIDES = ("resume", "epochs", "device", "progress", "download", "lr")   # lr: lowered after a run diverged
 
 
 @dataclass
@@ -272,8 +272,8 @@ def _start(given):
         return CycleGANTrainer(config), settings, None, out
     changed = sorted(k for k in given if k not in RESUME_OVERRIDES)
     if changed:
-        raise UsageError(f"--resume continues a run with its saved settings; only --epochs, --device, --no-download "
-                         f"and --no-progress may be given with it, not --{changed[0].replace('_', '-')}")
+        raise UsageError(f"--resume continues a run with its saved settings; only --epochs, --device, --no-download, "
+                         f"--no-progress and --lr may be given with it, not --{changed[0].replace('_', '-')}")
     out = Path(given["resume"])
     if not (out / CHECKPOINT_NAME).is_file():
         raise UsageError(f"cannot resume: {out / CHECKPOINT_NAME} does not exist")
@@ -283,6 +283,12 @@ def _start(given):
         raise UsageError(f"{error}; or give --device cpu to continue the run on the CPU") from error
     settings = ExampleSettings(**state["example"])
     settings.epochs, settings.out = given.get("epochs", settings.epochs), str(out)
+    if "lr" in given:
+        if trainer.epoch >= settings.epochs:
+            raise UsageError(f"the run in {out} has already done {trainer.epoch} of {settings.epochs} epochs: a new "
+                             f"learning rate needs epochs to train; give --epochs N (N > {trainer.epoch}) too")
+        trainer.set_learning_rate(given["lr"])
+        print(f"learning rate from now on: {trainer.config.lr:g}", flush=True)
     return trainer, settings, state["loaders"], out
 
 
@@ -316,6 +322,12 @@ def train(trainer, settings, loaders, test_a, test_b, out, progress=True):
                                 f"D {r['d_a_loss']:.3f}/{r['d_b_loss']:.3f}", refresh=False)
         bar.close()
         seconds = time.perf_counter() - started
+        broken = non_finite_weights(trainer.networks)   # the epoch's last update, after its losses were checked
+        if broken:
+            raise FloatingPointError(f"CycleGAN training stopped at the end of epoch {trainer.epoch + 1}: non-finite "
+                                     f"weights in {broken}; nothing of this epoch is written and "
+                                     f"{out / CHECKPOINT_NAME} is kept. Resume with --resume {out} --epochs "
+                                     f"{settings.epochs} --lr <lower>")
         trainer.epoch += 1
         measures, translations = measure_translations(trainer, test_a, test_b, settings)
         log.append({"epoch": trainer.epoch, "seconds": seconds, "steps": steps, **measures})

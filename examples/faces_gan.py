@@ -39,7 +39,7 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import UsageError, check_device  # noqa: E402
+from _cli import CLI_ERRORS, UsageError, check_device, fail  # noqa: E402
 from gan.trainer import GANTrainer, NonFiniteLossError, TrainConfig, stream_rng  # noqa: E402
 from nnbox.data import ColorJitter, Compose, DataLoader, RandomHorizontalFlip, with_augmented_copies  # noqa: E402
 
@@ -259,12 +259,9 @@ def main(argv=None):
               f"device {cfg.train.device}", flush=True)
         trainer.fit(loader, cfg.epochs)
     except NonFiniteLossError as error:
-        print(f"faces_gan: {error} (here: python examples/faces_gan.py --resume {cfg.out} --lr ...)",
-              file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as error:   # usage, settings, data, a corrupt or foreign checkpoint
-        print(f"faces_gan: {error}", file=sys.stderr)
-        return 2
+        return fail("faces_gan", f"{error} (here: python examples/faces_gan.py --resume {cfg.out} --epochs N --lr ...)")
+    except CLI_ERRORS as error:   # usage, settings, data, a corrupt or foreign checkpoint
+        return fail("faces_gan", error)
     if trainer.config.report:
         print(f"report: {trainer.run_dir / 'report.html'}")
     return 0

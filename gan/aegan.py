@@ -431,6 +431,19 @@ class AEGANTrainer:
         trainer._load_state(load_checkpoint(Path(run_dir) / CHECKPOINT_NAME))
         return trainer
 
+    def set_learning_rates(self, lr=None, lr_d=None):
+        """Change G's and E's (`lr`) and/or the discriminators' (`lr_d`) learning rate from the next
+        step on (e.g. on resuming a run that diverged); the config, hence the next checkpoint, records them."""
+        for key, value, names in (("lr", lr, ("generator", "encoder")),
+                                  ("lr_d", lr_d, ("image_discriminator", "latent_discriminator"))):
+            if value is None:
+                continue
+            if not value > 0:
+                raise ValueError(f"set_learning_rates: {key} must be > 0, got {value}")
+            setattr(self.config, key, float(value))
+            for name in names:
+                self.optimizers[name].lr = float(value)
+
     # ------------------------------------------------------------------ one step
     def step(self, real_batch, z=None):
         """One step on real images (float NCHW in [-1, 1]) and prior samples z (N, latent_dim), by default
@@ -533,8 +546,8 @@ class AEGANTrainer:
                 if broken:
                     raise NonFiniteLossError(
                         f"AEGAN training stopped at the end of epoch {self.epoch + 1}: non-finite weights in "
-                        f"{len(broken)} arrays ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); "
-                        f"the checkpoint of the last completed epoch is kept. Lower the learning rates and resume.")
+                        f"{broken}; the checkpoint of the last completed epoch is kept. Lower the learning rates "
+                        f"(set_learning_rates; examples/aegan.py --resume RUN --epochs N --lr ...) and resume.")
             except NonFiniteLossError:
                 self.write_history()
                 raise
@@ -622,8 +635,12 @@ class AEGANTrainer:
         return found
 
     def save_checkpoint(self, loader=None):
-        """Write RUN_DIR/checkpoint.npz atomically (nnbox.serialization.save_checkpoint)."""
+        """Write RUN_DIR/checkpoint.npz atomically (nnbox.serialization.save_checkpoint); never with a NaN
+        or infinite weight (NonFiniteLossError, the file on disk kept)."""
         from nnbox.serialization import save_checkpoint
+        if broken := non_finite_weights(dict(zip(self.networks._fields, self.networks))):
+            raise NonFiniteLossError(f"not writing {self.checkpoint_path}: non-finite weights in {broken}; the "
+                                     f"checkpoint already there is kept")
         loader_state = loader.state_dict() if loader is not None and hasattr(loader, "state_dict") else None
         if loader_state and loader_state.get("batches_done", 0):
             # an epoch cut short by steps_per_epoch: the next epoch starts a new order, from here

@@ -434,6 +434,13 @@ class CycleGANTrainer:
             net.clear_saved()
         return np.concatenate(out)
 
+    def set_learning_rate(self, lr):
+        """Change both optimisers' learning rate from the next step on (e.g. on resuming a run that
+        diverged); the config, hence the next checkpoint, records it."""
+        if not lr > 0:
+            raise ValueError(f"set_learning_rate: lr must be > 0, got {lr}")
+        self.config.lr = self.opt_g.lr = self.opt_d.lr = float(lr)
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self):
         """Everything `load_state_dict` needs to continue exactly (nested dicts for save_checkpoint)."""
@@ -460,8 +467,7 @@ class CycleGANTrainer:
         from nnbox.serialization import save_checkpoint
         broken = non_finite_weights(self.networks)
         if broken:
-            raise FloatingPointError(f"CycleGAN: not writing {path}: non-finite weights in {len(broken)} arrays "
-                                     f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); the file "
+            raise FloatingPointError(f"CycleGAN: not writing {path}: non-finite weights in {broken}; the file "
                                      f"already there is kept. Lower the learning rate and restart from it")
         save_checkpoint(path, **self.state_dict(), **extra)
         return path

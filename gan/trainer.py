@@ -190,15 +190,18 @@ class NonFiniteLossError(RuntimeError):
 
 
 def non_finite_weights(networks):
-    """The parameters and buffers of `networks` ({label: Module}) that hold a NaN or an infinity,
-    as "label name" strings; one device-to-host copy for all of them."""
+    """"" when every parameter and buffer of `networks` ({label: Module}) is finite, else which are
+    not, e.g. "2 arrays (G main.0.weight, G main.1.bias)"; one device-to-host copy for all of them."""
     names, finite = [], []
     for label, network in networks.items():
         for name, array in network.state_dict().items():
             if array.dtype.kind == "f":
                 names.append(f"{label} {name}")
                 finite.append(get_array_module(array).isfinite(array).all())
-    return [name for name, ok in zip(names, backend.fetch_scalars(finite)) if not ok]
+    broken = [name for name, ok in zip(names, backend.fetch_scalars(finite)) if not ok]
+    if not broken:
+        return ""
+    return f"{len(broken)} arrays ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''})"
 
 
 def _check_critic(discriminator):
@@ -208,7 +211,10 @@ def _check_critic(discriminator):
     try:
         second_order.chain(discriminator)
     except TypeError as error:
-        raise ValueError(f"loss 'wgan_gp': {error} (the DCGAN critic: model_options d_batch_norm=False)") from error
+        hint = {"BatchNorm": " (the DCGAN critic: model_options d_batch_norm=False)",
+                "SpectralNorm": " (leave out d_spectral_norm: the penalty constrains the critic instead)"}
+        raise ValueError(f"loss 'wgan_gp': {error}" + next((text for layer, text in hint.items()
+                                                          if str(error).startswith(layer)), "")) from error
 
 
 def build_models(config):
@@ -497,8 +503,7 @@ class GANTrainer:
         broken = non_finite_weights({"G": self.G, "D": self.D})
         if broken:
             raise NonFiniteLossError(self._stopped_message(
-                f"at the end of epoch {self.epoch + 1}: its last updates left non-finite weights in "
-                f"{len(broken)} arrays ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''})"))
+                f"at the end of epoch {self.epoch + 1}: its last updates left non-finite weights in {broken}"))
 
     # ------------------------------------------------------------------ epochs
     _saved_epoch = None  # the epoch count of the checkpoint on disk (None: none written by this trainer)
@@ -658,8 +663,12 @@ class GANTrainer:
         reset_device_generators(self.G, self.D)
 
     def save_checkpoint(self, loader=None):
-        """Write RUN_DIR/checkpoint.npz atomically (everything needed to continue exactly)."""
+        """Write RUN_DIR/checkpoint.npz atomically (everything needed to continue exactly); never with a
+        NaN or infinite weight (NonFiniteLossError, the file on disk kept)."""
         from nnbox.serialization import save_checkpoint
+        if broken := non_finite_weights({"G": self.G, "D": self.D}):
+            raise NonFiniteLossError(f"not writing {self.checkpoint_path}: non-finite weights in {broken}; the "
+                                     f"checkpoint already there is kept")
         loader_state = None
         if loader is not None and hasattr(loader, "state_dict"):
             loader_state = loader.state_dict()
@@ -743,7 +752,7 @@ def _throwaway_generators(module):
     derived from it, are made afresh); afterwards the layers hold their own again, unadvanced. The
     models share one generator among all their dropout layers, G's and D's, so a draw while
     sampling would otherwise change D's next masks."""
-    swapped = []
+    swapped, copies = [], {}    # one memo: layers sharing a generator share its copy
     for layer in module.modules():
         for name, value in vars(layer).items():
             if isinstance(value, np.random.Generator):
@@ -752,7 +761,7 @@ def _throwaway_generators(module):
             swapped.append((layer, "_device_rng", layer._device_rng))
     try:
         for layer, name, value in swapped:
-            object.__setattr__(layer, name, None if name == "_device_rng" else copy.deepcopy(value))
+            object.__setattr__(layer, name, None if name == "_device_rng" else copy.deepcopy(value, copies))
         yield
     finally:
         for layer, name, value in swapped:

@@ -180,6 +180,9 @@ def test_weights_broken_by_an_epochs_last_update_are_not_checkpointed(tmp_path):
         trainer.fit(loader(images), epochs=2)
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == saved
     assert not (tmp_path / "samples" / "epoch_002.png").exists()
+    with pytest.raises(NonFiniteLossError, match="not writing .*latent_discriminator"):
+        trainer.save_checkpoint()                # nor by a direct call
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == saved
 
 
 def test_reconstruction_grid_interleaves_rows(tmp_path):

@@ -53,6 +53,14 @@ def test_main_trains_writes_the_figures_and_resumes(aegan, image_folder, tmp_pat
     assert (out / "samples" / "epoch_002.png").is_file()
     history = (out / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 4                      # a header and 2 steps per epoch
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2      # the new target is kept
+
+    # new learning rates on resume, with epochs to train them (a run that diverged)
+    assert aegan.main(["--resume", str(out), "--lr", "1e-4"]) == 2
+    assert "new learning rates need epochs to train" in capsys.readouterr().err
+    assert aegan.main(["--resume", str(out), "--epochs", "3", "--lr-d", "5e-5", "--no-progress"]) == 0
+    assert "D_x and D_z 5e-05" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["aegan"]["lr_d"] == 5e-5
 
 
 def test_bad_command_lines_are_one_line_errors(aegan, image_folder, tmp_path, capsys):
@@ -60,7 +68,7 @@ def test_bad_command_lines_are_one_line_errors(aegan, image_folder, tmp_path, ca
     assert "--max-images must be >= 1" in capsys.readouterr().err
     assert aegan.main(SMALL + ["--data", str(tmp_path / "missing"), "--no-download", "--out", str(tmp_path / "b")]) == 2
     assert "is not a folder" in capsys.readouterr().err
-    assert aegan.main(["--resume", str(tmp_path / "none"), "--lr", "1"]) == 2
-    assert "only --epochs, --device and --no-progress" in capsys.readouterr().err
+    assert aegan.main(["--resume", str(tmp_path / "none"), "--batch-size", "1"]) == 2
+    assert "not --batch-size" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         aegan.main(["--image-size", "48"])

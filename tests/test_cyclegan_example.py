@@ -80,8 +80,36 @@ def test_main_trains_writes_its_files_and_resumes(example, mnist_dir, tmp_path, 
     assert example.main(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     assert len(json.loads((out / "history.json").read_text())) == 4
     assert [e["epoch"] for e in json.loads((out / "epochs.json").read_text())] == [1, 2]
-    assert example.main(["--resume", str(out), "--lr", "0.1"]) == 2          # settings cannot change
-    assert "--lr" in capsys.readouterr().err
+    assert example.main(["--resume", str(out), "--width", "4"]) == 2         # settings cannot change
+    assert "not --width" in capsys.readouterr().err
+    assert example.main(["--resume", str(out), "--lr", "0.1"]) == 2          # ... a learning rate can, with epochs
+    assert "a new learning rate needs epochs to train" in capsys.readouterr().err
+    assert example.main(["--resume", str(out), "--epochs", "3", "--lr", "1e-4", "--no-progress"]) == 0
+    assert "learning rate from now on: 0.0001" in capsys.readouterr().out
+    from nnbox.serialization import load_checkpoint
+    assert load_checkpoint(out / "checkpoint.npz")["trainer"]["config"]["lr"] == 1e-4
+
+
+def test_weights_broken_by_an_epochs_last_update_write_nothing_of_that_epoch(example, mnist_dir, tmp_path,
+                                                                             monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = ["--data", str(mnist_dir), "--max-images", "32", "--test-images", "12", "--image-size", "16",
+            "--batch-size", "8", "--width", "2", "--out", str(out), "--no-progress"]
+    assert example.main(args + ["--epochs", "1"]) == 0
+    saved, log = (out / "checkpoint.npz").read_bytes(), (out / "epochs.json").read_text()
+    real_step = example.CycleGANTrainer.step
+
+    def step_that_blows_up(trainer, a, b):
+        record = real_step(trainer, a, b)
+        if trainer.step_count == 4:              # epoch 2's last step: its losses were finite
+            trainer.networks["G_AB"].parameters()[0].data[...] = np.nan
+        return record
+
+    monkeypatch.setattr(example.CycleGANTrainer, "step", step_that_blows_up)
+    assert example.main(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 2
+    assert "end of epoch 2: non-finite weights in 1 arrays (G_AB " in capsys.readouterr().err
+    assert (out / "checkpoint.npz").read_bytes() == saved and (out / "epochs.json").read_text() == log
+    assert not (out / "samples" / "epoch_002.png").exists()
 
 
 def test_settings_from_the_command_line(example):

@@ -144,6 +144,16 @@ def test_weights_broken_by_an_epochs_last_update_are_not_checkpointed(tmp_path, 
     assert len(History.from_csv(run / "history.csv")) == 8      # every step of the epoch is recorded
 
 
+def test_save_checkpoint_refuses_non_finite_weights(tmp_path):
+    trainer = GANTrainer.from_config(tiny_config(), tmp_path / "run")
+    path = trainer.save_checkpoint()
+    saved = path.read_bytes()
+    trainer.D.parameters()[-1].data[...] = np.nan
+    with pytest.raises(NonFiniteLossError, match=r"not writing .*non-finite weights in 1 arrays \(D "):
+        trainer.save_checkpoint()
+    assert path.read_bytes() == saved
+
+
 def test_sampling_with_a_dropout_in_g_leaves_training_unchanged(tmp_path, faces):
     # the models share one generator among G's and D's dropout layers: a draw while sampling
     # would change D's next masks
