@@ -55,8 +55,9 @@ def gradcheck(module, *inputs, wrt=(0,), eps=1e-6, atol=1e-6, rtol=1e-5, rng=Non
     Returns:
         A GradcheckReport (truthy) when every checked entry agrees.
 
-    The module's forward must be deterministic: give Dropout a fixed mask, and
-    avoid max-pool inputs with ties (there the gradient is not defined).
+    The module's forward must be deterministic (checked first: two forwards must agree): give
+    Dropout a fixed mask, and avoid max-pool inputs with ties (there the gradient is not defined).
+    A NaN or infinite value, analytical or numerical, fails the check.
     """
     rng = backend.as_rng(rng)
     module.to(np.float64)
@@ -72,6 +73,17 @@ def gradcheck(module, *inputs, wrt=(0,), eps=1e-6, atol=1e-6, rtol=1e-5, rng=Non
 
     def objective():
         return float(xp.sum(_first(module(*inputs)) * upstream))
+
+    # a forward that changes from call to call (Dropout drawing new masks, SpectralNorm's power
+    # iteration away from its fixed point) would make every difference quotient meaningless: say so.
+    # A drift d between two calls moves each quotient by up to d / (2 eps); below atol / 2 it is harmless
+    first, second = objective(), objective()
+    if not abs(first - second) <= atol * eps:
+        return _fail(raise_on_failure,
+                     f"gradcheck of {name}: two forwards of the same input gave different results "
+                     f"({first!r} and {second!r}); the forward must be deterministic: give Dropout a fixed "
+                     f"mask, put SpectralNorm (which runs a power iteration per training forward) in eval "
+                     f"mode, or replay whatever else draws or updates state in forward")
 
     # analytical gradients: forward once more (the objective above may have moved state), backward
     module.zero_grad()
@@ -116,9 +128,9 @@ def gradcheck(module, *inputs, wrt=(0,), eps=1e-6, atol=1e-6, rtol=1e-5, rng=Non
             index = np.unravel_index(int(flat_index), array.shape)
             expected = float(analytical[index])
             error = abs(expected - numerical)
-            worst = max(worst, error)
-            if error > atol + rtol * abs(numerical):
+            if not error <= atol + rtol * abs(numerical):   # also when either value is NaN or infinite
                 return _fail(raise_on_failure, _explain(name, label, index, expected, numerical, atol, rtol))
+            worst = max(worst, error)
         report.max_abs_error[label] = worst
         report.checked_entries[label] = len(entries)
     return report
@@ -138,7 +150,10 @@ def _fail(raise_on_failure, message):
 def _explain(name, label, index, analytical, numerical, atol, rtol):
     """A failure message that teaches: where, both values, and what usually causes it."""
     hints = []
-    if analytical == 0.0 and numerical != 0.0:
+    if not (np.isfinite(analytical) and np.isfinite(numerical)):
+        hints.append("a value is NaN or infinite: a division by zero, the log or square root of a value "
+                     "<= 0, or an overflow (exp of a large number) in backward or forward")
+    elif analytical == 0.0 and numerical != 0.0:
         hints.append("the analytical gradient is exactly 0: does backward add into .grad "
                      "(param.grad += ...) and return dx for every input entry?")
     elif numerical != 0.0 and abs(analytical + numerical) < 1e-3 * abs(numerical):

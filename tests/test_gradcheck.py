@@ -155,3 +155,33 @@ def test_a_small_error_is_within_tolerance_a_large_one_is_not(x):
     Nudged.scale = 1 + 1e-3
     with pytest.raises(GradcheckError, match="input 0"):
         gradcheck(Nudged(3, 2, rng=0), x, rng=1)
+
+
+class ScalesInputGradient(Linear):
+    """A backward that multiplies dx by `factor` (NaN or inf: a broken backward)."""
+
+    factor = 1.0
+
+    def backward(self, dy):
+        return super().backward(dy) * self.factor
+
+
+@pytest.mark.parametrize("factor", [np.nan, np.inf])
+def test_a_nan_or_infinite_gradient_fails_with_a_hint(factor, x):
+    layer = ScalesInputGradient(3, 2, rng=0)
+    layer.factor = factor
+    with pytest.raises(GradcheckError, match=r"input 0(.|\n)*NaN or infinite"):
+        gradcheck(layer, x)
+    assert gradcheck(layer, x, raise_on_failure=False) is False
+
+
+def test_a_forward_that_changes_between_calls_is_named_not_blamed_on_backward(x):
+    from layers import Dropout, SpectralNorm
+    from nnbox.module import Sequential
+    with pytest.raises(GradcheckError, match="two forwards of the same input gave different results"):
+        gradcheck(Sequential(Linear(3, 4, rng=0), Dropout(0.5, rng=0)), x)
+    # SpectralNorm in training mode takes a power step per forward: far from its fixed point that moves
+    wrapped = SpectralNorm(Linear(3, 4, rng=0), rng=0)
+    with pytest.raises(GradcheckError, match="SpectralNorm"):
+        gradcheck(wrapped, x)
+    assert gradcheck(wrapped.eval(), x)
