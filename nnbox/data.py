@@ -569,8 +569,11 @@ class DataLoader:
             it gets a generator seeded from (epoch seed, batch index). uint8 results are converted
             with `ToFloat`, so batches are always float32 NCHW in [-1, 1].
         prefetch: prepare the next batch in a background thread while the current one is used.
+        queue_size: batches prepared ahead at most (>= 1).
 
-    Yields float32 NCHW batches (tuples `(images, labels, ...)` for a tuple of arrays).
+    Yields float32 NCHW batches (tuples `(images, labels, ...)` for a tuple of arrays). One iteration
+    runs at a time (the resume state follows it): starting a second while the first is unfinished is
+    a RuntimeError; finish it, break out of it, or close it (`iterator.close()`) first.
 
     Exact resume: save `loader.state_dict()` with the checkpoint (plain ints) and call
     `loader.load_state_dict(state)` on a new loader built the same way; the next iteration repeats
@@ -589,6 +592,9 @@ class DataLoader:
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self.transform = _as_compose(transform) if transform is not None else None
         self.queue_size = int(queue_size)
+        if self.queue_size < 1:
+            raise ValueError(f"DataLoader: queue_size must be >= 1 (batches prepared ahead), got {queue_size}")
+        self._iterating = False      # an iteration is running (one at a time)
         self._epoch_state = None     # generator state at the start of the running epoch
         self._batches_done = 0       # batches handed out in the running epoch
         self._skip = 0               # batches to skip at the next epoch start (resume)
@@ -602,10 +608,11 @@ class DataLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def state_dict(self):
-        """{'rng_state': ..., 'batches_done': b}: enough to continue exactly where this loader is."""
+        """{'rng_state': ..., 'batches_done': b}: enough to continue exactly where this loader is
+        (also right after load_state_dict, before the resumed epoch has started)."""
         if self._epoch_state is not None and 0 < self._batches_done < len(self):
             return {"rng_state": self._epoch_state, "batches_done": self._batches_done}
-        return {"rng_state": self.rng.bit_generator.state, "batches_done": 0}
+        return {"rng_state": self.rng.bit_generator.state, "batches_done": self._skip}
 
     def load_state_dict(self, state):
         self.rng.bit_generator.state = state["rng_state"]
@@ -627,6 +634,17 @@ class DataLoader:
         return np.ascontiguousarray(images, dtype=np.float32) if images.dtype != np.float32 else images
 
     def __iter__(self):
+        if self._iterating:
+            raise RuntimeError("DataLoader: an iteration over this loader is still running (the resume state "
+                               "follows one at a time); finish it, break out of it, or close it "
+                               "(iterator.close()) before starting another")
+        self._iterating = True
+        try:
+            yield from self._epoch()
+        finally:
+            self._iterating = False
+
+    def _epoch(self):
         self._epoch_state = self.rng.bit_generator.state
         n = len(self.source)
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)

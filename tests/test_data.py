@@ -363,10 +363,34 @@ def test_state_dict_resumes_exactly_mid_epoch():
             break
     resumed = make()
     resumed.load_state_dict(state)
-    rest = list(resumed) + list(resumed)
+    # saved again before the resumed epoch starts (a preemption right after resuming): the same state
+    assert resumed.state_dict()["batches_done"] == 3
+    again = make()
+    again.load_state_dict(json.loads(json.dumps(resumed.state_dict())))
+    rest = list(again) + list(again)
     replay = first_epoch + rest
     assert len(replay) == len(full)
     assert all(np.array_equal(a, b) for a, b in zip(replay, full))
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_one_iteration_at_a_time(prefetch):
+    loader = DataLoader(_indexed(12), 4, rng=0, prefetch=prefetch)
+    first = iter(loader)
+    next(first)
+    second = iter(loader)
+    with pytest.raises(RuntimeError, match="still running.*close it"):
+        next(second)
+    first.close()                                   # closing (or finishing) the first frees the loader
+    assert len(list(loader)) == 3
+    for _ in loader:                                # so does breaking out of a loop
+        break
+    assert len(list(loader)) == 3
+
+
+def test_queue_size_must_be_positive():
+    with pytest.raises(ValueError, match="queue_size must be >= 1"):
+        DataLoader(_indexed(4), 2, queue_size=0)
 
 
 def _prefetch_threads():
