@@ -87,15 +87,20 @@ class Module:
 
     # ----------------------------------------------------------- traversal
     def named_parameters(self, prefix=""):
-        """Yield (dotted name, Parameter) for this module and its descendants."""
+        """Yield (dotted name, Parameter) for this module and its descendants; a Parameter shared by
+        two modules (tied weights) comes once per name, as state_dict needs."""
         for name, param in self._parameters.items():
             yield prefix + name, param
         for child_name, child in self._children.items():
             yield from child.named_parameters(prefix + child_name + ".")
 
     def parameters(self):
-        """Collect all the parameters of this module and its descendants."""
-        return [param for _, param in self.named_parameters()]
+        """All the parameters of this module and its descendants, each once (a Parameter shared by two
+        modules, tied weights, is one parameter: an optimiser must update it once), in order."""
+        unique = {}
+        for _, param in self.named_parameters():
+            unique.setdefault(id(param), param)
+        return list(unique.values())
 
     def named_buffers(self, prefix=""):
         for name, array in self._buffers.items():

@@ -309,3 +309,13 @@ def test_sequential_refuses_one_module_object_at_two_positions(rng):
     with pytest.raises(ValueError, match=r"the same Linear object is used at positions 0 and 1"):
         Sequential(Sequential(inner, ReLU()), inner)
     Sequential(Linear(3, 4, rng=rng), ReLU(), Linear(4, 4, rng=rng), ReLU())    # instances of one kind: fine
+
+
+def test_a_shared_parameter_is_one_parameter(rng):
+    first, second = Linear(3, 3, rng=rng), Linear(3, 3, rng=rng)
+    second.weight = first.weight                        # tied weights
+    model = Sequential(first, ReLU(), second)
+    assert len(model.parameters()) == 3 and model.parameters()[0] is first.weight
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]   # every name kept
+    from nnbox.optim import Adam
+    Adam(model.parameters())                            # no "appears more than once"
