@@ -64,15 +64,18 @@ def main(argv=None):
             parser.error("random weights are made with torch; give --weights or install torch")
         build, randomise = _torch_reference()
         net_t = randomise(torch, build(torch))
-        weights = Path(tempfile.mkdtemp()) / "random_fid_inception.pth"
-        torch.save(net_t.state_dict(), weights)
-    elif torch is not None:
-        build, _ = _torch_reference()
-        net_t = build(torch)
-        from gan.torch_weights import load_torch_state_dict
-        net_t.load_state_dict({k: torch.from_numpy(v) for k, v in load_torch_state_dict(weights).items()})
-        net_t.eval()
-    net = FIDInceptionV3.from_weights(weights, resize_input=False).to(args.device)
+        with tempfile.TemporaryDirectory() as folder:   # 96 MB of random weights, read once
+            weights = Path(folder) / "random_fid_inception.pth"
+            torch.save(net_t.state_dict(), weights)
+            net = FIDInceptionV3.from_weights(weights, resize_input=False).to(args.device)
+    else:
+        if torch is not None:
+            build, _ = _torch_reference()
+            net_t = build(torch)
+            from gan.torch_weights import load_torch_state_dict
+            net_t.load_state_dict({k: torch.from_numpy(v) for k, v in load_torch_state_dict(weights).items()})
+            net_t.eval()
+        net = FIDInceptionV3.from_weights(weights, resize_input=False).to(args.device)
     xp = backend.require_cupy() if args.device == "gpu" else np
     torch_device = "cuda" if args.device == "gpu" else "cpu"
     if torch is not None:
