@@ -108,6 +108,26 @@ def test_sampling_and_steering(rng):
     assert single.sample(4, code=np.arange(4)).shape == (4, 3, 8, 8)   # (n,) categories when L = 1
 
 
+GENERATE = {"sample": lambda vae, x: vae.sample(4, rng=3),
+            "reconstruct": lambda vae, x: vae.reconstruct(x),
+            "decode": lambda vae, x: vae.decode(np.zeros((2, 2), np.float32), one_hot(np.zeros((2, 2), int), 3))}
+
+
+@pytest.mark.parametrize("generate", GENERATE.values(), ids=GENERATE.keys())
+def test_generating_between_loss_and_backward_leaves_the_gradients_alone(generate):
+    import copy
+    vae = VAE("both", rng=7, **TINY)
+    x = _squares()
+    vae.zero_grad()
+    vae.loss(vae(x), x)
+    twin = copy.deepcopy(vae)                       # the same saved state, the same pending loss
+    vae.backward()
+    generate(twin, x)                               # an eval-mode forward before the backward
+    twin.backward()
+    for (name, param), (_, other) in zip(vae.named_parameters(), twin.named_parameters()):
+        np.testing.assert_array_equal(other.grad, param.grad, err_msg=name)
+
+
 def test_reconstruct_uses_the_posterior_mode(rng):
     vae = VAE("both", rng=6, **TINY)
     x = _images(rng, n=4).astype(np.float32)
