@@ -419,19 +419,11 @@ class CycleGANTrainer:
         if direction not in DIRECTIONS:
             raise ValueError(f"translate: direction must be one of {DIRECTIONS}, got {direction!r}")
         net = self.G_AB if direction == "AB" else self.G_BA
-        was_training = net.training
-        buffers = [(name, array.copy()) for name, array in net.named_buffers() if array is not None]
-        net.train(batch_statistics)
-        try:
+        with net.without_side_effects(train=batch_statistics):
             out = [backend.to_numpy(net(backend.to_device(np.ascontiguousarray(images[i:i + batch_size],
                                                                                 dtype=np.float32),
                                                            self.config.device)))
                    for i in range(0, len(images), batch_size)]
-        finally:
-            net.train(was_training)
-            for name, array in buffers:
-                net._set_buffer(name, array)
-            net.clear_saved()
         return np.concatenate(out)
 
     def set_learning_rate(self, lr):

@@ -66,16 +66,8 @@ def generate(generator, config, n, seed=0, batch_size=64, device="cpu"):
     """
     from .tricks import sample_latent
     z = sample_latent(n, generator.latent_dim, config.latent_kind, np.random.default_rng(seed))
-    buffers = [(name, array.copy()) for name, array in generator.named_buffers() if array is not None]
-    was_training = generator.training
-    generator.train(config.sample_mode == "train")
-    try:
+    with generator.without_side_effects(train=config.sample_mode == "train"):
         images = [to_numpy(generator(to_device(z[i:i + batch_size], device))) for i in range(0, n, batch_size)]
-    finally:
-        generator.train(was_training)
-        for name, array in buffers:
-            generator._set_buffer(name, array)
-        generator.clear_saved()
     return np.concatenate(images).astype(np.float32), z
 
 
@@ -93,11 +85,12 @@ def _to_float_nchw(images):
 
 
 def _fit(images, size, channels):
-    """Resize (bilinear, antialiased by averaging when shrinking by an integer factor) and match channels."""
+    """Resize to size x size (averaging blocks when both sides shrink by one integer factor, else
+    bilinear; a non-square image is stretched to the square) and match channels."""
     from .inception import resize_bilinear
-    h = images.shape[2]
-    if h != size:
-        if h % size == 0:
+    h, w = images.shape[2:]
+    if (h, w) != (size, size):
+        if h == w and h % size == 0:
             f = h // size
             images = images.reshape(len(images), images.shape[1], size, f, size, f).mean(axis=(3, 5))
         else:
@@ -148,8 +141,9 @@ def build_extractor(kind, inception_weights=None, classifier_weights=None, devic
                     image_size=32):
     """The FeatureExtractor named by --features.
 
-    "pixels" average-pools the images to 16 x 16 first (768 features for RGB, 256 for grey), so that
-    1,000 images are more than the feature dimensions and the covariances stay cheap.
+    "pixels" average-pools the images by image_size // 16 first (to 16 x 16 for 32, 48 and 64 px:
+    768 features for RGB, 256 for grey; 28 px MNIST is not pooled: 784), so that 1,000 images are more
+    than the feature dimensions and the covariances stay cheap.
     """
     if kind == "pixels":
         return metrics.PixelFeatures(pool=max(1, image_size // 16))
@@ -232,7 +226,8 @@ def evaluate(run_dir, real, features="pixels", n=1000, inception_weights=None, c
     z = to_device(z, device)
     for method in ("linear", "slerp"):
         figures[f"interp_{method}"] = save_interpolation_grid(
-            generator, z[:interp_pairs], z[interp_pairs:], out / f"interp_{method}.png", interp_steps, method)
+            generator, z[:interp_pairs], z[interp_pairs:], out / f"interp_{method}.png", interp_steps, method,
+            train=config.sample_mode == "train")    # the G that `generate` measured
     figures.update(_refresh_plots(run_dir))
     result["figures"] = {k: str(Path(v).relative_to(run_dir)) for k, v in figures.items()}
     result["seconds"] = time.perf_counter() - started

@@ -40,8 +40,6 @@ completed epoch, is left as it was, and the history up to the failing step is wr
 So do non-finite weights at the end of an epoch (the epoch's last update can make them so after its
 losses were logged): they are checked before the epoch's grid and checkpoint are written.
 """
-import contextlib
-import copy
 import json
 import math
 import time
@@ -597,18 +595,8 @@ class GANTrainer:
         """G(z) for the fixed latents (or `z`), NumPy float NCHW; G's state is left as it was, and so
         are the random streams training draws from (a dropout in G draws from copies)."""
         z = self.fixed_z if z is None else z
-        buffers = [(name, array.copy()) for name, array in self.G.named_buffers() if array is not None]
-        was_training = self.G.training
-        self.G.train(self.config.sample_mode == "train")
-        try:
-            with _throwaway_generators(self.G):
-                images = self.G(to_device(z, self.config.device))
-        finally:
-            self.G.train(was_training)
-            for name, array in buffers:   # BatchNorm in train mode updated its running averages
-                self.G._set_buffer(name, array)
-            self.G.clear_saved()
-        return to_numpy(images)
+        with self.G.without_side_effects(train=self.config.sample_mode == "train"):
+            return to_numpy(self.G(to_device(z, self.config.device)))
 
     def save_samples(self):
         """RUN_DIR/samples/epoch_XXX.png for the epochs completed so far; returns the path."""
@@ -744,28 +732,6 @@ def reset_device_generators(*networks):
         for layer in network.modules():
             if hasattr(layer, "reset_device_rng"):
                 layer.reset_device_rng()
-
-
-@contextlib.contextmanager
-def _throwaway_generators(module):
-    """Inside: every NumPy generator the module's layers hold is a copy (and their CuPy generators,
-    derived from it, are made afresh); afterwards the layers hold their own again, unadvanced. The
-    models share one generator among all their dropout layers, G's and D's, so a draw while
-    sampling would otherwise change D's next masks."""
-    swapped, copies = [], {}    # one memo: layers sharing a generator share its copy
-    for layer in module.modules():
-        for name, value in vars(layer).items():
-            if isinstance(value, np.random.Generator):
-                swapped.append((layer, name, value))
-        if "_device_rng" in vars(layer):
-            swapped.append((layer, "_device_rng", layer._device_rng))
-    try:
-        for layer, name, value in swapped:
-            object.__setattr__(layer, name, None if name == "_device_rng" else copy.deepcopy(value, copies))
-        yield
-    finally:
-        for layer, name, value in swapped:
-            object.__setattr__(layer, name, value)
 
 
 def _module_generators(module, prefix):

@@ -34,8 +34,6 @@ from nnbox.backend import get_array_module
 from nnbox.losses import bce_with_logits, categorical_kl, gaussian_kl, sigmoid
 from nnbox.module import Module, Sequential
 
-from .trainer import _restore_saved_state, _saved_state
-
 LATENTS = ("gaussian", "categorical", "both")
 LEAKY_SLOPE = 0.2
 
@@ -253,13 +251,8 @@ class VAE(Module):
     def _in_eval(self, function, *args):
         """function(*args) in eval mode; the mode and what the layers saved for backward are put back,
         so a sample between `loss` and `backward` does not change the gradients."""
-        was_training, saved = self.training, _saved_state(self)
-        self.eval()
-        try:
+        with self.without_side_effects(train=False):
             return function(*args)
-        finally:
-            self.train(was_training)
-            _restore_saved_state(saved)
 
     def decode(self, z=None, code=None):
         """Images (N, C, s, s) in [-1, 1] from z (N, D) and codes (N, L, K), in eval mode (running statistics)."""

@@ -9,8 +9,12 @@ There is no autograd tape: `forward` saves what `backward` needs with
 `saved_for_backward()`. A module therefore holds one forward's state: to apply the same kind of
 layer at two places of a network, make two instances (`Sequential` refuses one object twice).
 """
+import contextlib
+import copy
 from collections import OrderedDict
 from types import SimpleNamespace
+
+import numpy as np
 
 from . import backend
 
@@ -181,6 +185,37 @@ class Module:
     def clear_saved(self):
         for module in self.modules():
             object.__setattr__(module, "_saved", None)
+
+    @contextlib.contextmanager
+    def without_side_effects(self, train=False):
+        """Forwards that leave no trace: inside, the module is in train(`train`) mode; afterwards
+        everything is as before: each module's mode, the buffers (a training forward updates
+        BatchNorm's running statistics), what the layers saved for backward, and their random
+        generators (draws inside come from copies, one per shared generator; a layer's CuPy
+        generator, `_device_rng`, is derived afresh inside and put back after).
+
+            with G.without_side_effects(train=True):   # a sample grid, as the GAN trainer draws it
+                images = G(z)
+        """
+        modules = list(self.modules())
+        modes, saved = [m.training for m in modules], [m._saved for m in modules]
+        buffers = [(name, array.copy()) for name, array in self.named_buffers() if array is not None]
+        generators = [(m, name, value) for m in modules for name, value in vars(m).items()
+                      if isinstance(value, np.random.Generator) or name == "_device_rng"]
+        copies = {}   # one memo: layers sharing a generator share its copy
+        self.train(train)
+        try:
+            for module, name, value in generators:
+                object.__setattr__(module, name, None if name == "_device_rng" else copy.deepcopy(value, copies))
+            yield self
+        finally:
+            for module, name, value in generators:
+                object.__setattr__(module, name, value)
+            for name, array in buffers:
+                self._set_buffer(name, array)
+            for module, mode, state in zip(modules, modes, saved):
+                object.__setattr__(module, "training", mode)
+                object.__setattr__(module, "_saved", state)
 
     # ----------------------------------------------------------- state
     def state_dict(self):

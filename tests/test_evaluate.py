@@ -87,3 +87,10 @@ def test_real_images_are_fitted_to_the_generator(tmp_path):
     assert images.shape == (2, 3, 16, 16) and "2 images" in what
     expected = (grey.astype(np.float32) / 127.5 - 1).reshape(2, 16, 2, 16, 2).mean(axis=(2, 4))
     np.testing.assert_allclose(images[:, 1], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4, 48, 64, 3), (4, 16, 24, 3)])
+def test_non_square_real_images_are_resized_to_the_square(tmp_path, shape):
+    np.save(tmp_path / "wide.npy", np.zeros(shape, np.uint8))
+    images, _ = evaluate.load_real_images(str(tmp_path / "wide.npy"), 16, 3)
+    assert images.shape == (4, 3, 16, 16)

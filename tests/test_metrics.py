@@ -252,6 +252,24 @@ def test_interpolation_end_points_are_exact_and_slerp_keeps_the_norm(rng):
     assert cos[0] == pytest.approx(cos[1], rel=1e-12)
 
 
+def test_slerp_keeps_the_norm_near_opposite_float32_ends(rng):
+    # the cosine of an angle near pi rounds to -1 in float32; the angle is taken another way, in float64
+    z0 = rng.standard_normal(64).astype(np.float32)
+    side = rng.standard_normal(64)
+    side -= side @ z0 / (z0 @ z0) * z0
+    u, v = z0 / np.linalg.norm(z0), side / np.linalg.norm(side)
+    for angle in (np.pi - 1e-3, np.pi - 1e-5):
+        z1 = (np.linalg.norm(z0) * (np.cos(angle) * u + np.sin(angle) * v)).astype(np.float32)
+        path = slerp(z0, z1, 3)
+        assert path.dtype == np.float32
+        assert np.linalg.norm(path[1]) == pytest.approx(np.linalg.norm(z0), rel=1e-5)
+
+
+def test_integer_end_points_give_a_float_path():
+    np.testing.assert_array_equal(lerp(np.array([0, 0]), np.array([4, 4]), 5)[:, 0], [0, 1, 2, 3, 4])
+    np.testing.assert_allclose(slerp(np.array([2, 0]), np.array([0, 2]), 3)[1], [np.sqrt(2), np.sqrt(2)])
+
+
 def test_slerp_of_parallel_vectors_falls_back_to_lerp(rng):
     z = rng.standard_normal(8)
     np.testing.assert_allclose(slerp(z, 2 * z, 5), lerp(z, 2 * z, 5), rtol=1e-12)
@@ -259,6 +277,23 @@ def test_slerp_of_parallel_vectors_falls_back_to_lerp(rng):
     assert batch.shape == (3, 4, 8)
     with pytest.raises(ValueError, match="method"):
         interpolate(z, z, 3, method="cubic")
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_interpolation_images_in_either_mode_leave_the_generator_alone(train, rng):
+    from gan.interpolation import interpolation_images
+    from gan.models import build_gan
+    G, _ = build_gan("dcgan", image_size=32, latent_dim=4, width=2, rng=0)   # BatchNorm in G
+    G.train()
+    z0, z1 = rng.standard_normal((2, 4)).astype(np.float32), rng.standard_normal((2, 4)).astype(np.float32)
+    running = {k: v.copy() for k, v in G.state_dict().items()}
+    images = interpolation_images(G, z0, z1, steps=3, train=train)
+    assert images.shape == (6, 3, 32, 32) and G.training
+    for key, value in G.state_dict().items():
+        np.testing.assert_array_equal(value, running[key], err_msg=key)
+    latents = interpolate(z0, z1, 3).reshape(-1, 4).astype(np.float32)
+    with G.without_side_effects(train=train):          # the same G: batch statistics or running ones
+        np.testing.assert_allclose(images, G(latents), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.gpu

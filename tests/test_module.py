@@ -319,3 +319,25 @@ def test_a_shared_parameter_is_one_parameter(rng):
     assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]   # every name kept
     from nnbox.optim import Adam
     Adam(model.parameters())                            # no "appears more than once"
+
+
+def test_without_side_effects_puts_everything_back(rng):
+    from layers import BatchNorm1d, Dropout
+    shared = np.random.default_rng(5)
+    model = Sequential(Linear(3, 4, rng=rng), BatchNorm1d(4), Dropout(0.5, rng=shared), Dropout(0.5, rng=shared))
+    model.eval()
+    model[2].train()                                   # modes differ per module
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    model(x)
+    saved = [m._saved for m in model.modules()]
+    running = model[1].running_mean.copy()
+    state = shared.bit_generator.state
+    with model.without_side_effects(train=True):
+        assert all(m.training for m in model.modules())
+        model(x + 1)
+        masks = model[2].last_mask, model[3].last_mask
+        assert not np.array_equal(*masks)              # layers sharing a generator share its copy: two draws
+    assert [m.training for m in model.modules()] == [False, False, False, True, False]
+    assert [m._saved for m in model.modules()] == saved
+    np.testing.assert_array_equal(model[1].running_mean, running)
+    assert model[2].rng is shared and model[3].rng is shared and shared.bit_generator.state == state
