@@ -23,21 +23,13 @@ import numpy as np
 
 from nnbox import gpu_kernels
 from nnbox.backend import get_array_module
+from nnbox.losses import sigmoid  # noqa: F401  (gan.losses.sigmoid: the logits' probabilities, for callers here)
 
 
 def softplus(x):
     """log(1 + e^x), stable for any x: max(x, 0) + log1p(e^-|x|)."""
     xp = get_array_module(x)
     return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
-
-
-def sigmoid(x):
-    """1 / (1 + e^-x), from e^-|x| (never overflows): 1/(1+e) for x >= 0, e/(1+e) below."""
-    xp = get_array_module(x)
-    if xp is not np:   # CuPy: the same formula in one kernel
-        return gpu_kernels.sigmoid(x)
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
 
 
 def bce_with_logits(logits, targets):

@@ -8,6 +8,7 @@ import numpy as np
 
 from nnbox import gpu_kernels, parallel, workspace
 from nnbox.backend import get_array_module
+from nnbox.losses import sigmoid
 from nnbox.module import Module
 
 from ._checks import check_grad
@@ -170,7 +171,7 @@ class Tanh(Module):
 class Sigmoid(Module):
     """Applies y = 1 / (1 + exp(-x)) element-wise, without overflow for any x.
 
-    Computed as exp(min(x, 0)) / (1 + exp(-|x|)): every exponent is <= 0, so nothing
+    Computed by nnbox.losses.sigmoid from e^-|x|: every exponent is <= 0, so nothing
     overflows, and for very negative x the result keeps its relative precision
     (sigmoid(-40) = 4.2e-18, not 0 as 0.5 * (1 + tanh(x / 2)) would give).
 
@@ -182,11 +183,7 @@ class Sigmoid(Module):
 
     def forward(self, x):
         _check_array(self, x)
-        xp = get_array_module(x)
-        if xp is not np and x.dtype.kind == "f":   # CuPy: the same formula in one kernel
-            y = gpu_kernels.sigmoid(x)
-        else:
-            y = xp.exp(xp.minimum(x, 0)) / (1 + xp.exp(-xp.abs(x)))
+        y = sigmoid(x)
         self.save_for_backward(y=y)
         return y
 

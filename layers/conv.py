@@ -146,15 +146,7 @@ class Conv2d(_ConvNd):
 
     def _check(self, x):
         check_input(self, x, 4, self.in_channels, what="(N, C, H, W)")
-        h, w = x.shape[2:]
-        ph, pw = self.padding
-        reach = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
-        if h + 2 * ph < reach[0] or w + 2 * pw < reach[1]:
-            need = (max(reach[0] - 2 * ph, 1), max(reach[1] - 2 * pw, 1))
-            raise ValueError(
-                f"{type(self).__name__}: the input image {h}x{w} padded by {self.padding} is "
-                f"{h + 2 * ph}x{w + 2 * pw}, smaller than the dilated kernel {reach[0]}x{reach[1]}; "
-                f"expected shape (N, {self.in_channels}, >={need[0]}, >={need[1]}), got shape {tuple(x.shape)}")
+        conv_maths.check_window_fits(self, x, self.kernel_size, self.padding, self.dilation, self.in_channels)
 
     def forward(self, x):
         self._check(x)

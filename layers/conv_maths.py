@@ -57,6 +57,21 @@ def conv_transpose_output_size(size, kernel, stride, padding, output_padding=0, 
     return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
 
 
+def check_window_fits(layer, x, kernel, padding, dilation=(1, 1), channels="C"):
+    """Raise ValueError unless one (dilated) kernel window fits the padded image of x (N, C, H, W);
+    the message names the layer, both sizes and the smallest input that fits. `channels`: what to
+    show for the channel axis of that input."""
+    h, w = x.shape[2:]
+    (ph, pw), reach = padding, tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel))
+    if h + 2 * ph < reach[0] or w + 2 * pw < reach[1]:
+        what = "the dilated kernel" if tuple(dilation) != (1, 1) else "the kernel"
+        need = (max(reach[0] - 2 * ph, 1), max(reach[1] - 2 * pw, 1))
+        raise ValueError(
+            f"{type(layer).__name__}: the input image {h}x{w} padded by {tuple(padding)} is "
+            f"{h + 2 * ph}x{w + 2 * pw}, smaller than {what} {reach[0]}x{reach[1]}; "
+            f"expected shape (N, {channels}, >={need[0]}, >={need[1]}), got shape {tuple(x.shape)}")
+
+
 def pad2d(x, padding, value=0.0):
     """Pad the last two axes of x by padding = (ph, pw) on both sides with `value`.
 
@@ -170,7 +185,7 @@ def col2im(cols, image_shape, kernel, stride, padding, dilation, out_size, batch
     about 1.8x faster than strided slice-adds straight into the image (measured at batch 64,
     64 channels, 32x32, kernel 4, stride 2). The innermost run of each add is OW values. With
     batch_last the runs are N values whatever the stride, so the adds go straight into a padded
-    batch-last image, without phases (3-7x faster for 8x8 and smaller maps than the (n, oh, ow)
+    batch-last image, without phases (2-4x faster for 8x8 and smaller maps than the (n, oh, ow)
     order, see `batch_last_layout`).
     """
     xp = get_array_module(cols)
@@ -233,8 +248,8 @@ def _col2im_batch_last(cols, image, kernel, stride, padding, dilation, out_size)
     """col2im from batch-last columns (C' * kh * kw, OH * OW * N) into `image` (N, C', H, W): the
     kh * kw slice-adds go straight into a padded (C', Hp, Wp, N) array (strided, but every run is
     N values, so no phases are needed), then one transposing copy, cropped, in channel slabs that
-    stay in the cache. 20-25% faster than phases for 8x8 and 16x16 images at batch 64 (64x32x16x16:
-    2.08 -> 1.63 ms), the same for larger."""
+    stay in the cache. 20-25% faster than the earlier batch-last col2im by phases for 8x8 and 16x16
+    images at batch 64 (64x32x16x16: 2.08 -> 1.63 ms), the same for larger."""
     xp = get_array_module(cols)
     n, c, h, w = image.shape
     (kh, kw), (ph, pw), (oh, ow) = kernel, padding, out_size
@@ -309,18 +324,21 @@ def _phase_crop(phase, stride, padding, size):
     return first, slice(phase + first * stride - padding, size, stride)
 
 
+def sum_views(views):
+    """The sum of same-shaped arrays, as a new contiguous array (the first view copied, then adds)."""
+    total = views[0].copy()
+    for view in views[1:]:
+        total += view
+    return total
+
+
 def window_sum(x_padded, kernel, stride, out_size):
     """Sum of every (kh, kw) window of a padded (N, C, Hp, Wp) array -> (N, C, OH, OW).
 
     kh * kw strided slice-adds; no copy of the windows.
     """
-    total = None
-    for _, _, rows, columns in offset_slices(kernel, stride, (1, 1), out_size):
-        if total is None:
-            total = x_padded[:, :, rows, columns].copy()
-        else:
-            total += x_padded[:, :, rows, columns]
-    return total
+    return sum_views([x_padded[:, :, rows, columns]
+                      for _, _, rows, columns in offset_slices(kernel, stride, (1, 1), out_size)])
 
 
 def window_spread(values, image_shape, kernel, stride, padding, out_size):
@@ -342,8 +360,9 @@ def batch_last_layout(small_size):
 
     The products do not care how the N * OH * OW columns are ordered, but im2col and col2im
     copy runs of OW values in the (n, oh, ow) order and runs of N values (OW * N in col2im) in
-    the (oh, ow, n) order. For maps up to 8x8 batch-last is 3-7x faster (measured at batch 64:
-    col2im onto 64x128x16x16 17 -> 2.5 ms, im2col of it 5.0 -> 1.0 ms); for larger maps the
+    the (oh, ow, n) order. For maps up to 8x8 batch-last is 1.6-3.6x faster (batch 64, kernel 4,
+    stride 2, seventh round: col2im onto 64x128x16x16 11.1 -> 6.7 ms on 2 threads, 21.1 -> 12.2 on
+    one; im2col of it 4.3 -> 2.3 and 9.4 -> 4.2 ms; onto 64x32x8x8 2.1x and 3.6x); for larger maps the
     transposing copies between (N, C, H, W) and (C, H, W, N) cost as much as the runs save (with
     those copies done in slabs, TRANSPOSE_SLAB_ROWS, a limit of 16x16 measured the same as 8x8
     on whole training steps of all three benchmark GANs, 32x32 slower).

@@ -13,6 +13,7 @@ class Linear(Module):
         out_features: size of each output row.
         bias: learn an additive bias (default True).
         rng: NumPy generator or seed for the initial weights (PyTorch's default scheme).
+        dtype: of the parameters (float32).
 
     Shape:
         x: (N, in_features) -> y: (N, out_features)
@@ -23,8 +24,11 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=init.DEFAULT_DTYPE):
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
+        for label, value in (("in_features", in_features), ("out_features", out_features)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"Linear: {label} must be an integer >= 1, got {value!r}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
         weight, bias_data = init.default_weight_and_bias(
             (out_features, in_features), in_features, out_features if bias else None, rng, dtype)
         self.weight = Parameter(weight)

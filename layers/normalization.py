@@ -34,11 +34,11 @@ class _BatchNorm(Module):
 
     Statistics, over the m = N * (spatial size) values of each channel, as PyTorch:
         mean = sum(x) / m, var = sum((x - mean)^2) / m (biased: it normalises the batch);
-        running_var is updated with the unbiased var * m / (m - 1). For float32 input, the sums
-        over the samples are accumulated in float64 (a float32 sum over 10^5 values loses
-        digits), the mean's from float64 sums over each sample's pixels too (see
-        `_batch_statistics`); the output keeps the input's dtype. Training needs m > 1 (a single
-        value has no variance).
+        running_var is updated with the unbiased var * m / (m - 1). For float32 input the mean is
+        accumulated in float64 (over the samples of each (channel, position), then over the
+        positions); the squares of x - mean32 are summed over the samples in float32 and over the
+        positions in float64 (see `_batch_statistics`). The output keeps the input's dtype.
+        Training needs m > 1 (a single value has no variance).
 
     Backward, with xhat = (x - mean) * inv_std, inv_std = 1 / sqrt(var + eps), sums over the
     m values of a channel:
@@ -103,9 +103,11 @@ class _BatchNorm(Module):
         count = x.size // self.num_features              # m, the values per channel
         use_batch_stats = self.training or not self.track_running_stats
         if use_batch_stats and count < 2:
+            when = "when training" if self.training else "with track_running_stats=False"
+            hint = ", or eval()" if self.track_running_stats else ""
             raise ValueError(
-                f"{type(self).__name__}: expected more than 1 value per channel when training, got input "
-                f"shape {tuple(x.shape)} ({count} value per channel); use a batch of 2 or more, or eval()")
+                f"{type(self).__name__}: expected more than 1 value per channel {when}, got input "
+                f"shape {tuple(x.shape)} ({count} value per channel); use a batch of 2 or more{hint}")
         weight = bias = None
         if self.affine:
             weight = self.weight.data.astype(x.dtype, copy=False).reshape(stat_shape)

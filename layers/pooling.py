@@ -36,32 +36,22 @@ class _Pool2d(Module):
         return tuple(conv_maths.conv_output_size(size, k, s, p) for size, k, s, p in
                      zip((height, width), self.kernel_size, self.stride, self.padding))
 
-    def _check(self, x, argument="input"):
+    def _check(self, x):
         check_input(self, x, 4, what="(N, C, H, W)")
-        h, w = x.shape[2:]
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
-        if h + 2 * ph < kh or w + 2 * pw < kw:
-            raise ValueError(
-                f"{type(self).__name__}: the {argument} image {h}x{w} padded by {self.padding} is "
-                f"{h + 2 * ph}x{w + 2 * pw}, smaller than the kernel {kh}x{kw}; expected shape "
-                f"(N, C, >={max(kh - 2 * ph, 1)}, >={max(kw - 2 * pw, 1)}), got shape {tuple(x.shape)}")
-        return self.output_size(h, w)
+        conv_maths.check_window_fits(self, x, self.kernel_size, self.padding)
+        return self.output_size(*x.shape[2:])
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
-def _plane_offsets(xp, n, c, plane_size):
-    """(N, C, 1, 1) offsets of each (n, c) plane in a flattened (N, C, H, W) array."""
-    return (xp.arange(n * c, dtype=np.int64) * plane_size).reshape(n, c, 1, 1)
-
-
-def _sum_views(views):
-    """The sum of same-shaped arrays, as a new contiguous array (the first view copied, then adds)."""
-    total = views[0].copy()
-    for view in views[1:]:
-        total += view
-    return total
+def flat_indices(indices, plane_size):
+    """Positions within each (H, W) plane, indices (N, C, ...), -> positions in the flattened
+    (N, C, H, W) array, as one 1-D int64 array."""
+    xp = get_array_module(indices)
+    n, c = indices.shape[:2]
+    offsets = (xp.arange(n * c, dtype=np.int64) * plane_size).reshape((n, c) + (1,) * (indices.ndim - 2))
+    return (indices.astype(np.int64, copy=False) + offsets).reshape(-1)
 
 
 class MaxPool2d(_Pool2d):
@@ -156,7 +146,7 @@ class MaxPool2d(_Pool2d):
         overlapping = any(s < k for s, k in zip(self.stride, self.kernel_size))
         if overlapping:
             # several windows can pick the same pixel: sum their gradients
-            flat = (saved.indices + _plane_offsets(xp, n, c, h * w)).reshape(-1)
+            flat = flat_indices(saved.indices, h * w)
             if xp is not np:
                 return gpu_kernels.scatter_sum(flat, dy.reshape(-1), n * c * h * w).reshape(saved.x_shape)
             dx = xp.bincount(flat, weights=dy.reshape(-1), minlength=n * c * h * w).astype(dy.dtype, copy=False)
@@ -168,7 +158,7 @@ class MaxPool2d(_Pool2d):
         def scatter(a, b):
             piece = dx[a:b].reshape(-1)
             piece.fill(0)
-            piece[(saved.indices[a:b] + _plane_offsets(xp, b - a, c, h * w)).reshape(-1)] = dy[a:b].reshape(-1)
+            piece[flat_indices(saved.indices[a:b], h * w)] = dy[a:b].reshape(-1)
 
         parallel.run(n, scatter, size=dx.size, xp=xp)
         return dx
@@ -196,7 +186,8 @@ class MaxUnpool2d(_Pool2d):
     """
 
     def default_output_size(self, height, width):
-        return tuple((size - 1) * s - 2 * p + k for size, k, s, p in
+        """(H, W) = (OH - 1) s - 2p + k per axis: the size of the pooled image (a transposed convolution's)."""
+        return tuple(conv_maths.conv_transpose_output_size(size, k, s, p) for size, k, s, p in
                      zip((height, width), self.kernel_size, self.stride, self.padding))
 
     def forward(self, y, indices, output_size=None):
@@ -226,7 +217,7 @@ class MaxUnpool2d(_Pool2d):
             if low < 0 or high >= h * w:
                 raise ValueError(f"{name}: indices must lie in [0, {h * w}) for an output plane of {h}x{w}, got "
                                  f"values in [{low}, {high}]")
-        flat = (xp.asarray(indices).astype(np.int64, copy=False) + _plane_offsets(xp, n, c, h * w)).reshape(-1)
+        flat = flat_indices(xp.asarray(indices), h * w)
         x = xp.zeros(n * c * h * w, dtype=y.dtype)
         x[flat] = y.reshape(-1)
         self.save_for_backward(flat=flat, y_shape=tuple(y.shape), x_shape=(n, c, h, w))
@@ -265,7 +256,9 @@ class Unpool2d(_Pool2d):
         self.mode = mode
 
     def output_size(self, height, width):
-        return tuple((size - 1) * s + k for size, k, s in zip((height, width), self.kernel_size, self.stride))
+        """(H, W) = (h - 1) s + k per axis: a transposed convolution's size without padding."""
+        return tuple(conv_maths.conv_transpose_output_size(size, k, s, 0) for size, k, s in
+                     zip((height, width), self.kernel_size, self.stride))
 
     def fused_with(self, following):
         """Inside a Sequential: with mode "nearest", a "same" stride-1 convolution right after this
@@ -322,8 +315,8 @@ class Unpool2d(_Pool2d):
         dx = xp.empty((n, c, h, w), dtype=dy.dtype)
 
         def block_sums(a, b):
-            across = _sum_views([cells[a:b, :, :, :kh, :, j] for j in range(kw)])
-            dx[a:b] = _sum_views([across[:, :, :, i] for i in range(kh)])
+            across = conv_maths.sum_views([cells[a:b, :, :, :kh, :, j] for j in range(kw)])
+            dx[a:b] = conv_maths.sum_views([across[:, :, :, i] for i in range(kh)])
 
         parallel.run(n, block_sums, size=cells.size, xp=xp)
         return dx

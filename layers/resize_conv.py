@@ -54,6 +54,9 @@ def fuses(unpool, conv):
 
 
 PhaseTaps = namedtuple("PhaseTaps", "lo window padding sums")
+# what a fused forward keeps for its backward: the small image's shape, its im2col (None for a frozen
+# conv), the stacked phase kernels, each axis's PhaseTaps and the (H+1) x (W+1)-like grid of windows
+FusedSaved = namedtuple("FusedSaved", "x_shape cols phase_kernels rows columns grid")
 
 
 @functools.lru_cache(maxsize=32)
@@ -164,8 +167,8 @@ class ResizeConvolution:
                     xp.add(phase, bias, out=target)
 
         parallel.run(n, write, size=y.size, xp=xp)
-        self.saved = (tuple(x.shape), cols if self.conv.weight.requires_grad else None, phase_kernels, rows, columns,
-                      grid)
+        self.saved = FusedSaved(tuple(x.shape), cols if self.conv.weight.requires_grad else None, phase_kernels,
+                                rows, columns, grid)
         return y
 
     def backward(self, dy):
@@ -180,8 +183,9 @@ class ResizeConvolution:
             if input_grad:
                 return self.unpool.backward(self.conv.backward(dy))
             return self.conv.backward_parameters(dy)
-        x_shape, cols, phase_kernels, rows, columns, grid = self.saved
-        n, c, h, w = x_shape
+        saved = self.saved
+        rows, columns, grid, cols = saved.rows, saved.columns, saved.grid, saved.cols
+        n, c, h, w = saved.x_shape
         (sh, sw), o = self.unpool.kernel_size, self.conv.out_channels
         check_grad(self.conv, dy, (n, o, h * sh, w * sw))
         xp = get_array_module(dy)
@@ -206,5 +210,5 @@ class ResizeConvolution:
         self.conv._accumulate_bias_grad(dy)
         if not input_grad:
             return None
-        return conv_maths.col2im(_matmul(phase_kernels.T, grid_grad), x_shape, (rows.window, columns.window), (1, 1),
-                                 (rows.padding, columns.padding), (1, 1), grid)
+        return conv_maths.col2im(_matmul(saved.phase_kernels.T, grid_grad), saved.x_shape,
+                                 (rows.window, columns.window), (1, 1), (rows.padding, columns.padding), (1, 1), grid)

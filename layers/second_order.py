@@ -32,7 +32,6 @@ A network is a chain of these layers: `chain(module)` flattens Sequential contai
 container registered with `register_container`) into its leaf layers in forward order. An
 unsupported layer (BatchNorm, SpectralNorm, ...) raises a TypeError naming it.
 """
-from nnbox.backend import get_array_module
 from nnbox.module import Module, Sequential
 
 from . import conv_maths
@@ -40,7 +39,7 @@ from .activations import LeakyReLU, ReLU, Sigmoid, Tanh
 from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Linear
-from .pooling import MaxPool2d, _plane_offsets
+from .pooling import MaxPool2d, flat_indices
 from .shape import Flatten, Reshape
 
 
@@ -68,10 +67,8 @@ def _leaky_relu(layer, dy, ddx):
 
 def _max_pool2d(layer, dy, ddx):
     saved = layer.saved_for_backward()
-    n, c, h, w = saved.x_shape
-    xp = get_array_module(ddx)
-    flat = (saved.indices + _plane_offsets(xp, n, c, h * w)).reshape(-1)
-    return ddx.reshape(-1)[flat].reshape(saved.indices.shape), None
+    h, w = saved.x_shape[2:]
+    return ddx.reshape(-1)[flat_indices(saved.indices, h * w)].reshape(saved.indices.shape), None
 
 
 def _dropout(layer, dy, ddx):

@@ -34,7 +34,8 @@ class Optimizer:
     """Base class: keeps the parameters, their per-parameter state and the hyperparameters.
 
     Subclasses set `hyperparameters` (the attribute names saved in the state dict),
-    `state_arrays` (the per-parameter arrays, created lazily by `_init_state`) and
+    `state_arrays` (every per-parameter array name a state dict may hold; `_required_state()` lists
+    those the current settings create, at the first update) and
     implement `_update(param, state, *scratch)` (scratch: `_scratch_count()` work arrays).
     """
 

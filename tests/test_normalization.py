@@ -305,3 +305,11 @@ def test_momentum_none_is_the_cumulative_average_as_in_torch(rng, torch):
     fresh.reset_running_stats()
     assert int(fresh.num_batches_tracked) == 0
     assert "num_batches_tracked" not in BatchNorm2d(3).state_dict()   # default: keys unchanged
+
+
+def test_a_single_value_per_channel_without_running_statistics_names_the_setting():
+    layer = BatchNorm1d(3, track_running_stats=False).eval()
+    with pytest.raises(ValueError, match=r"more than 1 value per channel with track_running_stats=False.*2 or more\)?$"):
+        layer(np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match="when training.*or eval\\(\\)"):
+        BatchNorm1d(3)(np.ones((1, 3), np.float32))
