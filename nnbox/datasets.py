@@ -13,6 +13,7 @@ Images come back as float32 NCHW in [-1, 1] (MNIST, CIFAR-10) or as an `ImageFol
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import shutil
@@ -353,11 +354,9 @@ def load_lfw(data_dir=None, image_size=32, crop=LFW_DEFAULT_CROP, download=True,
     if data_dir is not None:
         searched.append(Path(data_dir).expanduser())
         folder = find_lfw(data_dir)
-        if folder is None and not download:
-            raise FileNotFoundError(_lfw_missing(searched))
         if folder is None:
-            warnings.warn(f"load_lfw: no LFW images in {searched[0]}; using the cache or downloading instead",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(f"load_lfw: no LFW images in {searched[0]}; looking in the cache"
+                          f"{' (and downloading)' if download else ''} instead", RuntimeWarning, stacklevel=2)
     if folder is None:
         searched.append(cache_dir / "lfw")
         folder = find_lfw(cache_dir / "lfw")
@@ -422,7 +421,7 @@ def read_idx(path, expected_magic=None):
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_TYPES[type_code]
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize   # Python ints: a corrupt header cannot overflow
     if len(data) - header != expected:
         raise ValueError(f"read_idx: {path} declares shape {shape} ({expected} bytes of data) but holds "
                          f"{len(data) - header}; the file is truncated or corrupted")
@@ -549,7 +548,13 @@ def read_cifar_binary(path):
 def read_cifar_python(path):
     """One CIFAR-10 "python version" batch, through `safe_unpickle` (no code can run)."""
     with open(path, "rb") as f:
-        batch = safe_unpickle(f)
+        try:
+            batch = safe_unpickle(f)
+        except (pickle.UnpicklingError, EOFError, ValueError) as error:
+            if isinstance(error, UnsafePickleError):
+                raise
+            raise ValueError(f"read_cifar_python: cannot read {path} ({type(error).__name__}: {error}); "
+                             f"is it a complete CIFAR-10 python batch?") from error
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"read_cifar_python: {path} is not a CIFAR-10 batch (a dict with b'data' and b'labels')")
     data = np.asarray(batch[b"data"], dtype=np.uint8)

@@ -67,6 +67,10 @@ def test_load_lfw_downloads_extracts_and_loads(tmp_path, rng, monkeypatch):
         again = load_lfw(tmp_path / "empty", image_size=16, cache_dir=cache, remote=broken, progress=False)
     assert again.cache_hit
     np.testing.assert_array_equal(again.images, ds.images)
+    # offline too: a data_dir without LFW falls back to the cache, as the docstring says
+    with pytest.warns(RuntimeWarning, match="looking in the cache instead"):
+        offline = load_lfw(tmp_path / "empty", image_size=16, cache_dir=cache, download=False, progress=False)
+    np.testing.assert_array_equal(offline.images, ds.images)
 
 
 def test_load_lfw_uses_a_local_deepfunneled_folder(tmp_path, rng):
@@ -289,6 +293,23 @@ class _Exploit:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
+
+
+def test_a_truncated_cifar_pickle_names_the_file(tmp_path, rng):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    labels, pixels = _cifar_records(rng, 4)
+    blob = pickle.dumps({b"data": pixels.reshape(4, -1), b"labels": labels.tolist()}, protocol=4)
+    (folder / "test_batch").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match=r"read_cifar_python: cannot read .*test_batch.*complete CIFAR-10"):
+        load_cifar10(tmp_path, "test", download=False)
+
+
+def test_an_idx_header_declaring_huge_dimensions_is_reported_exactly(tmp_path):
+    path = tmp_path / "huge-idx3-ubyte"
+    path.write_bytes((2051).to_bytes(4, "big") + (2**32 - 1).to_bytes(4, "big") * 3 + b"\0" * 16)
+    with pytest.raises(ValueError, match=rf"declares shape .*\({(2**32 - 1) ** 3} bytes of data\)"):
+        read_idx(path, expected_magic=2051)
 
 
 def test_malicious_cifar_pickle_is_refused_and_does_not_run(tmp_path):
