@@ -12,6 +12,7 @@ draw the comparison figures with the functions here:
 """
 import io
 import json
+import math
 import os
 from pathlib import Path
 
@@ -166,26 +167,34 @@ def plot_loss_comparison(histories, path):
     return save_figure(fig, path)
 
 
-def _grid_rows(png, rows):
-    """The top `rows` rows of images of a saved 8-per-row sample grid (uint8 HWC)."""
+def _grid_rows(png, rows, per_row):
+    """The top `rows` rows of images of a saved sample grid of `per_row` images a row (uint8 HWC)."""
     from PIL import Image
     with Image.open(png) as image:
         picture = np.asarray(image.convert("RGB"))
-    cell = (picture.shape[1] - 2) // 8      # the grids have padding 2 around each image
+    cell = (picture.shape[1] - 2) // per_row      # the grids have padding 2 around each image
     return picture[:2 + rows * cell]
+
+
+def _grid_columns(run_dir):
+    """Images per row of a run's sample grids: ceil(sqrt(n_samples)), as GANTrainer.save_samples draws them."""
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    return int(math.ceil(math.sqrt(config["train"]["n_samples"])))
 
 
 def plot_epoch_grids(run_dirs, path, epochs=None, rows=2):
     """The fixed-latent sample grids of every epoch: one row per epoch, one column per variant.
 
-    Shows the top `rows` rows (16 samples at rows=2) of each RUN_DIR/samples/epoch_XXX.png; the
-    same fixed latents in every epoch, so a column shows the same 16 samples improving.
+    Shows the top `rows` rows (16 samples at rows=2 of the default 8-wide grids) of each
+    RUN_DIR/samples/epoch_XXX.png; the same fixed latents in every epoch, so a column shows the same
+    samples improving.
     """
     plt = pyplot()
     frames = {label: sorted((Path(d) / SAMPLES_DIR).glob("epoch_*.png")) for label, d in run_dirs.items()}
     count = min(len(f) for f in frames.values())
     chosen = list(range(count)) if epochs is None else [e for e in epochs if e < count]
-    pictures = {label: [_grid_rows(f[e], rows) for e in chosen] for label, f in frames.items()}
+    pictures = {label: [_grid_rows(f[e], rows, _grid_columns(run_dirs[label])) for e in chosen]
+                for label, f in frames.items()}
     h, w = next(iter(pictures.values()))[0].shape[:2]
     fig, axes = plt.subplots(len(chosen), len(run_dirs), squeeze=False,
                              figsize=(len(run_dirs) * (w + 40) / FIGURE_DPI, len(chosen) * (h + 14) / FIGURE_DPI))
@@ -207,8 +216,8 @@ def plot_throughput_comparison(epoch_logs, path):
     """Images per second of every epoch (training steps only, data loading included), per variant."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.0))
-    first = next(iter(epoch_logs.values()))
-    grouped_bars(ax, [e["epoch"] + 1 for e in first],
+    longest = max(epoch_logs.values(), key=len)
+    grouped_bars(ax, [e["epoch"] + 1 for e in longest],
                  {label: [e["images_per_sec"] for e in log] for label, log in epoch_logs.items()}, value_format="%.0f")
     ax.set_xlabel("epoch")
     ax.set_ylabel("images / second")
@@ -218,7 +227,8 @@ def plot_throughput_comparison(epoch_logs, path):
 
 
 def grouped_bars(ax, positions, series, value_format=None):
-    """Bars of several series side by side at each position ({label: values}), with a legend."""
+    """Bars of several series side by side at each position ({label: values}, each at most as long
+    as `positions`: a shorter one fills the first positions), with a legend."""
     width = 0.8 / len(series)
     for i, (label, values) in enumerate(series.items()):
         x = np.asarray(positions, dtype=float) + (i - (len(series) - 1) / 2) * width
@@ -237,7 +247,8 @@ def summarize(trainers, metrics, path):
         last = [r for r in trainer.history if r["epoch"] == trainer.epoch - 1]
         summary[label] = {
             "epochs": trainer.epoch_log,
-            "last_epoch_means": {k: float(np.mean([r[k] for r in last])) for k in
+            # null, not NaN (which is not JSON), for a run without a completed epoch
+            "last_epoch_means": {k: float(np.mean([r[k] for r in last])) if last else None for k in
                                  ("d_loss", "g_loss", "d_real", "d_fake", "d_acc_real", "d_acc_fake", "g_success")},
             "parameters": {"G": _count(trainer.G), "D": _count(trainer.D)},
             "metrics": {k: v for k, v in metrics.get(label, {}).items() if k != "figures"},

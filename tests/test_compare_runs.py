@@ -1,0 +1,38 @@
+"""examples/compare_runs.py's helpers on edge cases the two comparison examples do not reach."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+compare_runs = pytest.importorskip("compare_runs")
+
+from gan.trainer import GANTrainer, TrainConfig  # noqa: E402
+from gan.visualize import save_image_grid  # noqa: E402
+
+
+def test_throughput_bars_take_the_longest_log(tmp_path):
+    logs = {"two epochs": [{"epoch": e, "images_per_sec": 100.0 + e} for e in range(2)],
+            "three epochs": [{"epoch": e, "images_per_sec": 90.0 + e} for e in range(3)]}
+    assert Path(compare_runs.plot_throughput_comparison(logs, tmp_path / "throughput.png")).is_file()
+
+
+def test_a_run_without_a_completed_epoch_summarises_to_strict_json(tmp_path):
+    trainer = GANTrainer.from_config(TrainConfig(image_size=16, latent_dim=4, width=2, progress=False,
+                                                 report=False), tmp_path / "run")
+    compare_runs.summarize({"fresh": trainer}, {}, tmp_path / "summary.json")
+    summary = json.loads((tmp_path / "summary.json").read_text(),
+                         parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert summary["fresh"]["last_epoch_means"]["d_loss"] is None
+
+
+@pytest.mark.parametrize("n_samples, per_row", [(16, 4), (64, 8), (100, 10)])
+def test_epoch_grids_are_cut_by_the_runs_own_row_length(tmp_path, n_samples, per_row):
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"train": {"n_samples": n_samples}}))
+    save_image_grid(np.zeros((n_samples, 3, 8, 8), np.float32), run / "samples" / "epoch_000.png", nrow=per_row)
+    top = compare_runs._grid_rows(run / "samples" / "epoch_000.png", 2, compare_runs._grid_columns(run))
+    assert top.shape[0] == 2 + 2 * (8 + 2)                      # two rows of 8-px images, 2-px padding
