@@ -8,16 +8,20 @@ def check_grad(layer, dy, expected_shape):
                          f"{tuple(expected_shape)}, got shape {tuple(getattr(dy, 'shape', ()))}")
 
 
+def check_array(layer, x):
+    """Raise TypeError unless x is an array (NumPy or CuPy: anything with ndim)."""
+    if not hasattr(x, "ndim"):
+        raise TypeError(f"{type(layer).__name__} expects an array, got {type(x).__name__}")
+
+
 def check_input(layer, x, ndim, channels=None, channel_axis=1, what=None, unit="channels"):
     """Raise ValueError unless x has `ndim` dimensions (and `channels` at `channel_axis`).
 
     `what` describes the expected layout, e.g. "(N, C, H, W)"; `unit` names what axis
     `channel_axis` counts ("features" for Linear).
     """
-    name = type(layer).__name__
-    shape = tuple(getattr(x, "shape", ()))
-    if not hasattr(x, "ndim"):
-        raise TypeError(f"{name} expects an array, got {type(x).__name__}")
+    check_array(layer, x)
+    name, shape = type(layer).__name__, tuple(x.shape)
     layout = f" {what}" if what else ""
     if x.ndim != ndim:
         raise ValueError(f"{name} expects a {ndim}-D input{layout}, got shape {shape}")

@@ -11,12 +11,7 @@ from nnbox.backend import get_array_module
 from nnbox.losses import sigmoid
 from nnbox.module import Module
 
-from ._checks import check_grad
-
-
-def _check_array(layer, x):
-    if not hasattr(x, "ndim"):
-        raise TypeError(f"{type(layer).__name__} expects an array, got {type(x).__name__}")
+from ._checks import check_array, check_grad
 
 
 def _positive(x):
@@ -48,7 +43,7 @@ class ReLU(Module):
     """
 
     def forward(self, x):
-        _check_array(self, x)
+        check_array(self, x)
         xp = get_array_module(x)
         if xp is not np:   # CuPy: both outputs in one kernel
             y, positive = gpu_kernels.relu(x)
@@ -104,7 +99,7 @@ class LeakyReLU(Module):
         return slopes
 
     def forward(self, x):
-        _check_array(self, x)
+        check_array(self, x)
         xp = get_array_module(x)
         slope = self.negative_slope
         if xp is not np and x.dtype.kind == "f":   # CuPy: y and the mask in one kernel
@@ -157,7 +152,7 @@ class Tanh(Module):
     """
 
     def forward(self, x):
-        _check_array(self, x)
+        check_array(self, x)
         y = get_array_module(x).tanh(x)
         self.save_for_backward(y=y)
         return y
@@ -182,7 +177,7 @@ class Sigmoid(Module):
     """
 
     def forward(self, x):
-        _check_array(self, x)
+        check_array(self, x)
         y = sigmoid(x)
         self.save_for_backward(y=y)
         return y

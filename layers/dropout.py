@@ -17,12 +17,12 @@ None) or pass `forward(x, mask=mask)` (this call only). A mask holds the keep de
 """
 from nnbox import backend
 from nnbox.backend import get_array_module
-from nnbox.module import Module
 
-from ._checks import check_grad, check_input
+from ._checks import check_array, check_grad, check_input
+from ._random import RandomLayer
 
 
-class Dropout(Module):
+class Dropout(RandomLayer):
     """Zeroes each value with probability p in training and scales the rest by 1 / (1 - p).
 
     Args:
@@ -38,20 +38,13 @@ class Dropout(Module):
     """
 
     def __init__(self, p=0.5, rng=None):
-        super().__init__()
+        super().__init__(rng)
         p = float(p)
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{type(self).__name__}: p is a probability and must be in [0, 1], got {p}")
         self.p = p
-        self.rng = backend.as_rng(rng)
         self.fixed_mask = None
         self.last_mask = None
-        self._device_rng = None  # the generator for CuPy arrays, made from self.rng on first use
-
-    def reset_device_rng(self):
-        """Forget the CuPy generator; the next GPU forward derives a new one from `self.rng`'s current
-        state (a trainer that restores `rng`'s state from a checkpoint calls this to replay the masks)."""
-        self._device_rng = None
 
     def _on_to(self, target):
         self.reset_device_rng()
@@ -60,8 +53,7 @@ class Dropout(Module):
             self.fixed_mask = backend.to_device(self.fixed_mask, target)
 
     def _check(self, x):
-        if not hasattr(x, "ndim"):
-            raise TypeError(f"{type(self).__name__} expects an array, got {type(x).__name__}")
+        check_array(self, x)
 
     def mask_shape(self, x):
         """The shape of the random keep-mask for input x."""
@@ -72,14 +64,8 @@ class Dropout(Module):
         return mask
 
     def _draw_mask(self, x):
-        xp = get_array_module(x)
-        if xp is backend.np:
-            generator = self.rng
-        else:
-            if self._device_rng is None:
-                self._device_rng = backend.random_generator(self.rng, xp)
-            generator = self._device_rng
         # P(u >= p) = 1 - p for u ~ U[0, 1): always kept at p = 0, never at p = 1
+        generator = self.generator(get_array_module(x))
         return generator.random(self.mask_shape(x), dtype=backend.draw_dtype(x.dtype)) >= self.p
 
     def forward(self, x, mask=None):

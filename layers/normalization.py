@@ -11,7 +11,7 @@ from nnbox import gpu_kernels, init, parallel, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter
 
-from ._checks import check_grad, check_input
+from ._checks import check_array, check_grad, check_input
 
 
 class _BatchNorm(Module):
@@ -89,8 +89,7 @@ class _BatchNorm(Module):
 
     def _check(self, x):
         name = type(self).__name__
-        if not hasattr(x, "ndim"):
-            raise TypeError(f"{name} expects an array, got {type(x).__name__}")
+        check_array(self, x)
         if x.ndim not in self.LAYOUTS:
             layouts = " or ".join(f"a {ndim}-D input {layout}" for ndim, layout in self.LAYOUTS.items())
             raise ValueError(f"{name} expects {layouts} with C = {self.num_features}, got shape {tuple(x.shape)}")

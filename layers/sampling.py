@@ -22,27 +22,21 @@ import numpy as np
 from nnbox import backend
 from nnbox.backend import get_array_module
 from nnbox.losses import log_softmax
-from nnbox.module import Module
 
 from ._checks import check_grad
+from ._random import RandomLayer
 
 
-class _NoisyLayer(Module):
-    """The explicit-noise machinery shared by the sampling layers (generator, replay, devices).
+class _NoisyLayer(RandomLayer):
+    """The explicit-noise machinery shared by the sampling layers (replay, devices).
 
-    Subclasses implement `_draw(xp, shape, dtype)` with a generator from `_generator(xp)`.
+    Subclasses implement `_draw(xp, shape, dtype)` with a generator from `generator(xp)`.
     """
 
     def __init__(self, rng=None):
-        super().__init__()
-        self.rng = backend.as_rng(rng)
+        super().__init__(rng)
         self.fixed_noise = None
         self.last_noise = None
-        self._device_rng = None  # the generator for CuPy arrays, made from self.rng on first use
-
-    def reset_device_rng(self):
-        """Forget the CuPy generator; the next GPU forward derives a new one from `self.rng`."""
-        self._device_rng = None
 
     def _on_to(self, target):
         self.reset_device_rng()
@@ -51,12 +45,6 @@ class _NoisyLayer(Module):
             self.fixed_noise = (backend.to_device(self.fixed_noise, target) if isinstance(target, str)
                                 else backend.to_dtype(self.fixed_noise, target))
 
-    def _generator(self, xp):
-        if xp is np:
-            return self.rng
-        if self._device_rng is None:
-            self._device_rng = backend.random_generator(self.rng, xp)
-        return self._device_rng
 
     def _noise(self, like, noise):
         """The noise for this training forward: `noise`, else `fixed_noise`, else a fresh draw."""
@@ -101,7 +89,7 @@ class Reparameterize(_NoisyLayer):
     """
 
     def _draw(self, xp, shape, dtype):
-        return self._generator(xp).standard_normal(shape, dtype=backend.draw_dtype(dtype)).astype(dtype, copy=False)
+        return self.generator(xp).standard_normal(shape, dtype=backend.draw_dtype(dtype)).astype(dtype, copy=False)
 
     def forward(self, mu, logvar, noise=None):
         for name, array in (("mu", mu), ("logvar", logvar)):
@@ -173,7 +161,7 @@ class GumbelSoftmax(_NoisyLayer):
 
     def _draw(self, xp, shape, dtype):
         # -log(E) with E ~ Exp(1) is -log(-log U): torch draws g the same way; E > 0 keeps g finite
-        exponential = self._generator(xp).standard_exponential(shape, dtype=backend.draw_dtype(dtype))
+        exponential = self.generator(xp).standard_exponential(shape, dtype=backend.draw_dtype(dtype))
         return -xp.log(xp.maximum(exponential, np.finfo(exponential.dtype).tiny)).astype(dtype, copy=False)
 
     def forward(self, logits, noise=None):

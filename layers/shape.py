@@ -4,15 +4,14 @@ import math
 
 from nnbox.module import Module
 
-from ._checks import check_grad
+from ._checks import check_array, check_grad
 
 
 class _ShapeLayer(Module):
     """What Flatten and Reshape share: y = x reshaped to `_output_shape(x.shape)`, dx = dy reshaped back."""
 
     def forward(self, x):
-        if not hasattr(x, "ndim"):
-            raise TypeError(f"{type(self).__name__} expects an array, got {type(x).__name__}")
+        check_array(self, x)
         output_shape = self._output_shape(tuple(x.shape))
         self.save_for_backward(input_shape=tuple(x.shape), output_shape=output_shape)
         return x.reshape(output_shape)

@@ -354,15 +354,17 @@ def load_lfw(data_dir=None, image_size=32, crop=LFW_DEFAULT_CROP, download=True,
     if data_dir is not None:
         searched.append(Path(data_dir).expanduser())
         folder = find_lfw(data_dir)
-        if folder is None:
-            warnings.warn(f"load_lfw: no LFW images in {searched[0]}; looking in the cache"
-                          f"{' (and downloading)' if download else ''} instead", RuntimeWarning, stacklevel=2)
+    missed = f"load_lfw: no LFW images in {searched[0]}; " if searched and folder is None else None
     if folder is None:
         searched.append(cache_dir / "lfw")
         folder = find_lfw(cache_dir / "lfw")
+        if folder is not None and missed:
+            warnings.warn(missed + f"using the copy in the cache, {folder}", RuntimeWarning, stacklevel=2)
     if folder is None:
         if not download:
             raise FileNotFoundError(_lfw_missing(searched))
+        if missed:
+            warnings.warn(missed + "downloading it into the cache", RuntimeWarning, stacklevel=2)
         archive = _download_file(remote, cache_dir / "downloads", progress)
         target = cache_dir / "lfw"
         if target.exists():    # an earlier extraction without images: start again

@@ -63,12 +63,12 @@ def test_load_lfw_downloads_extracts_and_loads(tmp_path, rng, monkeypatch):
     assert (cache / "lfw" / "lfw_funneled" / "Bob_B" / "Bob_B_0002.jpg").is_file()
     # next time the extracted copy in the cache is used: a download would fail now
     broken = RemoteFile("lfw-funneled.tgz", "file:///nowhere/lfw.tgz", "0" * 64)
-    with pytest.warns(RuntimeWarning, match="no LFW images in .*empty"):
+    with pytest.warns(RuntimeWarning, match="no LFW images in .*empty; using the copy in the cache"):
         again = load_lfw(tmp_path / "empty", image_size=16, cache_dir=cache, remote=broken, progress=False)
     assert again.cache_hit
     np.testing.assert_array_equal(again.images, ds.images)
     # offline too: a data_dir without LFW falls back to the cache, as the docstring says
-    with pytest.warns(RuntimeWarning, match="looking in the cache instead"):
+    with pytest.warns(RuntimeWarning, match="using the copy in the cache"):
         offline = load_lfw(tmp_path / "empty", image_size=16, cache_dir=cache, download=False, progress=False)
     np.testing.assert_array_equal(offline.images, ds.images)
 
