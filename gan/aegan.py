@@ -577,12 +577,12 @@ class AEGANTrainer:
     def generate(self, z=None):
         """G(z) (default: the fixed latents) in eval mode, NumPy NCHW."""
         z = self.fixed_z if z is None else z
-        with _evaluating(self.networks.generator) as G:
+        with self.networks.generator.without_side_effects(train=False) as G:
             return to_numpy(G(to_device(z, self.config.device)))
 
     def encode(self, x):
         """E(x) in eval mode, NumPy (N, latent_dim)."""
-        with _evaluating(self.networks.encoder) as E:
+        with self.networks.encoder.without_side_effects(train=False) as E:
             return to_numpy(E(to_device(x, self.config.device)))
 
     def reconstruct(self, x=None):
@@ -618,7 +618,6 @@ class AEGANTrainer:
         half = len(prior) // 2
         paths["interpolations_prior"] = save_interpolation_grid(G, prior[:half], prior[half:2 * half],
                                                                 folder / "interpolations_prior.png", steps=steps)
-        G.clear_saved()
         return paths
 
     def write_history(self):
@@ -677,22 +676,6 @@ class AEGANTrainer:
 
 EPOCH_SUMMARY = ("rec_image", "rec_latent", "adv_image", "adv_latent", "d_image", "d_latent", "dx_acc_real",
                  "dx_acc_fake", "dz_acc_encoded")
-
-
-class _evaluating:
-    """`with _evaluating(net) as net:` runs net in eval mode and restores its mode (and drops the
-    forward's saved state, which belongs to no training step)."""
-
-    def __init__(self, net):
-        self.net = net
-
-    def __enter__(self):
-        self.was_training = self.net.training
-        return self.net.eval()
-
-    def __exit__(self, *exc):
-        self.net.train(self.was_training)
-        self.net.clear_saved()
 
 
 def _first_images(loader, count):

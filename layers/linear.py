@@ -30,7 +30,7 @@ class Linear(Module):
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         weight, bias_data = init.default_weight_and_bias(
-            (out_features, in_features), in_features, out_features if bias else None, rng, dtype)
+            (self.out_features, self.in_features), self.in_features, self.out_features if bias else None, rng, dtype)
         self.weight = Parameter(weight)
         self.bias = Parameter(bias_data) if bias else None
 

@@ -78,7 +78,8 @@ def gradcheck(module, *inputs, wrt=(0,), eps=1e-6, atol=1e-6, rtol=1e-5, rng=Non
     # iteration away from its fixed point) would make every difference quotient meaningless: say so.
     # A drift d between two calls moves each quotient by up to d / (2 eps); below atol / 2 it is harmless
     first, second = objective(), objective()
-    if not abs(first - second) <= atol * eps:
+    same = first == second or (np.isnan(first) and np.isnan(second)) or abs(first - second) <= atol * eps
+    if not same:   # (a NaN or infinite forward is not called random here: the entries report it)
         return _fail(raise_on_failure,
                      f"gradcheck of {name}: two forwards of the same input gave different results "
                      f"({first!r} and {second!r}); the forward must be deterministic: give Dropout a fixed "
@@ -159,9 +160,9 @@ def _explain(name, label, index, analytical, numerical, atol, rtol):
     elif numerical != 0.0 and abs(analytical + numerical) < 1e-3 * abs(numerical):
         # checked before the ratio below, which would otherwise call this "-1x"
         hints.append("the sign is flipped: check the sign of each term in backward")
-    elif numerical != 0.0 and abs(analytical / numerical - round(analytical / numerical)) < 1e-3 \
-            and round(analytical / numerical) not in (0, 1):
-        hints.append(f"the analytical value is {round(analytical / numerical)}x the numerical one: "
+    elif numerical != 0.0 and np.isfinite(ratio := analytical / numerical) \
+            and abs(ratio - round(ratio)) < 1e-3 and round(ratio) not in (0, 1):
+        hints.append(f"the analytical value is {round(ratio)}x the numerical one: "
                      f"a gradient added several times, or a missing division (a mean's 1/N)?")
     hints.append("a kink (ReLU at 0, a max-pool tie, clipping) makes the numerical value meaningless "
                  "when an input sits within eps of it; move the input away from it")

@@ -189,10 +189,12 @@ class Module:
     @contextlib.contextmanager
     def without_side_effects(self, train=False):
         """Forwards that leave no trace: inside, the module is in train(`train`) mode; afterwards
-        everything is as before: each module's mode, the buffers (a training forward updates
-        BatchNorm's running statistics), what the layers saved for backward, and their random
-        generators (draws inside come from copies, one per shared generator; a layer's CuPy
-        generator, `_device_rng`, is derived afresh inside and put back after).
+        each module's mode, the buffers' values (a training forward updates BatchNorm's running
+        statistics; they are written back in place, so references to them stay valid), what the
+        layers saved for backward, and their random generators are as before (draws inside come
+        from copies, one per shared generator; a layer's CuPy generator, `_device_rng`, is derived
+        afresh inside and put back after). Records of the latest draw (Dropout's `last_mask`, the
+        sampling layers' `last_noise`) keep what was drawn inside.
 
             with G.without_side_effects(train=True):   # a sample grid, as the GAN trainer draws it
                 images = G(z)
@@ -211,8 +213,12 @@ class Module:
         finally:
             for module, name, value in generators:
                 object.__setattr__(module, name, value)
+            current = dict(self.named_buffers())
             for name, array in buffers:
-                self._set_buffer(name, array)
+                if current.get(name) is not None and current[name].shape == array.shape:
+                    current[name][...] = array
+                else:
+                    self._set_buffer(name, array)
             for module, mode, state in zip(modules, modes, saved):
                 object.__setattr__(module, "training", mode)
                 object.__setattr__(module, "_saved", state)

@@ -94,3 +94,20 @@ def test_non_square_real_images_are_resized_to_the_square(tmp_path, shape):
     np.save(tmp_path / "wide.npy", np.zeros(shape, np.uint8))
     images, _ = evaluate.load_real_images(str(tmp_path / "wide.npy"), 16, 3)
     assert images.shape == (4, 3, 16, 16)
+
+
+def test_the_interpolation_figures_use_the_runs_sample_mode(tiny_run, monkeypatch):
+    """evaluate measures G in the run's sample_mode ("train" here, the default); its interpolation
+    grids must show that same G, not the eval-mode one."""
+    from gan import interpolation
+    modes = []
+    real_grid = interpolation.save_interpolation_grid
+
+    def recording_grid(*args, train=False, **kwargs):
+        modes.append(train)
+        return real_grid(*args, train=train, **kwargs)
+
+    monkeypatch.setattr(interpolation, "save_interpolation_grid", recording_grid)
+    run, real, _ = tiny_run
+    evaluate.evaluate(run, str(real), n=8, report=False, kid_subsets=2, progress=lambda _: None)
+    assert modes == [True, True]                      # linear and slerp, both in train mode

@@ -185,3 +185,33 @@ def test_a_forward_that_changes_between_calls_is_named_not_blamed_on_backward(x)
     with pytest.raises(GradcheckError, match="SpectralNorm"):
         gradcheck(wrapped, x)
     assert gradcheck(wrapped.eval(), x)
+
+
+class Log(Module):
+    """y = log(x): correct, but infinite at x = 0."""
+
+    def forward(self, x):
+        self.save_for_backward(x=x)
+        return np.log(x)
+
+    def backward(self, dy):
+        return dy / self.saved_for_backward().x
+
+
+def test_an_infinite_forward_is_reported_as_such_not_as_randomness():
+    x = np.array([[0.0, 1.0, 2.0]])
+    with np.errstate(divide="ignore", invalid="ignore"), \
+            pytest.raises(GradcheckError, match=r"(?s)input 0.*NaN or infinite") as failure:
+        gradcheck(Log(), x)
+    assert "two forwards" not in str(failure.value)
+
+
+class HugeBackward(Linear):
+    """A backward 1e300 times too large: the ratio to the numerical value overflows."""
+
+    def backward(self, dy):
+        return super().backward(dy) * 1e300
+
+
+def test_an_overflowing_ratio_still_returns_false(x):
+    assert gradcheck(HugeBackward(3, 2, rng=0), x, raise_on_failure=False) is False

@@ -341,3 +341,12 @@ def test_without_side_effects_puts_everything_back(rng):
     assert [m._saved for m in model.modules()] == saved
     np.testing.assert_array_equal(model[1].running_mean, running)
     assert model[2].rng is shared and model[3].rng is shared and shared.bit_generator.state == state
+
+
+def test_without_side_effects_writes_buffers_back_in_place(rng):
+    from layers import BatchNorm1d
+    norm = BatchNorm1d(4)
+    running = norm.running_mean                        # a reference taken before
+    with norm.without_side_effects(train=True):
+        norm(rng.standard_normal((8, 4)).astype(np.float32) + 3)
+    assert norm.running_mean is running and not running.any()
