@@ -98,9 +98,10 @@ def gradcheck(module, *inputs, wrt=(0,), eps=1e-6, atol=1e-6, rtol=1e-5, rng=Non
         )
 
     targets = [(f"input {position}", inputs[position], grad) for position, grad in zip(wrt, grads)]
-    if check_params:
-        targets += [(f"parameter {pname!r}", param.data, param.grad)
-                    for pname, param in module.named_parameters() if param.requires_grad]
+    if check_params:   # a parameter shared by two layers (tied weights) is checked once, by its first name
+        names = {id(param): pname for pname, param in reversed(list(module.named_parameters()))}
+        targets += [(f"parameter {names[id(param)]!r}", param.data, param.grad)
+                    for param in module.parameters() if param.requires_grad]
 
     report = GradcheckReport()
     for label, array, analytical in targets:

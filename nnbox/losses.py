@@ -30,10 +30,15 @@ def _check_reduction(owner, reduction):
     return reduction
 
 
-def _check_same_shape(owner, input, target, names=("input", "target")):
-    for name, array in zip(names, (input, target)):
+def _check_arrays(owner, **arrays):
+    """TypeError naming the argument unless every one of `arrays` (name=value) is an array."""
+    for name, array in arrays.items():
         if not hasattr(array, "shape"):
             raise TypeError(f"{owner} expects arrays, got {type(array).__name__} for the {name}")
+
+
+def _check_same_shape(owner, input, target, names=("input", "target")):
+    _check_arrays(owner, **dict(zip(names, (input, target))))
     if tuple(input.shape) != tuple(target.shape):
         raise ValueError(f"{owner}: the {names[0]} has shape {tuple(input.shape)} but the {names[1]} has shape "
                          f"{tuple(target.shape)}; they must match")
@@ -150,9 +155,7 @@ def cross_entropy(input, target, reduction="mean", name="cross_entropy"):
     """
     owner = name
     _check_reduction(owner, reduction)
-    for name, array in (("input", input), ("target", target)):
-        if not hasattr(array, "shape"):
-            raise TypeError(f"{owner} expects arrays, got {type(array).__name__} for the {name}")
+    _check_arrays(owner, input=input, target=target)
     _check_float(owner, input)
     if input.ndim != 2 or target.shape != input.shape[:1]:
         raise ValueError(f"{owner} expects logits (N, C) and integer classes (N,): the input has shape "

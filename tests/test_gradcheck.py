@@ -215,3 +215,12 @@ class HugeBackward(Linear):
 
 def test_an_overflowing_ratio_still_returns_false(x):
     assert gradcheck(HugeBackward(3, 2, rng=0), x, raise_on_failure=False) is False
+
+
+def test_a_tied_weight_is_checked_once_with_both_uses_summed(x):
+    from layers import Tanh
+    from nnbox.module import Sequential
+    first, second = Linear(3, 3, rng=0), Linear(3, 3, rng=1)
+    second.weight = first.weight
+    report = gradcheck(Sequential(first, Tanh(), second), x)
+    assert "parameter '0.weight'" in report.checked_entries and "parameter '2.weight'" not in report.checked_entries
