@@ -48,7 +48,7 @@ from nnbox.upload import PinnedUploader
 from .history import History, atomic_write_text
 from .losses import get_gan_loss
 from .models import ARCHITECTURES, MLPDiscriminator, _Network, build_gan
-from .trainer import (CHECKPOINT_NAME, NonFiniteLossError, _module_generators, _restore_saved_state,
+from .trainer import (CHECKPOINT_NAME, NonFiniteLossError, _restore_saved_state,
                       _saved_state, non_finite_weights, read_checkpoint_meta, reset_device_generators,
                       stream_rng)
 from .tricks import sample_latent
@@ -630,7 +630,7 @@ class AEGANTrainer:
         """{name: NumPy Generator} of every random stream the run draws from (the loader's excepted)."""
         found = {"latent": self.latent_rng}
         for name, net in zip(AEGANNetworks._fields, self.networks):
-            found.update(_module_generators(net, name))
+            found.update(net.named_generators(name + "."))
         return found
 
     def save_checkpoint(self, loader=None):

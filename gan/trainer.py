@@ -629,7 +629,7 @@ class GANTrainer:
         if self.penalty_rng is not None:
             states["penalty"] = self.penalty_rng.bit_generator.state
         for prefix, module in (("G", self.G), ("D", self.D)):
-            for name, rng in _module_generators(module, prefix):
+            for name, rng in module.named_generators(prefix + "."):
                 states[name] = rng.bit_generator.state
         return states
 
@@ -638,7 +638,7 @@ class GANTrainer:
         if self.penalty_rng is not None:
             own["penalty"] = self.penalty_rng
         for prefix, module in (("G", self.G), ("D", self.D)):
-            own.update(_module_generators(module, prefix))
+            own.update(module.named_generators(prefix + "."))
         missing, unexpected = sorted(set(own) - set(states)), sorted(set(states) - set(own))
         if missing or unexpected:
             raise ValueError(f"the checkpoint's random generators do not match the networks: missing {missing}, "
@@ -734,16 +734,3 @@ def reset_device_generators(*networks):
                 layer.reset_device_rng()
 
 
-def _module_generators(module, prefix):
-    """(dotted name, NumPy Generator) of every generator a module or its descendants hold (dropout masks)."""
-    found = []
-
-    def walk(m, path):
-        for name, value in vars(m).items():
-            if isinstance(value, np.random.Generator):
-                found.append((f"{path}.{name}", value))
-        for child_name, child in m._children.items():
-            walk(child, f"{path}.{child_name}")
-
-    walk(module, prefix)
-    return found

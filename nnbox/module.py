@@ -106,6 +106,23 @@ class Module:
             unique.setdefault(id(param), param)
         return list(unique.values())
 
+    def named_generators(self, prefix=""):
+        """Yield (dotted name, NumPy Generator) for every random generator this module and its
+        descendants hold (Dropout's and the sampling layers' `rng`, ...), in order; a generator
+        shared by several layers comes once per layer. What a checkpoint must save to replay them."""
+        for name, _, _, value in self._random_state(prefix):
+            if isinstance(value, np.random.Generator):
+                yield name, value
+
+    def _random_state(self, prefix=""):
+        """(dotted name, owning module, attribute, value) of every random generator of this module and
+        its descendants: NumPy Generators, and the CuPy generator a layer keeps in `_device_rng`."""
+        for name, value in vars(self).items():
+            if isinstance(value, np.random.Generator) or name == "_device_rng":
+                yield prefix + name, self, name, value
+        for child_name, child in self._children.items():
+            yield from child._random_state(prefix + child_name + ".")
+
     def named_buffers(self, prefix=""):
         for name, array in self._buffers.items():
             yield prefix + name, array
@@ -202,8 +219,7 @@ class Module:
         modules = list(self.modules())
         modes, saved = [m.training for m in modules], [m._saved for m in modules]
         buffers = [(name, array.copy()) for name, array in self.named_buffers() if array is not None]
-        generators = [(m, name, value) for m in modules for name, value in vars(m).items()
-                      if isinstance(value, np.random.Generator) or name == "_device_rng"]
+        generators = [(owner, attribute, value) for _, owner, attribute, value in self._random_state()]
         copies = {}   # one memo: layers sharing a generator share its copy
         self.train(train)
         try:
