@@ -14,11 +14,11 @@ import csv
 import io
 import json
 import math
-import os
-import threading
 from pathlib import Path
 
 import numpy as np
+
+from nnbox.serialization import atomic_write
 
 # field: what it holds
 FIELD_DOCS = {
@@ -181,17 +181,10 @@ def _csv_value(value):
 
 
 def atomic_write_bytes(path, data):
-    """Write `data` to `path` through a temporary file in the same folder and os.replace."""
+    """Write `data` to `path` atomically (nnbox.serialization.atomic_write), making its folder first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda file: file.write(data))
 
 
 def atomic_write_text(path, text):

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .serialization import atomic_write
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 CACHE_FORMAT_VERSION = 2    # 2: 16-bit greyscale PNGs scaled to 8 bits (version 1 clipped them to white)
 _GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -447,10 +449,10 @@ class ImageFolder:
         for old in path.parent.glob(stem_prefix + "-*"):   # stale caches of the same folder
             if old.suffix in (".npy", ".json") and old.stem != path.stem:
                 old.unlink(missing_ok=True)
-        _atomic_write(path, lambda f: np.save(f, images, allow_pickle=False))
+        atomic_write(path, lambda f: np.save(f, images, allow_pickle=False))
         meta = {"key": key, "paths": kept, "skipped": skipped, "skip_reason": skip_reason,
                 "shape": list(images.shape)}
-        _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
+        atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
 
     def _build(self, relpaths):
         paths = [self.root / rel for rel in relpaths]
@@ -512,19 +514,6 @@ def with_augmented_copies(images, labels, k, rng):
 
 def _short_hash(text):
     return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def _atomic_write(path, write):
-    """Write through a temporary file in the same folder, then os.replace: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # --------------------------------------------------------------------------- DataLoader

@@ -31,9 +31,9 @@ def scatter_sum(index, values, size):
     """out (size,) with out[k] = the sum of values[i] over the i with index[i] = k (index, values 1-D
     CuPy arrays): cupyx.scatter_add, atomic adds in one launch. CuPy's bincount(weights=) would do
     the same but first checks the indices' range on the host: two waits for the GPU."""
-    backend.require_cupy()
+    cupy = backend.require_cupy()
     import cupyx
-    out = backend.require_cupy().zeros(size, dtype=values.dtype)
+    out = cupy.zeros(size, dtype=values.dtype)
     cupyx.scatter_add(out, index, values)
     return out
 

@@ -24,7 +24,7 @@ Arrays on the GPU are copied to the CPU.
 """
 import json
 import os
-import secrets
+import threading
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -153,27 +153,35 @@ def _host_array(value, name, path):
 
 
 def _write_npz(path, arrays):
-    """Write `arrays` to `path` atomically: a temporary file in the same folder, fsync, os.replace.
+    """Write `arrays` to `path` atomically (`atomic_write`), entry by entry: what np.savez does,
+    without its keyword arguments, so an entry may be called "file" or "allow_pickle"."""
+    def write(file):
+        with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, array in arrays.items():
+                with archive.open(name + ".npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
 
-    The .npz is written entry by entry (what np.savez does, without its keyword arguments, so an
-    entry may be called "file" or "allow_pickle"). The file gets the permissions a plain open()
-    would give it: the temporary is created with mode 0o666, which the system reduces by the umask
-    (tempfile.mkstemp's 0o600 would stick to every checkpoint), and a file being replaced passes
-    its own mode on.
+    atomic_write(path, write)
+
+
+def atomic_write(path, write):
+    """Call write(file) on a temporary file in path's folder, flush and fsync it, os.replace it onto
+    `path` and fsync the folder: readers see the old file or the new one, never half of one, and a
+    crash leaves the old one. Every file nnbox and its trainers write goes through here.
+
+    The file gets the mode open() would give it (0o666 less the umask), or the one of the file it
+    replaces. A folder that does not exist is a FileNotFoundError naming it.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot save {path!r}: the folder {folder!r} does not exist; create it first")
-    handle, temporary = _create_temporary(folder, os.path.basename(path))
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        if os.path.exists(path):
-            os.chmod(temporary, os.stat(path).st_mode & 0o777)
-        with os.fdopen(handle, "wb") as file:
-            with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for name, array in arrays.items():
-                    with archive.open(name + ".npy", "w", force_zip64=True) as entry:
-                        np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
+        with open(temporary, "wb") as file:
+            if os.path.exists(path):
+                os.chmod(temporary, os.stat(path).st_mode & 0o777)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -184,20 +192,6 @@ def _write_npz(path, arrays):
             pass
         raise
     _fsync_folder(folder)
-
-
-def _create_temporary(folder, name):
-    """(descriptor, path) of a new file ".NAME.XXXXXXXX.tmp" in `folder`, opened for writing with
-    mode 0o666 less the umask (what open() gives; reading the umask would mean setting it, which
-    is not thread-safe)."""
-    for _ in range(100):
-        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-            return os.open(temporary, flags, 0o666), temporary
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary file for {name!r} in {folder!r}")
 
 
 def _fsync_folder(folder):
