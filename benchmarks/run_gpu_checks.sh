@@ -25,9 +25,12 @@ echo "commit ${REV:-unknown (pass REV=...)}" | tee -a "$OUT/gpu.txt"
 
 workers=""
 $PY -c "import xdist" 2>/dev/null && workers="-n 8"
-echo "== test suite ($workers)"
+per_test=""  # pytest-timeout turns one hanging test into a failure instead of losing the whole log
+$PY -c "import pytest_timeout" 2>/dev/null && per_test="--timeout ${PER_TEST_LIMIT:-90}"
+echo "== test suite ($workers $per_test)"
 start=$SECONDS
-timeout "${TEST_LIMIT:-220}" $PY -m pytest -q -p no:cacheprovider $workers -rfE > "$OUT/tests.log" 2>&1
+timeout "${TEST_LIMIT:-220}" $PY -m pytest -q -p no:cacheprovider $workers $per_test -rfE --durations=15 \
+    > "$OUT/tests.log" 2>&1
 echo "pytest exit $? after $((SECONDS - start)) s"
 grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -25
 
@@ -40,3 +43,8 @@ echo "== bench_layers (GPU)"
 timeout "${LAYERS_LIMIT:-60}" $PY benchmarks/bench_layers.py --device gpu --repeats 20 \
     --json "$OUT/bench_layers_gpu.json" > "$OUT/bench_layers.log" 2>&1
 echo "exit $?"; tail -16 "$OUT/bench_layers.log"
+
+echo "== where the GPU step's time goes (cProfile of nnbox alone: host time, the step is launch-bound)"
+timeout "${PROFILE_LIMIT:-60}" $PY benchmarks/bench_train.py --device gpu --no-torch --no-memory --repeats 5 \
+    --warmup 3 --profile 10 > "$OUT/profile.log" 2>&1
+echo "exit $?"; tail -20 "$OUT/profile.log"
