@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from nnbox import parallel, workspace
+from nnbox import gpu_kernels, parallel, workspace
 from nnbox.backend import get_array_module
 
 
@@ -133,7 +133,8 @@ def im2col(x, kernel, stride, padding, dilation, out_size, batch_last=False):
     cols[(c, i, j), (n, oh, ow)] = x_padded[n, c, oh * s_h + i * d_h, ow * s_w + j * d_w].
 
     With batch_last the columns are ordered (oh, ow, n) instead (see `batch_last_layout`): x is
-    first copied, padded, to (C, Hp, Wp, N), so that the gather copies runs of N values.
+    first copied, padded, to (C, Hp, Wp, N), so that the gather copies runs of N values. On CuPy
+    the formula above is one kernel (`gpu_kernels.im2col`), padding included: no padded copy.
     """
     xp = get_array_module(x)
     n, c = x.shape[:2]
@@ -141,6 +142,9 @@ def im2col(x, kernel, stride, padding, dilation, out_size, batch_last=False):
         # the DCGAN's 4x4 -> 1x1 layers: the columns are the samples, cols = x as (N, C*H*W)
         # transposed; a view, no copy (either column order: with one window they are the same)
         return x.reshape(n, math.prod(x.shape[1:])).T
+    if xp is not np:
+        cols = gpu_kernels.im2col(x, kernel, stride, padding, dilation, out_size, batch_last)
+        return cols.reshape(c * kernel[0] * kernel[1], n * out_size[0] * out_size[1])
     if batch_last:
         ph, pw = padding
         h, w = x.shape[2:]
@@ -271,14 +275,18 @@ def col2im_gather(cols, image_shape, kernel, stride, padding, dilation, out_size
     kernel 4, stride 2). Their positions in a channel's block of cols are fixed by the shapes, so
     they are computed once (`_gather_plan`, cached) as an index (N, H, W, T) and a mask (H, W, T)
     of the taps that exist, for pixels with fewer; then col2im is one take, one masked sum over T
-    and one transpose: a handful of kernel launches on the GPU whatever the kernel size. The result
-    equals `col2im`'s up to the order of the additions (tested on NumPy). The missing taps read
-    entry 0 and are dropped by `where`, not multiplied by 0, which would turn an inf there into NaN.
+    and one transpose. The result equals `col2im`'s up to the order of the additions (tested on
+    NumPy). The missing taps read entry 0 and are dropped by `where`, not multiplied by 0, which
+    would turn an inf there into NaN. On CuPy the same gather and masked sum are one kernel
+    (`gpu_kernels.col2im_gather`), writing the (N, C, H, W) image directly: no (C, N, H, W, T)
+    intermediate, T times the image's size.
     """
     xp = get_array_module(cols)
     n, c, h, w = image_shape
     index, mask = _gather_plan(xp, image_shape, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation),
                                tuple(out_size), bool(batch_last))
+    if xp is not np:
+        return gpu_kernels.col2im_gather(cols.reshape(c, -1), index, mask, image_shape)
     gathered = xp.take(cols.reshape(c, -1), index, axis=1)            # (C, N, H, W, T)
     summed = xp.where(mask, gathered, 0).sum(axis=-1)                  # (C, N, H, W)
     return xp.ascontiguousarray(summed.transpose(1, 0, 2, 3))

@@ -170,6 +170,66 @@ def batch_norm_input_grad(dy, xhat, k_xhat, k_dy, scale, dx):
                  "nnbox_bn_input_grad")(dy, xhat, k_xhat, k_dy, scale, dx)
 
 
+def im2col(x, kernel, stride, padding, dilation, out_size, batch_last):
+    """layers.conv_maths.im2col's columns for a CuPy x (N, C, H, W) in one kernel, the zero padding
+    included: cols[c, i, j, n, oh, ow] (or [c, i, j, oh, ow, n] with batch_last) =
+    x[n, c, oh s_h - p_h + i d_h, ow s_w - p_w + j d_w], 0 where that falls in the padding."""
+    cupy = backend.require_cupy()
+    n, c, h, w = x.shape
+    (kh, kw), (oh, ow) = kernel, out_size
+    shape = (c, kh, kw, oh, ow, n) if batch_last else (c, kh, kw, n, oh, ow)
+    cols = cupy.empty(shape, dtype=x.dtype)
+    _elementwise(
+        "raw T x, int32 batch, int32 channels, int32 h, int32 w, int32 kh, int32 kw, int32 oh, int32 ow, "
+        "int32 sh, int32 sw, int32 ph, int32 pw, int32 dh, int32 dw, int32 batch_last",
+        "T cols",
+        """long long rest = i;
+           int sample, ox, oy;
+           if (batch_last) {
+               sample = (int)(rest % batch); rest /= batch;
+               ox = (int)(rest % ow); rest /= ow;
+               oy = (int)(rest % oh); rest /= oh;
+           } else {
+               ox = (int)(rest % ow); rest /= ow;
+               oy = (int)(rest % oh); rest /= oh;
+               sample = (int)(rest % batch); rest /= batch;
+           }
+           const int b = (int)(rest % kw); rest /= kw;
+           const int a = (int)(rest % kh);
+           const long long channel = rest / kh;
+           const int row = oy * sh - ph + a * dh, col = ox * sw - pw + b * dw;
+           cols = (row < 0 || row >= h || col < 0 || col >= w) ? (T)0
+                  : x[(((long long)sample * channels + channel) * h + row) * w + col];""",
+        "nnbox_im2col")(cupy.ascontiguousarray(x).reshape(-1), n, c, h, w, kh, kw, oh, ow, stride[0], stride[1],
+                        padding[0], padding[1], dilation[0], dilation[1], int(batch_last), cols)
+    return cols
+
+
+def col2im_gather(cols, index, mask, image_shape):
+    """image (N, C, H, W) with image[n, c, y, x] = the sum over t with mask[y, x, t] of
+    cols[c, index[n, y, x, t]], in one kernel: layers.conv_maths.col2im_gather's take, masked sum and
+    transpose (that NumPy code documents the maths; the taps are added in the same order, t = 0, 1,
+    ...). cols: (C, L) CuPy array; index: (N, H, W, T) int64; mask: (H, W, T) bool."""
+    cupy = backend.require_cupy()
+    n, c, h, w = image_shape
+    taps = mask.shape[-1]
+    image = cupy.empty((n, c, h, w), dtype=cols.dtype)
+    _elementwise(
+        "raw T cols, raw int64 index, raw bool mask, int32 channels, int32 pixels, int32 taps, int64 row",
+        "T image",
+        """const long long n = i / ((long long)channels * pixels);
+           const long long c = (i / pixels) % channels;
+           const long long p = i % pixels;
+           T total = 0;
+           for (int t = 0; t < taps; ++t) {
+               if (mask[p * taps + t]) total += cols[c * row + index[(n * pixels + p) * taps + t]];
+           }
+           image = total;""",
+        "nnbox_col2im_gather")(cupy.ascontiguousarray(cols).reshape(-1), cupy.ascontiguousarray(index).reshape(-1),
+                               cupy.ascontiguousarray(mask).reshape(-1), c, h * w, taps, cols.shape[1], image)
+    return image
+
+
 def max_pool(x, kernel, stride, padding, out_size):
     """MaxPool2d's (y, indices) for a CuPy x (N, C, H, W) in one kernel: each output element scans its
     window; padding never wins (it is -inf on the CPU); ties keep the first maximum in row-major

@@ -117,7 +117,7 @@ def assign(dest, source, axis=None, block=None):
     """
     from .backend import get_array_module
     xp = get_array_module(dest)
-    if dest.ndim == 0:
+    if dest.ndim == 0 or xp is not np:   # CuPy: one copy kernel, no pieces to hand out
         dest[...] = source
         return dest
     if tuple(getattr(source, "shape", ())) != tuple(dest.shape):

@@ -152,3 +152,38 @@ def test_col2im_gather_does_not_spread_an_inf_it_should_not_read(batch_last):
     got = conv_maths.col2im_gather(cols, x_shape, *geometry, out_size, batch_last=batch_last)
     assert np.isfinite(want).all() and not np.isnan(got).any()
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch_last", [False, True])
+@pytest.mark.parametrize("geometry, size", GEOMETRIES + [
+    (((4, 4), (2, 2), (1, 1), (1, 1)), (32, 32)),
+    (((3, 3), (1, 1), (1, 1), (1, 1)), (6, 5)),
+])
+def test_col2im_gather_kernel_on_the_gpu_equals_col2im(geometry, size, batch_last, dtype, rng):
+    """CuPy's col2im (one gather kernel, nnbox.gpu_kernels.col2im_gather): the phase slice-adds'
+    image on the CPU, in the same dtype."""
+    import cupy
+    x_shape = (3, 2) + size
+    out_size = _out_size(geometry, size)
+    cols = rng.standard_normal((2 * geometry[0][0] * geometry[0][1], 3 * out_size[0] * out_size[1])).astype(dtype)
+    want = conv_maths.col2im(cols, x_shape, *geometry, out_size, batch_last=batch_last)
+    got = conv_maths.col2im_gather(cupy.asarray(cols), x_shape, *geometry, out_size, batch_last=batch_last)
+    assert got.shape == x_shape and got.dtype == dtype and got.flags.c_contiguous
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch_last", [False, True])
+def test_col2im_gather_kernel_does_not_spread_an_inf_it_should_not_read(batch_last):
+    import cupy
+    geometry, x_shape, out_size = ((4, 4), (2, 2), (1, 1), (1, 1)), (2, 3, 8, 8), (4, 4)
+    cols = np.ones((3 * 16, 2 * 4 * 4), np.float32)
+    cols[0, 0] = np.inf
+    want = conv_maths.col2im(cols, x_shape, *geometry, out_size, batch_last=batch_last)
+    got = cupy.asnumpy(conv_maths.col2im_gather(cupy.asarray(cols), x_shape, *geometry, out_size,
+                                                batch_last=batch_last))
+    assert np.isfinite(want).all()
+    np.testing.assert_array_equal(got, want)
