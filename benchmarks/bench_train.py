@@ -295,9 +295,10 @@ MATRIX_PRODUCT_FUNCTIONS = {("conv.py", "_matmul"), ("conv.py", "_accumulate_wei
                             ("linear.py", "forward"), ("linear.py", "backward")}
 
 
-def profile_split(model, args, run_dir, iterations):
+def profile_split(model, args, run_dir, iterations, dump_path=None):
     """cProfile `iterations` nnbox steps: seconds per step in matrix products and in the rest (with the
-    rest's largest functions). The profiler's own overhead is counted in the rest."""
+    rest's largest functions). The profiler's own overhead is counted in the rest. `dump_path`: also
+    save the statistics there (for `python -m pstats PATH`)."""
     import cProfile
     import pstats
     xp = backend.require_cupy() if args.device == "gpu" else np
@@ -310,6 +311,8 @@ def profile_split(model, args, run_dir, iterations):
     for _ in range(iterations):
         trainer.step(batch)
     profiler.disable()
+    if dump_path:
+        profiler.dump_stats(dump_path)
     stats = pstats.Stats(profiler).stats
     products, rest = 0.0, {}
     for (filename, _, name), (_, _, own, _, _) in stats.items():
@@ -491,11 +494,16 @@ def main(argv=None):
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--profile", type=int, metavar="STEPS", default=0,
                         help="also cProfile this many nnbox steps per model: time in matrix products vs the rest")
+    parser.add_argument("--profile-dump", metavar="PATH",
+                        help="with --profile: also save each model's cProfile statistics (pstats format) to PATH, "
+                             "where {model} is replaced by the model's name")
     parser.add_argument("--json", metavar="PATH", help="also write every result (and the raw times) here")
     parser.add_argument("--_memory-child", nargs=2, metavar=("FRAMEWORK", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 2:
         parser.error("--repeats must be at least 2 (a median and quartiles)")
+    if args.profile_dump and not args.profile:
+        parser.error("--profile-dump needs --profile STEPS")
     try:
         if args.device == "gpu":
             backend.require_cupy()
@@ -526,7 +534,8 @@ def main(argv=None):
                 results["models"].append(row)
                 print_row(row, row["memory"])
                 if args.profile:
-                    row["profile"] = profile_split(model, args, os.path.join(run_dir, model + "_profile"), args.profile)
+                    row["profile"] = profile_split(model, args, os.path.join(run_dir, model + "_profile"), args.profile,
+                                                   args.profile_dump and args.profile_dump.replace("{model}", model))
                     print_split(row["profile"])
     except RuntimeError as error:  # no CuPy / no device for --device gpu: one line, no traceback
         sys.exit(f"bench_train: {error}")

@@ -46,5 +46,5 @@ echo "exit $?"; tail -16 "$OUT/bench_layers.log"
 
 echo "== where the GPU step's time goes (cProfile of nnbox alone: host time, the step is launch-bound)"
 timeout "${PROFILE_LIMIT:-60}" $PY benchmarks/bench_train.py --device gpu --no-torch --no-memory --repeats 5 \
-    --warmup 3 --profile 10 > "$OUT/profile.log" 2>&1
+    --warmup 3 --profile 10 --models dcgan64 --profile-dump "$OUT/profile_dcgan64.pstats" > "$OUT/profile.log" 2>&1
 echo "exit $?"; tail -20 "$OUT/profile.log"
