@@ -12,6 +12,8 @@ ConvTranspose2d weight is (in, out, kh, kw). With W2 = weight.reshape(small chan
 Conv2d's backward is the adjoint (for dx); ConvTranspose2d's backward is the convolution (for dx).
 """
 
+import numpy as np
+
 from nnbox import init, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter
@@ -155,8 +157,13 @@ class Conv2d(_ConvNd):
         batch_last = conv_maths.batch_last_layout(out_size)
         y_matrix, cols = self._convolve(x, out_size, batch_last)
         bias = None if self.bias is None else self.bias.data
-        # cols are only needed for the weight gradient (a frozen D in a generator step skips them)
-        self.save_for_backward(cols=cols if self.weight.requires_grad else None,
+        # The weight gradient needs cols (a frozen D in a generator step keeps nothing). NumPy keeps
+        # them: rebuilding would add a memory-bound copy per layer to the CPU's step. CuPy keeps x
+        # and rebuilds cols in backward with one kernel: cols are k_h k_w / (s_h s_w) times x's size
+        # (4x for the DCGAN's 4x4 stride-2 layers), most of the memory a GPU step holds.
+        keep_cols = self.weight.requires_grad and get_array_module(x) is np
+        keep_x = self.weight.requires_grad and not keep_cols
+        self.save_for_backward(cols=cols if keep_cols else None, x=x if keep_x else None,
                                x_shape=tuple(x.shape), out_size=out_size)
         return conv_maths.from_channel_major(y_matrix, (n, self.out_channels) + out_size, bias, batch_last)
 
@@ -176,6 +183,9 @@ class Conv2d(_ConvNd):
         dy_matrix = conv_maths.to_channel_major(dy, batch_last)
         if saved.cols is not None:
             self._accumulate_weight_grad(dy_matrix, saved.cols)
+        elif saved.x is not None:
+            cols = conv_maths.im2col(saved.x, *self._geometry(), saved.out_size, batch_last=batch_last)
+            self._accumulate_weight_grad(dy_matrix, cols)
         self._accumulate_bias_grad(dy)
         return saved, dy_matrix, batch_last
 

@@ -472,3 +472,26 @@ def test_gpu_matches_cpu(rng):
         np.testing.assert_allclose(cupy.asnumpy(y_gpu), y, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(cupy.asnumpy(dx_gpu), dx, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(cupy.asnumpy(layer.weight.grad), weight_grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_conv2d_keeps_its_input_not_the_columns(rng):
+    """On CuPy a training Conv2d holds x for its weight gradient and rebuilds the columns in backward
+    (4x x's size for a 4x4 stride-2 layer); on NumPy it keeps the columns. The gradients are the
+    CPU's either way; a frozen layer keeps neither."""
+    import cupy
+
+    cpu, gpu = Conv2d(3, 4, 4, 2, 1, rng=0), Conv2d(3, 4, 4, 2, 1, rng=0).to("gpu")
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    x_gpu = cupy.asarray(x)
+    y = cpu(x)
+    gpu(x_gpu)
+    assert cpu.saved_for_backward().cols is not None and cpu.saved_for_backward().x is None
+    saved = gpu.saved_for_backward()
+    assert saved.cols is None and saved.x is x_gpu
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_allclose(cupy.asnumpy(gpu.backward(cupy.asarray(dy))), cpu.backward(dy), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cupy.asnumpy(gpu.weight.grad), cpu.weight.grad, rtol=1e-5, atol=1e-5)
+    gpu.requires_grad_(False)
+    gpu(x_gpu)
+    assert gpu.saved_for_backward().x is None and gpu.saved_for_backward().cols is None
