@@ -225,8 +225,7 @@ class _BatchNorm(Module):
                                                                         xhat_flat[:, a:b]))
             sum_dy_xhat = sum_dy_xhat.reshape(c, -1).sum(axis=1, dtype=acc).astype(dy.dtype)              # (C,)
         else:
-            dy_rows, xhat_rows = (a.reshape(n, c, math.prod(a.shape[2:])) for a in (dy, xhat))
-            sum_dy, sum_dy_xhat = dy_rows.sum(axis=(0, 2)), gpu_kernels.channel_dot(dy_rows, xhat_rows)
+            sum_dy, sum_dy_xhat = gpu_kernels.channel_sums(dy, xhat)
             if self.affine and self.weight.requires_grad and self.bias.requires_grad and saved.batch_stats:
                 # CuPy: the per-channel lines below (both gradients, scale, k_xhat, k_dy) in one kernel
                 scale, k_xhat, k_dy = (xp.empty(stat_shape, dy.dtype) for _ in range(3))

@@ -21,12 +21,6 @@ def _elementwise(in_params, out_params, body, name):
     return backend.require_cupy().ElementwiseKernel(in_params, out_params, body, name)
 
 
-@functools.lru_cache(maxsize=None)
-def _sum_of(in_params, out_params, map_expr, name):
-    """A reduction kernel: the sum over the reduced axes of map_expr."""
-    return backend.require_cupy().ReductionKernel(in_params, out_params, map_expr, "a + b", "y = a", "0", name)
-
-
 def scatter_sum(index, values, size):
     """out (size,) with out[k] = the sum of values[i] over the i with index[i] = k (index, values 1-D
     CuPy arrays): cupyx.scatter_add, atomic adds in one launch. CuPy's bincount(weights=) would do
@@ -38,26 +32,109 @@ def scatter_sum(index, values, size):
     return out
 
 
-def channel_dot(a, b):
-    """sum over n and l of a[n, c, l] b[n, c, l] -> (C,), in one reduction kernel (a and b (N, C, L))."""
-    return _sum_of("T a, T b", "T y", "a * b", "nnbox_channel_dot")(a, b, axis=(0, 2))
+# Per-channel sums over (N, C, L) arrays, one thread block per channel. CuPy's reductions over the
+# axes (0, 2) cost a launch each and, on the host, several times an element-wise kernel's time; these
+# do BatchNorm's two sums in one launch, in float64 (as the CPU code). TYPE: float or double.
+_CHANNEL_SUMS_SOURCE = r"""
+#define THREADS 256
+
+// a and b summed over the block's threads (a shared-memory tree); every thread gets the totals
+__device__ inline void block_sum(double& a, double& b) {
+    __shared__ double sa[THREADS], sb[THREADS];
+    sa[threadIdx.x] = a;
+    sb[threadIdx.x] = b;
+    __syncthreads();
+    for (int half = THREADS / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) {
+            sa[threadIdx.x] += sa[threadIdx.x + half];
+            sb[threadIdx.x] += sb[threadIdx.x + half];
+        }
+        __syncthreads();
+    }
+    a = sa[0];
+    b = sb[0];
+}
+
+// mean[c] = sum x / m, var[c] = max(sum x^2 / m - mean^2, 0) (NaN stays NaN), m = N L
+extern "C" __global__ void nnbox_channel_mean_var(const TYPE* x, long long batch, long long channels,
+                                                  long long length, double* mean, double* var) {
+    const long long c = blockIdx.x, m = batch * length;
+    double s = 0.0, q = 0.0;
+    for (long long k = threadIdx.x; k < m; k += THREADS) {
+        const double v = (double)x[((k / length) * channels + c) * length + k % length];
+        s += v;
+        q += v * v;
+    }
+    block_sum(s, q);
+    if (threadIdx.x == 0) {
+        const double mu = s / m, d = q / m - mu * mu;
+        mean[c] = mu;
+        var[c] = d < 0.0 ? 0.0 : d;
+    }
+}
+
+// sum_dy[c] = sum dy, sum_dy_xhat[c] = sum dy xhat (over n and l)
+extern "C" __global__ void nnbox_channel_sums(const TYPE* dy, const TYPE* xhat, long long batch,
+                                              long long channels, long long length, TYPE* sum_dy,
+                                              TYPE* sum_dy_xhat) {
+    const long long c = blockIdx.x, m = batch * length;
+    double s = 0.0, p = 0.0;
+    for (long long k = threadIdx.x; k < m; k += THREADS) {
+        const long long at = ((k / length) * channels + c) * length + k % length;
+        const double g = (double)dy[at];
+        s += g;
+        p += g * (double)xhat[at];
+    }
+    block_sum(s, p);
+    if (threadIdx.x == 0) {
+        sum_dy[c] = (TYPE)s;
+        sum_dy_xhat[c] = (TYPE)p;
+    }
+}
+"""
+_CHANNEL_THREADS = 256   # THREADS above
+
+
+@functools.lru_cache(maxsize=None)
+def _channel_kernel(name, c_type):
+    return backend.require_cupy().RawKernel(_CHANNEL_SUMS_SOURCE.replace("TYPE", c_type), name)
+
+
+def _channel_launch(name, arrays, outputs):
+    """Launch the channel kernel `name` over `arrays` (N, C, ...), read as (N, C, L): one block per
+    channel. float64 arrays run the double kernel; others are read as float32 (a float16 one
+    through a float32 copy)."""
+    cupy = backend.require_cupy()
+    n, c = arrays[0].shape[:2]
+    length = arrays[0].size // (n * c) if n * c else 0
+    c_type = "double" if arrays[0].dtype == np.float64 else "float"
+    dtype = np.float64 if c_type == "double" else np.float32
+    flat = [cupy.ascontiguousarray(a, dtype=dtype) for a in arrays]
+    _channel_kernel(name, c_type)((c,), (_CHANNEL_THREADS,), (*flat, np.int64(n), np.int64(c), np.int64(length),
+                                                              *outputs))
+
+
+def channel_sums(dy, xhat):
+    """(sum_dy, sum_dy_xhat), each (C,) in dy's dtype: the sums of dy and of dy xhat over every axis
+    but 1 (dy, xhat (N, C, ...)), accumulated in float64, in one kernel."""
+    cupy = backend.require_cupy()
+    kernel_dtype = np.float64 if dy.dtype == np.float64 else np.float32
+    sums = cupy.empty((2, dy.shape[1]), dtype=kernel_dtype)
+    _channel_launch("nnbox_channel_sums", (dy, xhat), (sums[0], sums[1]))
+    sums = sums.astype(dy.dtype, copy=False)
+    return sums[0], sums[1]
 
 
 def channel_mean_var(x):
-    """Per-channel mean and biased variance of x (N, C, ...) over every axis but 1, accumulated in
-    float64 by two reduction kernels: mean = sum(x / m), var = max(sum(x^2 / m) - mean^2, 0).
-    (One pass each and no broadcast; float64 sums of float32 squares keep the cancellation harmless
-    unless |mean| / std exceeds ~1e5.)"""
-    axes = (0,) + tuple(range(2, x.ndim))
-    count = float(x.size // x.shape[1])
-    mean = _sum_of("T x, float64 count", "float64 y", "x / count", "nnbox_channel_mean")(x, count, axis=axes)
-    square_mean = _sum_of("T x, float64 count", "float64 y", "(double)x * x / count",
-                          "nnbox_channel_square_mean")(x, count, axis=axes)
-    # not CUDA's max(), which is fmax: it would turn a NaN variance (a NaN or inf in x) into 0, where
-    # the CPU's np.maximum keeps it NaN
-    return mean, _elementwise("float64 square_mean, float64 mean", "float64 var",
-                              "const double d = square_mean - mean * mean; var = d < 0.0 ? 0.0 : d",
-                              "nnbox_variance")(square_mean, mean)
+    """Per-channel mean and biased variance of x (N, C, ...) over every axis but 1, as float64 (C,)
+    arrays, in one kernel: mean = sum(x) / m, var = max(sum(x^2) / m - mean^2, 0), m = x.size / C,
+    summed in float64. (float64 sums of float32 squares keep the cancellation harmless unless
+    |mean| / std exceeds ~1e5.) The max keeps a NaN variance NaN, as the CPU's np.maximum (CUDA's
+    max() is fmax, which would turn it into 0)."""
+    cupy = backend.require_cupy()
+    stats = cupy.empty((2, x.shape[1]), dtype=np.float64)
+    _channel_launch("nnbox_channel_mean_var", (x,), (stats[0], stats[1]))
+    return stats[0], stats[1]
 
 
 def relu(x):
