@@ -1,4 +1,5 @@
-"""Real data sets: LFW faces, MNIST, coloured MNIST and CIFAR-10, from a local folder or downloaded.
+"""Real data sets: LFW faces, MNIST, coloured MNIST, CIFAR-10 and Olivetti faces, from a local folder or
+downloaded.
 
 Every loader first looks in the folder you give (`data_dir`), then in the cache
 (`nnbox.data.default_cache_dir()`, `$NNBOX_CACHE` overrides); only then does it download the
@@ -7,7 +8,7 @@ can execute code: arrays come from raw bytes, the CIFAR-10 "python version" goes
 unpickler that refuses every global (`safe_unpickle`), and archives are checked member by member
 (`safe_extract_tar`).
 
-Images come back as float32 NCHW in [-1, 1] (MNIST, CIFAR-10) or as an `ImageFolder` whose
+Images come back as float32 NCHW in [-1, 1] (MNIST, CIFAR-10, Olivetti) or as an `ImageFolder` whose
 `images` are uint8 NHWC and whose batches are float32 NCHW (LFW).
 """
 import gzip
@@ -626,3 +627,51 @@ def _cifar_classes(folder):
         if len(names) == 10:
             return names
     return list(CIFAR10_CLASSES)
+
+
+# --------------------------------------------------------------------------- Olivetti
+OLIVETTI_SHAPE = (400, 64, 64)
+
+
+def load_olivetti(data_dir):
+    """The Olivetti (AT&T) faces: 400 greyscale 64x64 photos, 10 of each of 40 people.
+
+    Reads `olivetti_faces.npy` (uint8 in [0, 255], or floats in [0, 1] as scikit-learn's
+    `fetch_olivetti_faces().images` saved with `np.save`) and `olivetti_target.npy` (the person ids)
+    from `data_dir` or `data_dir/olivetti`, with `allow_pickle=False`. There is no download: the
+    official copy is a MATLAB file, which scikit-learn converts.
+
+    Returns:
+        images float32 (400, 1, 64, 64) in [-1, 1], labels int64 (400,) in 0..39.
+    """
+    root = Path(data_dir).expanduser()
+    folder = next((f for f in (root, root / "olivetti") if (f / "olivetti_faces.npy").is_file()), None)
+    if folder is None:
+        raise FileNotFoundError(f"load_olivetti: olivetti_faces.npy not found in {root} or {root / 'olivetti'}; pass "
+                                f"data_dir=<folder with olivetti_faces.npy and olivetti_target.npy> (scikit-learn's "
+                                f"fetch_olivetti_faces() gives the arrays: np.save them there)")
+    arrays = []
+    for name in ("olivetti_faces.npy", "olivetti_target.npy"):
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"load_olivetti: {path} is missing (it holds the "
+                                    f"{'images' if 'faces' in name else 'person ids'})")
+        try:
+            arrays.append(np.load(path, allow_pickle=False))
+        except ValueError as error:   # an object array (a pickle) or a file that is not .npy
+            raise ValueError(f"load_olivetti: {path} is not a plain .npy array ({error})") from None
+    images, labels = arrays
+    if images.shape != OLIVETTI_SHAPE or labels.shape != OLIVETTI_SHAPE[:1]:
+        raise ValueError(f"load_olivetti: expected images {OLIVETTI_SHAPE} and labels (400,), got {images.shape} "
+                         f"and {labels.shape} in {folder}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 39:
+        raise ValueError(f"load_olivetti: {folder / 'olivetti_target.npy'} must hold person ids 0..39, got "
+                         f"{labels.dtype} values in [{labels.min()}, {labels.max()}]")
+    if images.dtype == np.uint8:
+        return _uint8_to_float(images[:, None]), labels.astype(np.int64)
+    if not np.issubdtype(images.dtype, np.floating) or not (np.isfinite(images).all() and images.min() >= 0
+                                                             and images.max() <= 1):
+        raise ValueError(f"load_olivetti: {folder / 'olivetti_faces.npy'} must be uint8, or floats in [0, 1]; got "
+                         f"{images.dtype}" + (f" in [{images.min()}, {images.max()}]"
+                                              if np.issubdtype(images.dtype, np.number) else ""))
+    return (images[:, None] * 2 - 1).astype(np.float32), labels.astype(np.int64)

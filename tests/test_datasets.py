@@ -12,7 +12,8 @@ from PIL import Image
 
 from nnbox import datasets
 from nnbox.datasets import (ChecksumError, RemoteFile, UnsafeArchiveError, UnsafePickleError, colorize_mnist,
-                            download, load_cifar10, load_lfw, load_mnist, read_idx, safe_extract_tar, safe_unpickle)
+                            download, load_cifar10, load_lfw, load_mnist, load_olivetti, read_idx, safe_extract_tar,
+                            safe_unpickle)
 
 
 def _sha(path):
@@ -339,3 +340,55 @@ def test_safe_unpickle_reads_plain_data():
     assert out["a"] == [1, 2.5, None] and out[b"b"] == (True, b"raw")
     np.testing.assert_array_equal(out["c"], data["c"])
     np.testing.assert_array_equal(out["f"], data["f"])
+
+
+# ---------------------------------------------------------------- Olivetti
+def _olivetti(folder, images=None, labels=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (400, 64, 64), dtype=np.uint8) if images is None else images
+    labels = np.repeat(np.arange(40), 10) if labels is None else labels
+    np.save(folder / "olivetti_faces.npy", images)
+    np.save(folder / "olivetti_target.npy", labels)
+    return images, labels
+
+
+def test_load_olivetti_reads_the_uint8_layout_from_the_folder_or_its_olivetti_subfolder(tmp_path):
+    images, labels = _olivetti(tmp_path / "olivetti")
+    x, y = load_olivetti(tmp_path)
+    assert x.shape == (400, 1, 64, 64) and x.dtype == np.float32 and y.dtype == np.int64
+    np.testing.assert_allclose(x[:, 0], images / 127.5 - 1, atol=1e-6)
+    np.testing.assert_array_equal(y, labels)
+    x2, _ = load_olivetti(tmp_path / "olivetti")
+    np.testing.assert_array_equal(x2, x)
+
+
+def test_load_olivetti_accepts_scikit_learns_float_images(tmp_path):
+    images = np.random.default_rng(1).random((400, 64, 64))
+    _olivetti(tmp_path, images=images)
+    x, _ = load_olivetti(tmp_path)
+    np.testing.assert_allclose(x[:, 0], images * 2 - 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (np.zeros((10, 64, 64), np.uint8), None, r"expected images \(400, 64, 64\) and labels \(400,\), got \(10, 64, 64\)"),
+    (None, np.arange(400), r"person ids 0\.\.39, got int64 values in \[0, 399\]"),
+    (np.full((400, 64, 64), 2.0), None, r"uint8, or floats in \[0, 1\]; got float64 in \[2\.0, 2\.0\]"),
+    (np.zeros((400, 64, 64), np.int16), None, r"uint8, or floats in \[0, 1\]; got int16"),
+])
+def test_load_olivetti_refuses_other_layouts_with_the_reason(tmp_path, images, labels, message):
+    _olivetti(tmp_path, images=images, labels=labels)
+    with pytest.raises(ValueError, match=message):
+        load_olivetti(tmp_path)
+
+
+def test_load_olivetti_never_unpickles_and_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="olivetti_faces.npy not found in .*fetch_olivetti_faces"):
+        load_olivetti(tmp_path)
+    _olivetti(tmp_path)
+    (tmp_path / "olivetti_target.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"olivetti_target.npy is missing \(it holds the person ids\)"):
+        load_olivetti(tmp_path)
+    np.save(tmp_path / "olivetti_target.npy", np.array([object()] * 400, dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="is not a plain .npy array"):
+        load_olivetti(tmp_path)
