@@ -141,6 +141,8 @@ def save_figure(fig, path):
 def _epoch_axis(history):
     """Each step's position in epochs (step / steps per epoch), so runs of different lengths line up."""
     epochs = history.column("epoch")
+    if len(epochs) == 0:
+        return epochs
     steps_in_epoch = np.bincount(epochs.astype(int))
     within = np.concatenate([np.arange(n) for n in steps_in_epoch])
     return epochs + within / steps_in_epoch[epochs.astype(int)]
@@ -151,6 +153,11 @@ def plot_loss_comparison(histories, path):
     plt = pyplot()
     fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.4), sharey=True, squeeze=False)
     for ax, (label, history) in zip(axes[0], histories.items()):
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        if len(history) == 0:   # a run stopped before its first step: say so, plot nothing
+            ax.text(0.5, 0.5, "no steps logged", ha="center", va="center", transform=ax.transAxes)
+            continue
         x = _epoch_axis(history)
         window = max(1, len(history) // 40)
         for name, color in (("d_loss", D_COLOR), ("g_loss", G_COLOR)):
@@ -158,8 +165,6 @@ def plot_loss_comparison(histories, path):
             ax.plot(x, values, color=color, alpha=0.2, linewidth=0.6)
             ax.plot(x, moving_average(values, window), color=color, linewidth=1.6,
                     label=f"{name[0].upper()} loss (mean of {window})")
-        ax.set_title(label)
-        ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper right")
     axes[0, 0].set_ylabel("loss")

@@ -36,3 +36,13 @@ def test_epoch_grids_are_cut_by_the_runs_own_row_length(tmp_path, n_samples, per
     save_image_grid(np.zeros((n_samples, 3, 8, 8), np.float32), run / "samples" / "epoch_000.png", nrow=per_row)
     top = compare_runs._grid_rows(run / "samples" / "epoch_000.png", 2, compare_runs._grid_columns(run))
     assert top.shape[0] == 2 + 2 * (8 + 2)                      # two rows of 8-px images, 2-px padding
+
+
+def test_the_loss_plot_takes_a_run_without_steps_beside_one_with_steps(tmp_path):
+    from gan.history import History
+    steps = History([{"epoch": e, "d_loss": 1.0 - 0.1 * i, "g_loss": 0.5 + 0.1 * i}
+                     for e in range(2) for i in range(3)])
+    path = compare_runs.plot_loss_comparison({"empty": History(), "trained": steps}, tmp_path / "losses.png")
+    assert Path(path).is_file() and Path(path).stat().st_size > 0
+    np.testing.assert_allclose(compare_runs._epoch_axis(steps), [0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3])
+    assert len(compare_runs._epoch_axis(History())) == 0
