@@ -13,8 +13,10 @@
             return fail("my_program", error)
         return 0
 """
+import os
 import pickle
 import sys
+import traceback
 
 from gan.trainer import NonFiniteLossError
 from nnbox import backend
@@ -24,7 +26,8 @@ from nnbox import backend
 # network (OSError: urllib's URLError), a refused pickle (nnbox.datasets.UnsafePickleError), a training run
 # that diverged (NonFiniteLossError; FloatingPointError from gan.cyclegan). TypeError, AttributeError, KeyError
 # and the like keep their traceback; a programming error that raises a ValueError (a layer's shape check)
-# shows as one line too, the price of showing every bad setting as one.
+# shows as one line too, the price of showing every bad setting as one: set NNBOX_TRACEBACK=1 to see the
+# traceback above that line.
 CLI_ERRORS = (ValueError, OSError, pickle.UnpicklingError, NonFiniteLossError, FloatingPointError)
 
 MNIST_HINT = "pass --data <the folder with MNIST's four IDX files>, e.g. --data ../shared/data/mnist"
@@ -37,7 +40,10 @@ class UsageError(ValueError):
 
 
 def fail(program, error):
-    """Print `program: error` on stderr as one line; returns the exit status, 2."""
+    """Print `program: error` on stderr as one line (after the full traceback when the environment
+    variable NNBOX_TRACEBACK is set to anything but "" or "0"); returns the exit status, 2."""
+    if os.environ.get("NNBOX_TRACEBACK", "").strip() not in ("", "0"):
+        traceback.print_exception(error, file=sys.stderr)
     print(f"{program}: {' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr)
     return 2
 

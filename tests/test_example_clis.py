@@ -126,6 +126,23 @@ def test_programming_errors_keep_their_traceback(programs, program, error, tmp_p
         programs[program].main(data_args(program, tmp_path, tmp_path / "run"))
 
 
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_nnbox_traceback_shows_the_traceback_above_the_one_line(programs, program, tmp_path, monkeypatch, capsys):
+    """A ValueError from a bug looks like a bad setting; NNBOX_TRACEBACK=1 shows where it came from."""
+    def fails(*args, **kwargs):
+        raise ValueError("Conv2d: expected shape (N, 3, H, W)")
+    monkeypatch.setattr(programs[program], "load_dataset", fails)
+    argv = data_args(program, tmp_path, tmp_path / "run")
+    monkeypatch.setenv("NNBOX_TRACEBACK", "1")
+    assert programs[program].main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last)") and "in fails" in err
+    assert err.rstrip().splitlines()[-1] == f"{program}: Conv2d: expected shape (N, 3, H, W)"
+    monkeypatch.setenv("NNBOX_TRACEBACK", "0")
+    assert programs[program].main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def _write_mnist(folder, n_train, n_test):
     folder.mkdir()
     for prefix, n in (("train", n_train), ("t10k", n_test)):
