@@ -560,9 +560,10 @@ class DataLoader:
         prefetch: prepare the next batch in a background thread while the current one is used.
         queue_size: batches prepared ahead at most (>= 1).
 
-    Yields float32 NCHW batches (tuples `(images, labels, ...)` for a tuple of arrays). One iteration
-    runs at a time (the resume state follows it): starting a second while the first is unfinished is
-    a RuntimeError; finish it, break out of it, or close it (`iterator.close()`) first.
+    Yields float32 NCHW batches (tuples `(images, labels, ...)` for a tuple of arrays). The resume
+    state follows the newest iteration: starting one supersedes any unfinished earlier one (its
+    prefetch thread stops, and resuming it raises RuntimeError). So a loop left by an exception,
+    whose iterator a stored traceback may keep alive (a notebook's last error), never blocks the next.
 
     Exact resume: save `loader.state_dict()` with the checkpoint (plain ints) and call
     `loader.load_state_dict(state)` on a new loader built the same way; the next iteration repeats
@@ -583,7 +584,8 @@ class DataLoader:
         self.queue_size = int(queue_size)
         if self.queue_size < 1:
             raise ValueError(f"DataLoader: queue_size must be >= 1 (batches prepared ahead), got {queue_size}")
-        self._iterating = False      # an iteration is running (one at a time)
+        self._iteration = 0          # how many iterations have started; only the newest may run
+        self._stop_prefetch = None   # the newest iteration's prefetch thread's stop event
         self._epoch_state = None     # generator state at the start of the running epoch
         self._batches_done = 0       # batches handed out in the running epoch
         self._skip = 0               # batches to skip at the next epoch start (resume)
@@ -623,17 +625,19 @@ class DataLoader:
         return np.ascontiguousarray(images, dtype=np.float32) if images.dtype != np.float32 else images
 
     def __iter__(self):
-        if self._iterating:
-            raise RuntimeError("DataLoader: an iteration over this loader is still running (the resume state "
-                               "follows one at a time); finish it, break out of it, or close it "
-                               "(iterator.close()) before starting another")
-        self._iterating = True
-        try:
-            yield from self._epoch()
-        finally:
-            self._iterating = False
+        self._iteration += 1
+        if self._stop_prefetch is not None:      # an unfinished earlier iteration: superseded
+            self._stop_prefetch.set()
+            self._stop_prefetch = None
+        return self._epoch(self._iteration)
 
-    def _epoch(self):
+    def _check_newest(self, iteration):
+        if iteration != self._iteration:
+            raise RuntimeError("DataLoader: this iteration was superseded by a newer one over the same loader (the "
+                               "resume state follows the newest); start a new loop over the loader instead")
+
+    def _epoch(self, iteration):
+        self._check_newest(iteration)
         self._epoch_state = self.rng.bit_generator.state
         n = len(self.source)
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
@@ -646,15 +650,16 @@ class DataLoader:
         jobs = [(b, order[s:s + self.batch_size]) for b, s in enumerate(starts) if b >= first]
         if not self.prefetch:
             for b, indices in jobs:
+                self._check_newest(iteration)
                 batch = self._make_batch(indices, seed, b)
                 self._batches_done = b + 1
                 yield batch
             return
-        yield from self._prefetched(jobs, seed)
+        yield from self._prefetched(jobs, seed, iteration)
 
-    def _prefetched(self, jobs, seed):
+    def _prefetched(self, jobs, seed, iteration):
         results = queue.Queue(maxsize=self.queue_size)
-        stop = threading.Event()
+        stop = self._stop_prefetch = threading.Event()
         done = object()
 
         def work():
@@ -689,6 +694,7 @@ class DataLoader:
         thread.start()
         try:
             while True:
+                self._check_newest(iteration)   # (a superseded iteration's thread has stopped)
                 b, batch, error = results.get()
                 if error is not None:
                     raise error
@@ -699,3 +705,5 @@ class DataLoader:
         finally:
             stop.set()
             thread.join()
+            if self._stop_prefetch is stop:
+                self._stop_prefetch = None

@@ -374,18 +374,41 @@ def test_state_dict_resumes_exactly_mid_epoch():
 
 
 @pytest.mark.parametrize("prefetch", [True, False])
-def test_one_iteration_at_a_time(prefetch):
+def test_a_new_iteration_supersedes_an_unfinished_one(prefetch):
     loader = DataLoader(_indexed(12), 4, rng=0, prefetch=prefetch)
     first = iter(loader)
     next(first)
     second = iter(loader)
-    with pytest.raises(RuntimeError, match="still running.*close it"):
-        next(second)
-    first.close()                                   # closing (or finishing) the first frees the loader
+    assert len(list(second)) == 3                   # the newest runs; the resume state follows it
+    with pytest.raises(RuntimeError, match="superseded by a newer one"):
+        next(first)
+    assert _prefetch_threads() == []
+    unstarted, newest = iter(loader), iter(loader)
+    with pytest.raises(RuntimeError, match="superseded"):
+        next(unstarted)
+    assert len(list(newest)) == 3
+
+
+def test_a_loop_left_by_an_exception_does_not_block_the_next_epoch():
+    """A stored traceback (a notebook's last error) keeps the abandoned iterator alive."""
+    loader = DataLoader(_indexed(12), 4, rng=0, queue_size=1)
+
+    def train_one_epoch():
+        batches = iter(loader)
+        for batch in batches:
+            raise KeyError("a bug in the loop body")
+
+    kept = []
+    try:
+        train_one_epoch()
+    except KeyError as error:
+        kept.append(error)        # error.__traceback__ -> the function's frame -> `batches`, unfinished
     assert len(list(loader)) == 3
-    for _ in loader:                                # so does breaking out of a loop
-        break
-    assert len(list(loader)) == 3
+    assert loader.state_dict()["batches_done"] == 0
+    for thread in _prefetch_threads():   # the superseded iteration's thread was told to stop
+        thread.join(timeout=5)
+    assert _prefetch_threads() == []
+    assert kept
 
 
 def test_queue_size_must_be_positive():
