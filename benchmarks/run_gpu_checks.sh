@@ -5,6 +5,9 @@
 #
 #     OUT=gpu_results REV=$(git rev-parse --short HEAD) bash benchmarks/run_gpu_checks.sh
 #
+# Optional: TEST_LIMIT, TRAIN_LIMIT, LAYERS_LIMIT, PROFILE_LIMIT (seconds per part), PER_TEST_LIMIT,
+# TRAIN_REPEATS (20), TRAIN_RUNS (1: more timing runs on the same machine), PROFILE_DUMP (1).
+#
 # Logs and JSON land in $OUT. REV names the commit in gpu.txt: the working tree travels to the
 # device machine without its git history, so `git rev-parse` there may name another commit.
 #
@@ -35,9 +38,15 @@ echo "pytest exit $? after $((SECONDS - start)) s"
 grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -25
 
 echo "== bench_train (GPU, with peak memory: torch.cuda's and CuPy's pool, each in its own process)"
-timeout "${TRAIN_LIMIT:-180}" $PY benchmarks/bench_train.py --device gpu --repeats 20 --warmup 3 \
+timeout "${TRAIN_LIMIT:-180}" $PY benchmarks/bench_train.py --device gpu --repeats "${TRAIN_REPEATS:-20}" --warmup 3 \
     --json "$OUT/bench_train_gpu.json" > "$OUT/bench_train.log" 2>&1
 echo "exit $?"; tail -8 "$OUT/bench_train.log"
+# TRAIN_RUNS=k: k - 1 more timing runs on the same machine (no memory), bench_train_gpu_run<i>.json
+for run in $(seq 2 "${TRAIN_RUNS:-1}"); do
+    timeout "${TRAIN_LIMIT:-180}" $PY benchmarks/bench_train.py --device gpu --repeats "${TRAIN_REPEATS:-20}" \
+        --warmup 3 --no-memory --json "$OUT/bench_train_gpu_run$run.json" >> "$OUT/bench_train.log" 2>&1
+    echo "run $run exit $?"; tail -3 "$OUT/bench_train.log"
+done
 
 echo "== bench_layers (GPU)"
 timeout "${LAYERS_LIMIT:-60}" $PY benchmarks/bench_layers.py --device gpu --repeats 20 \
@@ -45,6 +54,9 @@ timeout "${LAYERS_LIMIT:-60}" $PY benchmarks/bench_layers.py --device gpu --repe
 echo "exit $?"; tail -16 "$OUT/bench_layers.log"
 
 echo "== where the GPU step's time goes (cProfile of nnbox alone: host time, the step is launch-bound)"
+# PROFILE_DUMP=0 keeps the statistics file out of $OUT (the device tool brings back at most 8 files)
+dump=()
+[ "${PROFILE_DUMP:-1}" != 0 ] && dump=(--profile-dump "$OUT/profile_dcgan64.pstats")
 timeout "${PROFILE_LIMIT:-60}" $PY benchmarks/bench_train.py --device gpu --no-torch --no-memory --repeats 5 \
-    --warmup 3 --profile 10 --models dcgan64 --profile-dump "$OUT/profile_dcgan64.pstats" > "$OUT/profile.log" 2>&1
+    --warmup 3 --profile 10 --models dcgan64 "${dump[@]}" > "$OUT/profile.log" 2>&1
 echo "exit $?"; tail -20 "$OUT/profile.log"
