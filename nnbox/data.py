@@ -585,7 +585,7 @@ class DataLoader:
         if self.queue_size < 1:
             raise ValueError(f"DataLoader: queue_size must be >= 1 (batches prepared ahead), got {queue_size}")
         self._iteration = 0          # how many iterations have started; only the newest may run
-        self._stop_prefetch = None   # the newest iteration's prefetch thread's stop event
+        self._prefetcher = None      # (stop event, thread) of the newest iteration's prefetching
         self._epoch_state = None     # generator state at the start of the running epoch
         self._batches_done = 0       # batches handed out in the running epoch
         self._skip = 0               # batches to skip at the next epoch start (resume)
@@ -625,10 +625,15 @@ class DataLoader:
         return np.ascontiguousarray(images, dtype=np.float32) if images.dtype != np.float32 else images
 
     def __iter__(self):
+        # An unfinished earlier iteration is superseded: its prefetch thread stops (after at most the
+        # batch it is making), and the resume state becomes the start of the new epoch.
         self._iteration += 1
-        if self._stop_prefetch is not None:      # an unfinished earlier iteration: superseded
-            self._stop_prefetch.set()
-            self._stop_prefetch = None
+        if self._prefetcher is not None:
+            stop, thread = self._prefetcher
+            stop.set()
+            thread.join()
+            self._prefetcher = None
+        self._epoch_state, self._batches_done = None, 0
         return self._epoch(self._iteration)
 
     def _check_newest(self, iteration):
@@ -659,7 +664,7 @@ class DataLoader:
 
     def _prefetched(self, jobs, seed, iteration):
         results = queue.Queue(maxsize=self.queue_size)
-        stop = self._stop_prefetch = threading.Event()
+        stop = threading.Event()
         done = object()
 
         def work():
@@ -692,10 +697,14 @@ class DataLoader:
 
         thread = threading.Thread(target=work, name="nnbox-DataLoader-prefetch", daemon=True)
         thread.start()
+        self._prefetcher = (stop, thread)
         try:
             while True:
-                self._check_newest(iteration)   # (a superseded iteration's thread has stopped)
-                b, batch, error = results.get()
+                self._check_newest(iteration)
+                try:   # polled: a newer iteration (from another thread) stops this one's worker
+                    b, batch, error = results.get(timeout=0.1)
+                except queue.Empty:
+                    continue
                 if error is not None:
                     raise error
                 if batch is done:
@@ -705,5 +714,5 @@ class DataLoader:
         finally:
             stop.set()
             thread.join()
-            if self._stop_prefetch is stop:
-                self._stop_prefetch = None
+            if self._prefetcher is not None and self._prefetcher[0] is stop:
+                self._prefetcher = None

@@ -379,6 +379,8 @@ def test_a_new_iteration_supersedes_an_unfinished_one(prefetch):
     first = iter(loader)
     next(first)
     second = iter(loader)
+    assert _prefetch_threads() == []                # the first's thread was stopped and joined
+    assert loader.state_dict()["batches_done"] == 0  # resuming now starts the new epoch
     assert len(list(second)) == 3                   # the newest runs; the resume state follows it
     with pytest.raises(RuntimeError, match="superseded by a newer one"):
         next(first)
@@ -405,10 +407,28 @@ def test_a_loop_left_by_an_exception_does_not_block_the_next_epoch():
         kept.append(error)        # error.__traceback__ -> the function's frame -> `batches`, unfinished
     assert len(list(loader)) == 3
     assert loader.state_dict()["batches_done"] == 0
-    for thread in _prefetch_threads():   # the superseded iteration's thread was told to stop
-        thread.join(timeout=5)
-    assert _prefetch_threads() == []
-    assert kept
+    assert _prefetch_threads() == [] and kept        # the abandoned iteration's thread was stopped
+
+
+def test_a_loop_in_another_thread_is_stopped_not_left_waiting():
+    loader = DataLoader(_indexed(12), 4, rng=0, queue_size=1)
+    seen, errors = [], []
+
+    def consume():
+        try:
+            for batch in loader:
+                seen.append(batch)
+                time.sleep(0.2)
+        except RuntimeError as error:
+            errors.append(error)
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    time.sleep(0.1)
+    newest = list(loader)            # supersedes the other thread's loop while it holds a batch
+    worker.join(timeout=5)
+    assert not worker.is_alive() and len(newest) == 3
+    assert len(errors) == 1 and "superseded" in str(errors[0])
 
 
 def test_queue_size_must_be_positive():
