@@ -39,12 +39,14 @@ class UsageError(ValueError):
     """A command line that cannot work (shown as one line, without a traceback)."""
 
 
-def fail(program, error):
-    """Print `program: error` on stderr as one line (after the full traceback when the environment
-    variable NNBOX_TRACEBACK is set to anything but "" or "0"); returns the exit status, 2."""
-    if os.environ.get("NNBOX_TRACEBACK", "").strip() not in ("", "0"):
+def fail(program, error, hint=None):
+    """Print `program: error (hint)` on stderr as one line, after the exception's full traceback when
+    the environment variable NNBOX_TRACEBACK is set (to anything but "" or "0", e.g. NNBOX_TRACEBACK=1);
+    returns the exit status, 2. `error`: an exception (or a message)."""
+    if isinstance(error, BaseException) and os.environ.get("NNBOX_TRACEBACK", "").strip() not in ("", "0"):
         traceback.print_exception(error, file=sys.stderr)
-    print(f"{program}: {' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr)
+    message = ' '.join(str(error).split()) or type(error).__name__
+    print(f"{program}: {message}" + (f" ({hint})" if hint else ""), file=sys.stderr)
     return 2
 
 

@@ -259,7 +259,8 @@ def main(argv=None):
               f"device {cfg.train.device}", flush=True)
         trainer.fit(loader, cfg.epochs)
     except NonFiniteLossError as error:
-        return fail("faces_gan", f"{error} (here: python examples/faces_gan.py --resume {cfg.out} --epochs N --lr ...)")
+        return fail("faces_gan", error,
+                    hint=f"here: python examples/faces_gan.py --resume {cfg.out} --epochs N --lr ...")
     except CLI_ERRORS as error:   # usage, settings, data, a corrupt or foreign checkpoint
         return fail("faces_gan", error)
     if trainer.config.report:

@@ -108,6 +108,23 @@ def test_resuming_from_a_corrupt_checkpoint_is_a_one_line_error(faces_gan, tmp_p
     assert err.count("\n") == 1 and "corrupt or truncated" in err
 
 
+@pytest.mark.parametrize("show_traceback", [False, True])
+def test_a_diverged_run_is_one_line_with_the_resume_command(faces_gan, tmp_path, capsys, monkeypatch,
+                                                             show_traceback):
+    from gan.trainer import GANTrainer, NonFiniteLossError
+
+    def diverges(self, loader, epochs):
+        raise NonFiniteLossError("step 3 (epoch 1): D's loss is nan")
+    monkeypatch.setattr(GANTrainer, "fit", diverges)
+    monkeypatch.setenv("NNBOX_TRACEBACK", "1" if show_traceback else "")
+    out = tmp_path / "run"
+    assert faces_gan.main(SMALL + ["--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (f"faces_gan: step 3 (epoch 1): D's loss is nan (here: python "
+                                    f"examples/faces_gan.py --resume {out} --epochs N --lr ...)")
+    assert err.startswith("Traceback") == show_traceback
+
+
 def test_without_lfw_it_falls_back_to_synthetic_faces_in_one_line(faces_gan, tmp_path, monkeypatch):
     monkeypatch.setenv("NNBOX_CACHE", str(tmp_path / "cache"))
     cfg = faces_gan.config_from_args({"data": str(tmp_path / "empty"), "download": False, "max_images": 8})
