@@ -650,28 +650,38 @@ def load_olivetti(data_dir):
         raise FileNotFoundError(f"load_olivetti: olivetti_faces.npy not found in {root} or {root / 'olivetti'}; pass "
                                 f"data_dir=<folder with olivetti_faces.npy and olivetti_target.npy> (scikit-learn's "
                                 f"fetch_olivetti_faces() gives the arrays: np.save them there)")
-    arrays = []
-    for name in ("olivetti_faces.npy", "olivetti_target.npy"):
-        path = folder / name
-        if not path.is_file():
-            raise FileNotFoundError(f"load_olivetti: {path} is missing (it holds the "
-                                    f"{'images' if 'faces' in name else 'person ids'})")
-        try:
-            arrays.append(np.load(path, allow_pickle=False))
-        except ValueError as error:   # an object array (a pickle) or a file that is not .npy
-            raise ValueError(f"load_olivetti: {path} is not a plain .npy array ({error})") from None
-    images, labels = arrays
+    images, labels = (_read_npy(folder / name, what) for name, what in (("olivetti_faces.npy", "images"),
+                                                                          ("olivetti_target.npy", "person ids")))
     if images.shape != OLIVETTI_SHAPE or labels.shape != OLIVETTI_SHAPE[:1]:
-        raise ValueError(f"load_olivetti: expected images {OLIVETTI_SHAPE} and labels (400,), got {images.shape} "
-                         f"and {labels.shape} in {folder}")
+        flat = " (scikit-learn's .data: reshape it to (400, 64, 64))" if images.shape == (400, 64 * 64) else ""
+        raise ValueError(f"load_olivetti: expected images {OLIVETTI_SHAPE} and labels (400,), got {images.shape}"
+                         f"{flat} and {labels.shape} in {folder}")
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 39:
+        found = f" values in [{labels.min()}, {labels.max()}]" if np.issubdtype(labels.dtype, np.number) else ""
         raise ValueError(f"load_olivetti: {folder / 'olivetti_target.npy'} must hold person ids 0..39, got "
-                         f"{labels.dtype} values in [{labels.min()}, {labels.max()}]")
+                         f"{labels.dtype}{found}")
+    labels = labels.astype(np.int64)
     if images.dtype == np.uint8:
-        return _uint8_to_float(images[:, None]), labels.astype(np.int64)
-    if not np.issubdtype(images.dtype, np.floating) or not (np.isfinite(images).all() and images.min() >= 0
-                                                             and images.max() <= 1):
+        return np.ascontiguousarray(_uint8_to_float(images[:, None])), labels
+    in_range = np.issubdtype(images.dtype, np.floating) and np.isfinite(images).all() and images.min() >= 0 \
+        and images.max() <= 1
+    if not in_range:
+        found = f" in [{images.min()}, {images.max()}]" if np.issubdtype(images.dtype, np.number) else ""
         raise ValueError(f"load_olivetti: {folder / 'olivetti_faces.npy'} must be uint8, or floats in [0, 1]; got "
-                         f"{images.dtype}" + (f" in [{images.min()}, {images.max()}]"
-                                              if np.issubdtype(images.dtype, np.number) else ""))
-    return (images[:, None] * 2 - 1).astype(np.float32), labels.astype(np.int64)
+                         f"{images.dtype}{found}")
+    return np.ascontiguousarray(images[:, None] * 2 - 1, dtype=np.float32), labels
+
+
+def _read_npy(path, what):
+    """The array in the .npy file `path` (holding `what`), read without pickle; clear errors otherwise."""
+    if not path.is_file():
+        raise FileNotFoundError(f"load_olivetti: {path} is missing (it holds the {what})")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        raise ValueError(f"load_olivetti: {path} is not a readable .npy array of plain numbers (an empty, "
+                         f"truncated or pickled file, or another format): {type(error).__name__}") from None
+    if not isinstance(array, np.ndarray):   # a .npz archive under a .npy name
+        array.close()
+        raise ValueError(f"load_olivetti: {path} is a .npz archive, not a .npy array")
+    return array

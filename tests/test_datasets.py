@@ -371,7 +371,8 @@ def test_load_olivetti_accepts_scikit_learns_float_images(tmp_path):
 
 
 @pytest.mark.parametrize("images, labels, message", [
-    (np.zeros((10, 64, 64), np.uint8), None, r"expected images \(400, 64, 64\) and labels \(400,\), got \(10, 64, 64\)"),
+    (np.zeros((10, 64, 64), np.uint8), None,
+     r"expected images \(400, 64, 64\) and labels \(400,\), got \(10, 64, 64\)"),
     (None, np.arange(400), r"person ids 0\.\.39, got int64 values in \[0, 399\]"),
     (np.full((400, 64, 64), 2.0), None, r"uint8, or floats in \[0, 1\]; got float64 in \[2\.0, 2\.0\]"),
     (np.zeros((400, 64, 64), np.int16), None, r"uint8, or floats in \[0, 1\]; got int16"),
@@ -390,5 +391,29 @@ def test_load_olivetti_never_unpickles_and_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"olivetti_target.npy is missing \(it holds the person ids\)"):
         load_olivetti(tmp_path)
     np.save(tmp_path / "olivetti_target.npy", np.array([object()] * 400, dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="is not a plain .npy array"):
+    with pytest.raises(ValueError, match="olivetti_target.npy is not a readable .npy array of plain numbers"):
         load_olivetti(tmp_path)
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda path: path.write_bytes(b""), "olivetti_faces.npy is not a readable .npy array"),
+    (lambda path: path.write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, "
+                                   b"'shape': (400, 64, 64), }"), "olivetti_faces.npy is not a readable"),
+    (lambda path: np.savez(open(path, "wb"), np.zeros(3)), "olivetti_faces.npy is a .npz archive"),
+    (lambda path: np.save(path, np.zeros((400, 4096), np.uint8)), r"reshape it to \(400, 64, 64\)"),
+])
+def test_load_olivetti_names_broken_image_files(tmp_path, write, message):
+    _olivetti(tmp_path)
+    write(tmp_path / "olivetti_faces.npy")
+    with pytest.raises(ValueError, match=message):
+        load_olivetti(tmp_path)
+
+
+def test_load_olivetti_refuses_text_labels_and_gives_c_ordered_arrays(tmp_path):
+    _olivetti(tmp_path, labels=np.array(["x"] * 400))
+    with pytest.raises(ValueError, match=r"person ids 0\.\.39, got <U1$"):
+        load_olivetti(tmp_path)
+    images = np.asfortranarray(np.random.default_rng(2).random((400, 64, 64)))
+    _olivetti(tmp_path, images=images)
+    x, _ = load_olivetti(tmp_path)
+    assert x.flags.c_contiguous
