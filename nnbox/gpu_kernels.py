@@ -102,12 +102,12 @@ def _channel_kernel(name, c_type):
 
 def _channel_launch(name, arrays, outputs):
     """Launch the channel kernel `name` over `arrays` (N, C, ...), read as (N, C, L): one block per
-    channel. float64 arrays run the double kernel; others are read as float32 (a float16 one
-    through a float32 copy)."""
+    channel. If any array is float64 the double kernel runs; otherwise the arrays are read as float32
+    (float16 ones through a float32 copy)."""
     cupy = backend.require_cupy()
     n, c = arrays[0].shape[:2]
     length = arrays[0].size // (n * c) if n * c else 0
-    c_type = "double" if arrays[0].dtype == np.float64 else "float"
+    c_type = "double" if any(a.dtype == np.float64 for a in arrays) else "float"
     dtype = np.float64 if c_type == "double" else np.float32
     flat = [cupy.ascontiguousarray(a, dtype=dtype) for a in arrays]
     _channel_kernel(name, c_type)((c,), (_CHANNEL_THREADS,), (*flat, np.int64(n), np.int64(c), np.int64(length),
@@ -118,7 +118,7 @@ def channel_sums(dy, xhat):
     """(sum_dy, sum_dy_xhat), each (C,) in dy's dtype: the sums of dy and of dy xhat over every axis
     but 1 (dy, xhat (N, C, ...)), accumulated in float64, in one kernel."""
     cupy = backend.require_cupy()
-    kernel_dtype = np.float64 if dy.dtype == np.float64 else np.float32
+    kernel_dtype = np.float64 if np.float64 in (dy.dtype, xhat.dtype) else np.float32
     sums = cupy.empty((2, dy.shape[1]), dtype=kernel_dtype)
     _channel_launch("nnbox_channel_sums", (dy, xhat), (sums[0], sums[1]))
     sums = sums.astype(dy.dtype, copy=False)
@@ -285,8 +285,9 @@ def im2col(x, kernel, stride, padding, dilation, out_size, batch_last):
 def col2im_gather(cols, index, mask, image_shape):
     """image (N, C, H, W) with image[n, c, y, x] = the sum over t with mask[y, x, t] of
     cols[c, index[n, y, x, t]], in one kernel: layers.conv_maths.col2im_gather's take, masked sum and
-    transpose (that NumPy code documents the maths; the taps are added in the same order, t = 0, 1,
-    ...). cols: (C, L) CuPy array; index: (N, H, W, T) int64; mask: (H, W, T) bool."""
+    transpose (that NumPy code documents the maths). The taps are added in order t = 0, 1, ...; NumPy's
+    sum may group them otherwise (from T = 8 on), so results can differ by rounding.
+    cols: (C, L) CuPy array; index: (N, H, W, T) int64; mask: (H, W, T) bool."""
     cupy = backend.require_cupy()
     n, c, h, w = image_shape
     taps = mask.shape[-1]

@@ -475,6 +475,29 @@ def test_gpu_matches_cpu(rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("kwargs, size", [
+    (dict(in_channels=3, out_channels=4, kernel_size=4, stride=2, padding=1), 8),
+    (dict(in_channels=3, out_channels=5, kernel_size=3, stride=1, padding=1, dilation=2), 6),
+    (dict(in_channels=3, out_channels=2, kernel_size=4), 4),                 # one window: cols are a view of x
+    (dict(in_channels=2, out_channels=3, kernel_size=(3, 2), stride=(2, 1), padding=(0, 1)), 12),  # 5x13: batch first
+], ids=["dcgan", "dilated", "one-window", "non-square"])
+def test_gpu_conv2d_rebuilt_columns_give_the_cpus_gradients(kwargs, size, rng):
+    """Conv2d on CuPy rebuilds its columns from x in backward (either column order): dW, db and dx
+    equal the CPU's, which kept its columns, in float64."""
+    import cupy
+
+    cpu = Conv2d(**kwargs, rng=0).to(np.float64)
+    gpu = Conv2d(**kwargs, rng=0).to(np.float64).to("gpu")
+    x = rng.standard_normal((3, kwargs["in_channels"], size, size))
+    y = cpu(x)
+    gpu(cupy.asarray(x))
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(cupy.asnumpy(gpu.backward(cupy.asarray(dy))), cpu.backward(dy), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cupy.asnumpy(gpu.weight.grad), cpu.weight.grad, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cupy.asnumpy(gpu.bias.grad), cpu.bias.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.gpu
 def test_gpu_conv2d_keeps_its_input_not_the_columns(rng):
     """On CuPy a training Conv2d holds x for its weight gradient and rebuilds the columns in backward
     (4x x's size for a 4x4 stride-2 layer); on NumPy it keeps the columns. The gradients are the

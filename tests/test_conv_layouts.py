@@ -187,3 +187,21 @@ def test_col2im_gather_kernel_does_not_spread_an_inf_it_should_not_read(batch_la
                                                 batch_last=batch_last))
     assert np.isfinite(want).all()
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch_last", [False, True])
+@pytest.mark.parametrize("geometry, size", GEOMETRIES)
+def test_im2col_kernel_on_the_gpu_equals_the_cpus(geometry, size, batch_last, rng):
+    """CuPy's im2col (one kernel, padding included) against NumPy's, on a strided (non-contiguous)
+    float16 input and on an empty batch."""
+    import cupy
+    out_size = _out_size(geometry, size)
+    x = rng.standard_normal((3, 2) + size).astype(np.float16)
+    strided = cupy.asarray(np.ascontiguousarray(x.transpose(0, 1, 3, 2))).transpose(0, 1, 3, 2)
+    want = conv_maths.im2col(x, *geometry, out_size, batch_last=batch_last)
+    got = conv_maths.im2col(strided, *geometry, out_size, batch_last=batch_last)
+    assert got.dtype == np.float16 and got.shape == want.shape
+    np.testing.assert_array_equal(cupy.asnumpy(got), want)
+    empty = conv_maths.im2col(cupy.zeros((0, 2) + size, np.float32), *geometry, out_size, batch_last=batch_last)
+    assert empty.shape == (want.shape[0], 0)
