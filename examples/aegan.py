@@ -117,19 +117,21 @@ def is_lfw(folder):
     return found is not None and found.name in LFW_FOLDER_NAMES
 
 
-def load_images(data, image_size, seed):
+def load_images(data, image_size, seed, progress=True):
     """uint8 NHWC images and a line saying what they are: LFW (load_lfw) or every image under the
-    folder, its central square resized (nnbox.data.ImageFolder); see the module docstring."""
+    folder, its central square resized (nnbox.data.ImageFolder); see the module docstring. `progress`:
+    bars while downloading or building the image cache."""
     if data["max_images"] is not None and data["max_images"] < 1:
         raise UsageError(f"--max-images must be >= 1, got {data['max_images']}")
     folder, kind = data["data"], data["dataset"]
     if kind == "folder" and folder is None:
         raise UsageError("--dataset folder needs --data DIR")
     if kind == "lfw" or (kind == "auto" and (folder is None or is_lfw(folder))):
-        source = load_dataset(load_lfw, folder, image_size=image_size, download=data["download"], hint=LFW_HINT)
+        source = load_dataset(load_lfw, folder, image_size=image_size, download=data["download"], hint=LFW_HINT,
+                              progress=progress)
         what = f"LFW from {source.root}"
     else:
-        source = ImageFolder(folder, [CenterSquare(), Resize(image_size)])
+        source = ImageFolder(folder, [CenterSquare(), Resize(image_size)], progress=progress)
         what = f"the images under {source.root}"
     images = source.images
     if data["max_images"] is not None and data["max_images"] < len(images):
@@ -165,7 +167,7 @@ def main(argv=None):
         else:
             config, data, epochs, out, overwrite = settings_from_args(given)
             trainer = None
-        images, description = load_images(data, config.image_size, config.seed)
+        images, description = load_images(data, config.image_size, config.seed, progress=config.progress)
         print(f"data: {description}", flush=True)
         loader = make_loader(images, data, config.seed)
         if trainer is None:

@@ -197,7 +197,7 @@ def load_faces(cfg):
     images, source = None, None
     if cfg.dataset in ("auto", "lfw"):
         try:
-            folder = load_lfw(cfg.data, image_size=size, download=cfg.download)
+            folder = load_lfw(cfg.data, image_size=size, download=cfg.download, progress=cfg.train.progress)
             images, source = folder.images, f"LFW from {folder.root}"
         except (OSError, ValueError) as error:     # not found, no network, bad checksum
             if cfg.dataset == "lfw":

@@ -108,6 +108,24 @@ def test_resuming_from_a_corrupt_checkpoint_is_a_one_line_error(faces_gan, tmp_p
     assert err.count("\n") == 1 and "corrupt or truncated" in err
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_no_progress_also_silences_the_lfw_cache_bar(faces_gan, tmp_path, capsys, monkeypatch, progress):
+    import numpy as np
+    monkeypatch.setenv("NNBOX_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for person in ("Ann_A", "Bob_B"):
+        (tmp_path / "lfw" / person).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (250, 250, 3), dtype=np.uint8)).save(
+                tmp_path / "lfw" / person / f"{person}_{i + 1:04d}.jpg")
+    argv = ["--data", str(tmp_path / "lfw"), "--dataset", "lfw", "--no-download", "--epochs", "1", "--batch-size", "4",
+            "--width", "4", "--latent-dim", "4", "--no-report", "--out", str(tmp_path / "run")]
+    assert faces_gan.main(argv + ([] if progress else ["--no-progress"])) == 0
+    captured = capsys.readouterr()
+    assert "4 images of 32x32: LFW" in captured.out
+    assert ("preparing" in captured.err) == progress
+
+
 @pytest.mark.parametrize("show_traceback", [False, True])
 def test_a_diverged_run_is_one_line_with_the_resume_command(faces_gan, tmp_path, capsys, monkeypatch,
                                                              show_traceback):
