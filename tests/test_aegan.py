@@ -13,7 +13,8 @@ from nnbox.gradcheck import gradcheck
 LATENT = 3
 # tiny instances: DCGAN at 32x32 (the real architecture) and an MLP at 8x8 (no convolutions)
 TINY = {"dcgan": dict(arch="dcgan", image_size=32, channels=3, width=2),
-        "mlp": dict(arch="mlp", image_size=8, channels=2, width=4, d_dropout=0.0)}
+        "mlp": dict(arch="mlp", image_size=8, channels=2, width=4, d_dropout=0.0),
+        "faces": dict(arch="faces", image_size=16, channels=3, width=2, dropout=0.0)}
 # which networks each term of L_GE reaches (D_x and D_z are left unfrozen in these checks)
 TERMS = {"rec_image": {"generator", "encoder"},
          "rec_latent": {"generator", "encoder"},
@@ -59,6 +60,18 @@ def test_each_generator_encoder_term_gradient_through_the_composites(term):
     report = gradcheck(objective, x, z, wrt=(0, 1), rng=2, max_entries=4)
     assert {"input 0", "input 1"} <= set(report.checked_entries)
     assert reached(networks) == TERMS[term]          # the check covered every network the term depends on
+
+
+def test_weighted_total_gradient_through_the_faces_networks():
+    """The faces encoder (3x3 convolutions and max pools, no dropout) and generator, end to end."""
+    networks = tiny_networks("faces", seed=2)
+    objective = GeneratorEncoderLoss(networks, weights=LossWeights(adv_image=0.5, adv_latent=0.5, rec_image=1.0,
+                                                                   rec_latent=0.25))
+    x, z = batch("faces", n=2, seed=5)
+    report = gradcheck(objective, x, z, wrt=(0, 1), rng=6, max_entries=3)
+    assert {f"parameter 'encoder.{name}'" for name, _ in networks.encoder.named_parameters()} \
+        <= set(report.checked_entries)
+    assert reached(networks) == set(AEGANNetworks._fields)
 
 
 def test_weighted_total_gradient_through_dcgan_and_frozen_discriminators():
@@ -211,7 +224,7 @@ def test_errors_are_clear(tmp_path):
         AEGANConfig(loss="wasserstein")
     with pytest.raises(ValueError, match="rec_image must be a finite number >= 0"):
         LossWeights(rec_image=-1.0)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rec_imag'"):
         AEGANConfig(weights={"rec_imag": 1.0})
     with pytest.raises(ValueError, match="unknown architecture"):
         Encoder("resnet")

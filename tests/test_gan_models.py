@@ -136,6 +136,57 @@ def test_discriminator_loss_gradient_into_d(arch, loss_name):
         <= set(report.checked_entries)
 
 
+# the models' other options, each checked end to end once: G through D with the non-saturating loss,
+# D with the loss the option goes with (a critic without BatchNorm: the Wasserstein loss of WGAN-GP).
+# A spectrally normalised D is checked in eval mode, where its power iteration does not move (a
+# training forward updates u, so two forwards would differ).
+VARIANTS = [
+    ("faces", dict(unpool_mode="zeros"), "non_saturating"),
+    ("faces", dict(g_kernel_size=5), "non_saturating"),
+    ("faces", dict(activation="relu"), "non_saturating"),
+    ("faces", dict(d_spectral_norm=True), "hinge"),
+    ("dcgan32", dict(d_batch_norm=False), "wasserstein"),
+    ("dcgan32", dict(d_spectral_norm=True), "hinge"),
+    ("mlp", dict(d_spectral_norm=True), "non_saturating"),
+]
+
+
+@pytest.mark.parametrize("arch, options, loss_name", VARIANTS, ids=[f"{a}-{'-'.join(o)}" for a, o, _ in VARIANTS])
+def test_model_options_gradient_checks(arch, options, loss_name):
+    settings = dict(TINY[arch], **options)
+    generator, discriminator = build_gan(rng=1, **settings)
+    if settings.get("d_spectral_norm"):
+        discriminator.eval()
+    objective = GeneratorObjective(generator, discriminator, get_gan_loss("non_saturating"))
+    objective.to(np.float64)
+    z = kink_free_inputs(lambda seed: np.random.default_rng(seed).standard_normal((3, 3)),
+                         lambda z: [kink_margin(generator, z), kink_margin(discriminator, generator(z))])
+    report = gradcheck(objective, z, rng=3, max_entries=6)
+    assert {f"parameter 'generator.{name}'" for name, _ in generator.named_parameters()} <= set(report.checked_entries)
+
+    discriminator.requires_grad_(True)
+    size, channels = settings["image_size"], settings["channels"]
+
+    def draw(seed):
+        data = np.random.default_rng(seed)
+        return np.tanh(data.standard_normal((3, channels, size, size))), generator(data.standard_normal((3, 3)))
+
+    if settings.get("d_batch_norm") is False:
+        # Without BatchNorm D's convolutions have biases: a step of eps in one moves every pre-activation
+        # of its channel by eps, so the margin to a kink must exceed eps in absolute terms. DCGAN's
+        # N(0, 0.02) weights shrink the activations layer by layer (to ~1e-3, against eps 1e-6): the
+        # weights are redrawn at unit gain, which keeps them O(1), as the relative margin assumes.
+        weights = np.random.default_rng(8)
+        for _, param in discriminator.named_parameters():
+            if param.data.ndim > 1:
+                param.data[...] = weights.standard_normal(param.data.shape) / np.sqrt(param.data[0].size)
+    real, fake = kink_free_inputs(draw, lambda images: [kink_margin(discriminator, x) for x in images])
+    objective = DiscriminatorObjective(discriminator, get_gan_loss(loss_name))
+    report = gradcheck(objective, real, fake, wrt=(0, 1), rng=7, max_entries=6)
+    assert {f"parameter 'discriminator.{name}'" for name, _ in discriminator.named_parameters()} \
+        <= set(report.checked_entries)
+
+
 @pytest.mark.parametrize("arch", ["faces", "dcgan", "mlp"])
 @pytest.mark.parametrize("image_size", [32, 64])
 def test_output_shapes(arch, image_size):
