@@ -135,8 +135,12 @@ def test_get_balance_rule():
         get_balance_rule("often")
 
 
-@pytest.mark.parametrize("make", [lambda: FixedRatio(0, 1), lambda: FixedRatio(1.5, 1),
-                                  lambda: SkipTooGood(d_threshold=1.5), lambda: SkipTooGood(max_consecutive_skips=-1)])
-def test_bad_arguments(make):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("make, message", [
+    (lambda: FixedRatio(0, 1), r"FixedRatio: n_d and n_g must be integers >= 1, got n_d=0, n_g=1"),
+    (lambda: FixedRatio(1.5, 1), r"FixedRatio: n_d and n_g must be integers >= 1, got n_d=1\.5"),
+    (lambda: SkipTooGood(d_threshold=1.5), r"SkipTooGood: d_threshold must be in \[0, 1\], got 1\.5"),
+    (lambda: SkipTooGood(max_consecutive_skips=-1), r"max_consecutive_skips must be an integer >= 0, got -1"),
+])
+def test_bad_arguments(make, message):
+    with pytest.raises(ValueError, match=message):
         make()

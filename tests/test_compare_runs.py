@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-compare_runs = pytest.importorskip("compare_runs")
+import compare_runs  # noqa: E402  (examples/ on the path above)
 
 from gan.trainer import GANTrainer, TrainConfig  # noqa: E402
 from gan.visualize import save_image_grid  # noqa: E402

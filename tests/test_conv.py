@@ -411,10 +411,14 @@ def test_output_padding_allowed_below_stride_or_dilation():
     assert ConvTranspose2d(1, 1, 3, stride=2, output_padding=1).output_size(3, 3) == (8, 8)
 
 
-@pytest.mark.parametrize("kwargs", [dict(kernel_size=0), dict(kernel_size=3, stride=0),
-                                    dict(kernel_size=3, padding=-1), dict(kernel_size=(3, 3, 3))])
-def test_bad_hyperparameters(kwargs):
-    with pytest.raises(ValueError, match=r"Conv2d: |kernel_size must be an int or a pair"):
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kernel_size=0), r"Conv2d: kernel_size must be >= 1, got \(0, 0\)"),
+    (dict(kernel_size=3, stride=0), r"Conv2d: stride must be >= 1, got \(0, 0\)"),
+    (dict(kernel_size=3, padding=-1), r"Conv2d: padding must be >= 0, got \(-1, -1\)"),
+    (dict(kernel_size=(3, 3, 3)), r"kernel_size must be an int or a pair \(height, width\), got \(3, 3, 3\)"),
+])
+def test_bad_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         Conv2d(1, 1, **kwargs)
 
 

@@ -413,19 +413,22 @@ def test_a_loop_left_by_an_exception_does_not_block_the_next_epoch():
 def test_a_loop_in_another_thread_is_stopped_not_left_waiting():
     loader = DataLoader(_indexed(12), 4, rng=0, queue_size=1)
     seen, errors = [], []
+    holding, superseded = threading.Event(), threading.Event()
 
     def consume():
         try:
             for batch in loader:
                 seen.append(batch)
-                time.sleep(0.2)
+                holding.set()
+                superseded.wait(timeout=5)
         except RuntimeError as error:
             errors.append(error)
 
     worker = threading.Thread(target=consume)
     worker.start()
-    time.sleep(0.1)
+    assert holding.wait(timeout=5)
     newest = list(loader)            # supersedes the other thread's loop while it holds a batch
+    superseded.set()
     worker.join(timeout=5)
     assert not worker.is_alive() and len(newest) == 3
     assert len(errors) == 1 and "superseded" in str(errors[0])

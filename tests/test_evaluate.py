@@ -59,15 +59,30 @@ def test_evaluate_is_reproducible_and_compares_with_itself(tiny_run):
     assert np.abs(images).max() <= 1.0
 
 
-def test_evaluate_with_mnist_classifier_features_reports_an_inception_score(tiny_run, tmp_path):
-    from gan.classifier import MNISTClassifier
+def test_evaluate_with_mnist_classifier_features_reports_an_inception_score(tiny_run, tmp_path, monkeypatch):
+    """The IS reported is metrics.inception_score of the classifier's softmax on the generated images."""
+    from gan import metrics
+    from gan.classifier import MNISTClassifier, to_mnist_input
     from nnbox.serialization import save_state
     run, real, _ = tiny_run
     weights = tmp_path / "clf.npz"
-    save_state(weights, MNISTClassifier(rng=0).state_dict())   # untrained: the plumbing is what is tested
+    classifier = MNISTClassifier(rng=0)
+    save_state(weights, classifier.state_dict())   # untrained: the plumbing is what is tested
+    seen = {}
+    original = metrics.inception_score
+    monkeypatch.setattr(metrics, "inception_score", lambda probs, splits: seen.setdefault("args", (probs, splits))
+                        and original(probs, splits))
     result = evaluate.evaluate(run, str(real), features="mnist", classifier_weights=str(weights), n=12,
                                report=False, kid_subsets=3, progress=lambda _: None)
-    assert 1.0 <= result["inception_score"] <= 10.0 and np.isfinite(result["fid"])
+    probs, splits = seen["args"]
+    generator, config = evaluate.load_generator(run)
+    fake, _ = evaluate.generate(generator, config, 12, seed=0)
+    logits = classifier(to_mnist_input(fake)).astype(np.float64)
+    softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, softmax, rtol=1e-4, atol=1e-6)
+    assert result["inception_score"] == pytest.approx(original(probs, splits)[0], rel=1e-12)
+    assert np.isfinite(result["fid"])
 
 
 def test_evaluate_errors_are_clear(tiny_run, tmp_path, capsys):
@@ -90,10 +105,19 @@ def test_real_images_are_fitted_to_the_generator(tmp_path):
 
 
 @pytest.mark.parametrize("shape", [(4, 48, 64, 3), (4, 16, 24, 3)])
-def test_non_square_real_images_are_resized_to_the_square(tmp_path, shape):
-    np.save(tmp_path / "wide.npy", np.zeros(shape, np.uint8))
+def test_non_square_real_images_are_stretched_to_the_square(tmp_path, shape):
+    """A horizontal ramp from 0 to 255: stretched (not cropped) to 16x16 it still runs from about -1
+    to about +1 left to right (a centre crop would start and end well inside), the same on every row."""
+    n, h, w, c = shape
+    ramp = np.round(np.linspace(0, 255, w)).astype(np.uint8)
+    np.save(tmp_path / "wide.npy", np.broadcast_to(ramp[None, None, :, None], shape).copy())
     images, _ = evaluate.load_real_images(str(tmp_path / "wide.npy"), 16, 3)
     assert images.shape == (4, 3, 16, 16)
+    np.testing.assert_array_equal(images, np.broadcast_to(images[:1, :1, :1], images.shape))  # rows alike
+    row = images[0, 0, 0]
+    assert (np.diff(row) > 0).all()
+    half_step = 2 * (w / 16) / (w - 1) / 2 + 0.01     # half an output pixel, in [-1, 1] units
+    assert row[0] < -1 + half_step and row[-1] > 1 - half_step
 
 
 def test_the_interpolation_figures_use_the_runs_sample_mode(tiny_run, monkeypatch):

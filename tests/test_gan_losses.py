@@ -117,6 +117,22 @@ def test_stable_for_extreme_logits(name, dtype):
         assert np.isfinite(value)
     for grad in (d_real, d_fake, g_fake):
         assert grad.dtype == dtype and grad.shape == extreme.shape and np.all(np.isfinite(grad))
+    # the values too: torch's formulas in float64 on the same logits (its BCE is stable there as well)
+    torch = pytest.importorskip("torch", reason="torch is not installed: `pip install -e .[parity]`")
+    t_real = torch.tensor(extreme.astype(np.float64), requires_grad=True)
+    t_fake = torch.tensor(extreme[::-1].astype(np.float64), requires_grad=True)
+    t_targets = torch.tensor(targets.astype(np.float64))
+    d_torch, _ = torch_losses(torch, name, t_real, t_fake, t_targets, 1 - t_targets)
+    d_torch.backward()
+    g_fake_t = torch.tensor(extreme.astype(np.float64), requires_grad=True)
+    _, g_torch = torch_losses(torch, name, t_real.detach(), g_fake_t, t_targets, 1 - t_targets)
+    g_torch.backward()
+    tolerance = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(d_value, d_torch.item(), **tolerance)
+    np.testing.assert_allclose(g_value, g_torch.item(), **tolerance)
+    np.testing.assert_allclose(d_real, t_real.grad.numpy(), **tolerance)
+    np.testing.assert_allclose(d_fake, t_fake.grad.numpy(), **tolerance)
+    np.testing.assert_allclose(g_fake, g_fake_t.grad.numpy(), **tolerance)
 
 
 def test_bce_losses_at_extremes_have_the_right_values():

@@ -5,16 +5,8 @@ import numpy as np
 import pytest
 
 from layers import Linear, SpectralNorm
+from layers.conv import Conv2d, ConvTranspose2d
 from nnbox.gradcheck import gradcheck
-
-try:
-    from layers.conv import Conv2d, ConvTranspose2d
-    CONV_IMPORT_ERROR = None
-except ImportError as error:  # layers/conv.py is written by another engineer
-    Conv2d = ConvTranspose2d = None
-    CONV_IMPORT_ERROR = f"layers.conv could not be imported ({error}): the conv cases are skipped"
-
-needs_conv = pytest.mark.skipif(CONV_IMPORT_ERROR is not None, reason=str(CONV_IMPORT_ERROR))
 
 
 # (name, constructor of the nnbox layer, input shape, the torch class and its arguments)
@@ -38,12 +30,7 @@ CASES = {
 }
 
 
-def case_param(name):
-    marks = [needs_conv] if name.startswith("conv") else []
-    return pytest.param(name, marks=marks, id=name)
-
-
-ALL_CASES = [case_param(name) for name in CASES]
+ALL_CASES = [pytest.param(name, id=name) for name in CASES]
 
 
 def make(name, seed=0, **kwargs):
@@ -146,10 +133,9 @@ def test_torch_parity(name, n_power_iterations, rng, torch):
 
 def test_dim_follows_torch():
     assert SpectralNorm(Linear(3, 2)).dim == 0
-    if CONV_IMPORT_ERROR is None:
-        assert SpectralNorm(Conv2d(2, 3, 3)).dim == 0
-        wrapped = SpectralNorm(ConvTranspose2d(2, 3, 3))
-        assert wrapped.dim == 1 and wrapped.u.shape == (3,) and wrapped.v.shape == (2 * 9,)
+    assert SpectralNorm(Conv2d(2, 3, 3)).dim == 0
+    wrapped = SpectralNorm(ConvTranspose2d(2, 3, 3))
+    assert wrapped.dim == 1 and wrapped.u.shape == (3,) and wrapped.v.shape == (2 * 9,)
 
 
 # ---------------------------------------------------------------- behaviour
@@ -257,12 +243,6 @@ def test_backward_before_forward():
 def test_input_errors_name_the_wrapped_layer():
     with pytest.raises(ValueError, match=r"Linear expects 3 features at axis 1.*got shape \(2, 4\)"):
         SpectralNorm(Linear(3, 2))(np.ones((2, 4), np.float32))
-
-
-@needs_conv
-def test_conv_is_covered():
-    """Not skipped when layers/conv.py imports: the conv cases above run."""
-    assert CONV_IMPORT_ERROR is None and Conv2d is not None
 
 
 # ---------------------------------------------------------------- GPU
