@@ -13,10 +13,24 @@ from gan.trainer import GANTrainer, TrainConfig  # noqa: E402
 from gan.visualize import save_image_grid  # noqa: E402
 
 
-def test_throughput_bars_take_the_longest_log(tmp_path):
+def test_throughput_bars_take_the_longest_log(tmp_path, monkeypatch):
+    """The epochs on the axis are the longest run's; each run's bars sit at its own first epochs."""
     logs = {"two epochs": [{"epoch": e, "images_per_sec": 100.0 + e} for e in range(2)],
             "three epochs": [{"epoch": e, "images_per_sec": 90.0 + e} for e in range(3)]}
+    drawn = {}
+    original = compare_runs.grouped_bars
+
+    def spy(ax, positions, series, value_format=None):
+        original(ax, positions, series, value_format)
+        drawn["ticks"] = list(ax.get_xticks())
+        drawn["bars"] = {bars.get_label(): [(round(b.get_x() + b.get_width() / 2, 3), b.get_height()) for b in bars]
+                         for bars in ax.containers}
+
+    monkeypatch.setattr(compare_runs, "grouped_bars", spy)
     assert Path(compare_runs.plot_throughput_comparison(logs, tmp_path / "throughput.png")).is_file()
+    assert drawn["ticks"] == [1, 2, 3]
+    assert drawn["bars"]["two epochs"] == [(0.8, 100.0), (1.8, 101.0)]
+    assert drawn["bars"]["three epochs"] == [(1.2, 90.0), (2.2, 91.0), (3.2, 92.0)]
 
 
 def test_a_run_without_a_completed_epoch_summarises_to_strict_json(tmp_path):
