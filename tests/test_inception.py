@@ -5,7 +5,6 @@ pytorch_fid/inception.py and torchvision's Inception3), fills it with random wei
 state dict with torch.save, reads that file with nnbox's reader (no torch involved) and compares the
 2048-dim features.
 """
-import io
 import os
 import pickle
 import struct

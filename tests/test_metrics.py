@@ -1,7 +1,4 @@
 """gan.metrics: Frechet distance, KID, IS, SWD, SSIM, nearest neighbours, memorisation; gan.interpolation."""
-import math
-import warnings
-
 import numpy as np
 import pytest
 

@@ -17,6 +17,7 @@ def test_readme_tour_runs():
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
     model, optimizer = namespace["model"], namespace["optimizer"]
     assert all(p.grad is not None and (p.grad != 0).any() for p in model.parameters())
+    assert [state["step"] for state in optimizer.state] == [1] * len(optimizer.params)   # one Adam update each
     assert namespace["generator"].latent_dim == 100
 
 
