@@ -4,8 +4,9 @@
 # A discriminator that can change its output very fast as its input moves gives the generator wild
 # gradients; the WGAN critic of walkthrough 7 must even be **1-Lipschitz** for its loss to mean
 # anything. Spectral normalisation (Miyato et al., 2018) bounds how fast each layer can stretch its
-# input by dividing the layer's weight by its largest singular value. It costs one matrix-vector
-# product per layer and training step, and unlike weight clipping it keeps the shape of the weights.
+# input by dividing the layer's weight by its largest singular value. It costs three matrix-vector
+# products per layer and training step, and unlike weight clipping (walkthrough 7) it rescales the
+# whole weight instead of flattening its large entries.
 #
 # 1. a linear layer's Lipschitz constant is the largest singular value $\sigma(W)$ of its weight;
 # 2. power iteration finds $\sigma(W)$ with matrix-vector products only;
