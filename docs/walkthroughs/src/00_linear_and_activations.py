@@ -8,7 +8,7 @@
 # training:
 #
 # 1. `Linear`: $y = x W^\top + b$ and its three gradients, by hand and against the layer;
-# 2. ReLU, LeakyReLU, Tanh and Sigmoid, and their derivatives from the saved output;
+# 2. ReLU, LeakyReLU, Tanh and Sigmoid, and their derivatives from the saved output or mask;
 # 3. vanishing gradients: why deep stacks of sigmoids barely learn;
 # 4. dead ReLUs, and why GAN discriminators use LeakyReLU;
 # 5. computing the sigmoid and the binary cross-entropy without overflow;
@@ -36,8 +36,8 @@ rng = np.random.default_rng(0)
 #
 # $$ y = x W^\top + b, \qquad y_{nj} = \sum_i x_{ni} W_{ji} + b_j . $$
 #
-# Each output $y_{nj}$ depends on $W_{ji}$ through $x_{ni}$, on $b_j$ with slope 1, and on $x_{ni}$
-# through $W_{ji}$. Summing over everything that depends on each quantity:
+# Each output $y_{nj}$ depends on $W_{ji}$ with slope $x_{ni}$, on $b_j$ with slope 1, and on $x_{ni}$
+# with slope $W_{ji}$. Summing over everything that depends on each quantity:
 #
 # $$ \frac{\partial L}{\partial W_{ji}} = \sum_n \mathrm{d}y_{nj}\, x_{ni}, \quad
 #    \frac{\partial L}{\partial b_j} = \sum_n \mathrm{d}y_{nj}, \quad
@@ -61,8 +61,8 @@ np.testing.assert_allclose(dx, dy @ W, rtol=1e-14)
 layer(x)
 layer.backward(dy)                                 # a second backward adds to .grad
 np.testing.assert_allclose(layer.weight.grad, 2 * dy.T @ x, rtol=1e-14)
-report = gradcheck(layer, x, rng=rng)
-print("by hand = the layer; gradcheck (central differences):", dict(report.checked_entries))
+report = gradcheck(layer, x, rng=rng)   # raises on any mismatch (walkthrough 4 explains the check)
+print("by hand = the layer; entries compared with central differences:", dict(report.checked_entries))
 
 # %% [markdown]
 # ## 2. Activations and their derivatives
@@ -85,14 +85,20 @@ fig, axes = plt.subplots(1, 2, figsize=(9, 3))
 for name, act in activations.items():
     y = act(grid)
     slope = act.backward(np.ones_like(grid))       # dy = 1: backward returns f'(x)
-    axes[0].plot(grid, y, label=name)
-    axes[1].plot(grid, slope, label=name)
+    style = "--" if name == "ReLU" else "-"         # ReLU lies under LeakyReLU for x > 0
+    axes[0].plot(grid, y, style, label=name)
+    axes[1].plot(grid, slope, style, label=name)
     # the derivative from the saved output equals a central difference of f
     h = 1e-6
     numerical = (act(grid + h) - act(grid - h)) / (2 * h)
     away_from_kink = np.abs(grid) > 1e-3
     np.testing.assert_allclose(slope[away_from_kink], numerical[away_from_kink], rtol=1e-6, atol=1e-9)
+relu, leaky = ReLU(), LeakyReLU(0.2)
+relu(np.zeros(1))
+leaky(np.zeros(1))
+assert relu.backward(np.ones(1))[0] == 0 and leaky.backward(np.ones(1))[0] == 0.2   # at the kink, as PyTorch
 axes[0].set_title("f(x)")
+axes[0].legend(fontsize=8)
 axes[1].set_title("f'(x), from backward")
 axes[1].legend(fontsize=8)
 plt.show()
@@ -106,8 +112,8 @@ assert np.isclose(sigmoid_slope.max(), 0.25) and grid[sigmoid_slope.argmax()] ==
 # ## 3. Vanishing gradients
 #
 # Backward through a stack multiplies the derivatives of every layer. The sigmoid's derivative is at
-# most $1/4$ (at $x = 0$), so through $L$ sigmoid layers the gradient shrinks by up to $4^{-L}$ on
-# top of what the weights do: the first layers of a deep sigmoid network hardly learn. ReLU's
+# most $1/4$ (at $x = 0$), so $L$ sigmoid layers multiply the gradient by at most $4^{-L}$ on top of
+# what the weights do: the first layers of a deep sigmoid network hardly learn. ReLU's
 # derivative is 1 wherever a unit is active (half of them, for a centred input), so with He's
 # initialisation, weights of variance $2 / D_{in}$ that make up for the inactive half
 # (`nnbox.init.kaiming_normal`), the gradient reaching the input stays of the same order. We push a
@@ -135,19 +141,21 @@ for name, activation in (("Sigmoid", Sigmoid), ("Tanh", Tanh), ("ReLU", ReLU)):
     dx = net.backward(dy)
     ratios[name] = np.linalg.norm(dx) / np.linalg.norm(dy)
     print(f"{name:8s} |dx| / |dy| through 10 layers: {ratios[name]:.2e}")
-assert ratios["Sigmoid"] < 1e-4 * ratios["ReLU"] and 0.1 < ratios["ReLU"] < 10
+assert ratios["Sigmoid"] < 1e-4 * ratios["ReLU"] and 0.1 < ratios["ReLU"] < 10 and 0.1 < ratios["Tanh"] < 10
 
 # %% [markdown]
-# Through ten ReLU layers the gradient keeps its size; through ten sigmoid layers it shrinks by more
-# than four orders of magnitude. Tanh, whose slope reaches 1 at 0, keeps it too at this scale: its
-# inputs here stay mostly in its near-linear middle. This is why the hidden layers of GANs use ReLU-like activations, and Tanh and Sigmoid
+# Through ten ReLU layers the gradient keeps its size; through ten sigmoid layers it shrinks by about
+# five orders of magnitude. Tanh keeps it too here, for the same reason as ReLU: the mean of
+# $\tanh'^2$ over its inputs is about 1/2, and He's factor 2 makes up for it (the sigmoid's is at most
+# 1/16). This is why the hidden layers of GANs use ReLU-like activations, and Tanh and Sigmoid
 # appear only at the ends: Tanh maps the generator's output into $[-1, 1]$, the pixel range, and the
 # discriminator's sigmoid is folded into its loss (section 5).
 #
 # ## 4. Dead ReLUs, and LeakyReLU
 #
 # A ReLU unit whose input is negative for every example outputs 0 and passes back a zero gradient:
-# its weights and bias never change again, and it stays "dead". LeakyReLU passes back $a\,\mathrm{d}y$
+# its weights and bias receive no gradient, and it stays "dead" unless earlier layers shift its
+# inputs. LeakyReLU passes back $a\,\mathrm{d}y$
 # instead, so a unit pushed into the negative side can come back. In a GAN the discriminator's
 # gradient with respect to its **input** is all the generator learns from: LeakyReLU (slope 0.2, as
 # in DCGAN) keeps that gradient flowing through units that happen to be inactive for a fake image.
@@ -170,8 +178,8 @@ for act in (ReLU(), LeakyReLU(0.2)):
 # %% [markdown]
 # ## 5. The sigmoid and the binary cross-entropy, without overflow
 #
-# $1 / (1 + e^{-x})$ computes $e^{-x}$, which overflows to infinity for $x < -710$ in float64 (and
-# $x < -89$ in float32): NumPy warns, and the division by infinity then gives 0, which happens to be
+# $1 / (1 + e^{-x})$ computes $e^{-x}$, which overflows to infinity for $x < -709.78$ in float64 (and
+# $x < -88.72$ in float32): NumPy warns, and the division by infinity then gives 0, which happens to be
 # the right limit. nnbox's `sigmoid` uses only $e^{-|x|} \le 1$, so nothing overflows:
 #
 # $$ \sigma(x) = \frac{1}{1 + e^{-|x|}} \text{ for } x \ge 0, \qquad
@@ -180,39 +188,47 @@ for act in (ReLU(), LeakyReLU(0.2)):
 # The real trouble is the logarithm that follows. The discriminator's loss is the binary
 # cross-entropy of $\sigma(x)$ with a target $t$: $-t \log \sigma(x) - (1 - t) \log(1 - \sigma(x))$.
 # Computed that way, a confident wrong logit ($x = -1000$ for a real image) gives
-# $-\log 0 = \infty$, and a confident right one rounds $\sigma(x)$ to 1 and loses the small loss. Rewritten on the logit,
+# $-\log 0 = \infty$, and a confident right one rounds $\sigma(x)$ to 1 and loses the small loss.
+# Rewritten on the logit,
 #
 # $$ \ell(x, t) = \max(x, 0) - x t + \log\left(1 + e^{-|x|}\right), \qquad
 #    \frac{\partial \ell}{\partial x} = \sigma(x) - t , $$
 #
-# is finite for every $x$, and its gradient is as simple as a gradient gets. That is
+# is finite for every $x$, and its gradient is as simple as a gradient gets. The last term is
+# computed with `log1p` ($\log(1 + u)$ accurate for tiny $u$): written as `log(1 + exp(-40))` it
+# would round to 0 too. That is
 # `BCEWithLogitsLoss`, and why nnbox's discriminators output logits, not probabilities.
 
 # %%
 logits = np.array([-1000.0, -100.0, -40.0, 0.0, 40.0, 100.0, 1000.0])
 with np.errstate(over="ignore"):                   # e^1000 overflows (a warning), 1/inf = 0
     naive = 1 / (1 + np.exp(-logits))
-stable = sigmoid(logits)
+with np.errstate(over="raise"):                    # nnbox's sigmoid: nothing may overflow
+    stable = sigmoid(logits)
+
+
 def show(values):
     return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
 
 
 print("logits:        ", show(logits))
 print("sigmoid, naive:", show(naive))
-print("sigmoid, nnbox:", show(stable))
+print("sigmoid, nnbox:", show(stable), " (the same values, without the overflow)")
 assert np.isclose(stable[2], 4.248354255291589e-18, rtol=1e-12) and np.isfinite(stable).all()
 
 with np.errstate(divide="ignore"):
     naive_bce = -np.log(naive)                     # target 1 (a real image), through the probability
-loss = BCEWithLogitsLoss(reduction="sum")          # one logit at a time: each one's loss and gradient
-exact, grads = [], []
-for logit in logits:
-    exact.append(float(loss(np.array([logit]), np.ones(1))))
-    grads.append(float(loss.backward(1.0)[0]))
+loss = BCEWithLogitsLoss(reduction="sum")          # one logit at a time: each one's loss
+exact = [float(loss(np.array([logit]), np.ones(1))) for logit in logits]
 print("BCE for target 1, naive:", show(naive_bce))
 print("BCE for target 1, nnbox:", show(exact))
 assert np.isinf(naive_bce[0]) and np.isfinite(exact).all() and np.isclose(exact[0], 1000.0)
-np.testing.assert_allclose(grads, stable - 1, rtol=1e-12, atol=1e-300)   # sigma(x) - t
+assert np.isclose(exact[4], 4.248354255291589e-18, rtol=1e-12)          # log1p keeps the small loss
+for logit in (-3.0, 0.0, 3.0):                     # the gradient against central differences
+    value = lambda v: float(loss(np.array([v]), np.ones(1)))   # noqa: E731
+    loss(np.array([logit]), np.ones(1))
+    analytic = float(loss.backward(1.0)[0])
+    assert np.isclose(analytic, (value(logit + 1e-6) - value(logit - 1e-6)) / 2e-6, rtol=1e-7, atol=1e-10)
 
 # %% [markdown]
 # ## 6. Parity with PyTorch
@@ -245,6 +261,7 @@ if torch is not None:
         np.testing.assert_allclose(y, y_t.detach().numpy(), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(dx, x_t.grad.numpy(), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(linear.weight.grad, reference.weight.grad.numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(linear.bias.grad, reference.bias.grad.numpy(), rtol=1e-12, atol=1e-14)
     print("Linear + ReLU, LeakyReLU, Tanh, Sigmoid: outputs and gradients match torch")
 
 # %% [markdown]
@@ -253,7 +270,7 @@ if torch is not None:
 # - `Linear`: $\mathrm{d}W \mathrel{+}= \mathrm{d}y^\top x$, $\mathrm{d}b \mathrel{+}= \sum_n \mathrm{d}y$,
 #   $\mathrm{d}x = \mathrm{d}y\, W$; gradients accumulate until `zero_grad()`.
 # - Activations multiply the gradient by their derivative; Tanh and Sigmoid compute it from their
-#   saved output ($1 - y^2$, $y(1 - y)$).
+#   saved output ($1 - y^2$, $y(1 - y)$), ReLU and LeakyReLU from a saved mask.
 # - A sigmoid's derivative is at most 1/4: stacks of them starve their first layers of gradient.
 # - ReLU units that are never active stop learning; LeakyReLU always passes some gradient back,
 #   which is why GAN discriminators use it.
