@@ -17,8 +17,6 @@
 # 7. parity with PyTorch's `torch.nn.utils.spectral_norm`.
 
 # %%
-import os
-
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -27,7 +25,6 @@ from layers import Linear, SpectralNorm, conv_maths
 from layers.conv import Conv2d, ConvTranspose2d
 from nnbox.gradcheck import gradcheck
 
-FAST = os.environ.get("NNBOX_FAST") == "1"   # the test suite sets this (everything here is small anyway)
 plt.rcParams["figure.dpi"] = 80
 np.set_printoptions(precision=4, suppress=True)
 rng = np.random.default_rng(0)
