@@ -273,9 +273,9 @@ def col2im_gather(cols, image_shape, kernel, stride, padding, dilation, out_size
 
     Each pixel has at most T = T_h T_w such entries (T_h = ceil(kh d_h / s_h) at most: 4 for
     kernel 4, stride 2). Their positions in a channel's block of cols are fixed by the shapes, so
-    they are computed once (`_gather_plan`, cached) as an index (N, H, W, T) and a mask (H, W, T)
-    of the taps that exist, for pixels with fewer; then col2im is one take, one masked sum over T
-    and one transpose. The result equals `col2im`'s up to the order of the additions (tested on
+    they are computed once (`_gather_plan`, cached) as sample 0's index (H, W, T), the step between
+    samples' columns (1 batch-last, OH * OW otherwise) and a mask (H, W, T) of the taps that exist,
+    for pixels with fewer; then col2im is one take, one masked sum over T and one transpose. The result equals `col2im`'s up to the order of the additions (tested on
     NumPy). The missing taps read entry 0 and are dropped by `where`, not multiplied by 0, which
     would turn an inf there into NaN. On CuPy the same gather and masked sum are one kernel
     (`gpu_kernels.col2im_gather`), writing the (N, C, H, W) image directly: no (C, N, H, W, T)
@@ -283,10 +283,11 @@ def col2im_gather(cols, image_shape, kernel, stride, padding, dilation, out_size
     """
     xp = get_array_module(cols)
     n, c, h, w = image_shape
-    index, mask = _gather_plan(xp, image_shape, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation),
-                               tuple(out_size), bool(batch_last))
+    base, per_sample, mask = _gather_plan(xp, image_shape, tuple(kernel), tuple(stride), tuple(padding),
+                                          tuple(dilation), tuple(out_size), bool(batch_last))
     if xp is not np:
-        return gpu_kernels.col2im_gather(cols.reshape(c, -1), index, mask, image_shape)
+        return gpu_kernels.col2im_gather(cols.reshape(c, -1), base, per_sample, mask, image_shape)
+    index = base[None] + per_sample * xp.arange(n).reshape(n, 1, 1, 1)   # (N, H, W, T)
     gathered = xp.take(cols.reshape(c, -1), index, axis=1)            # (C, N, H, W, T)
     summed = xp.where(mask, gathered, 0).sum(axis=-1)                  # (C, N, H, W)
     return xp.ascontiguousarray(summed.transpose(1, 0, 2, 3))
@@ -294,7 +295,9 @@ def col2im_gather(cols, image_shape, kernel, stride, padding, dilation, out_size
 
 @functools.lru_cache(maxsize=64)
 def _gather_plan(xp, image_shape, kernel, stride, padding, dilation, out_size, batch_last):
-    """(index (N, H, W, T) into a channel's block of cols, boolean mask (H, W, T)) for `col2im_gather`, on xp."""
+    """(sample 0's index (H, W, T) into a channel's block of cols, the step from one sample's columns to
+    the next's, boolean mask (H, W, T)) for `col2im_gather`, on xp. Sample n reads base + n * step: a
+    plan for the whole batch would be N times larger (8 MiB per geometry at 64x64, batch 64)."""
     n, _, h, w = image_shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out_size
 
@@ -320,9 +323,8 @@ def _gather_plan(xp, image_shape, kernel, stride, padding, dilation, out_size, b
         base = kernel_offset * n * oh * ow + oy[:, None, :, None] * ow + ox[None, :, None, :]
         per_sample = oh * ow
     valid = row_valid[:, None, :, None] & col_valid[None, :, None, :]
-    base = np.where(valid, base, 0).reshape(h, w, -1)                 # masked taps read entry 0
-    index = base[None] + per_sample * np.arange(n).reshape(n, 1, 1, 1)
-    return xp.asarray(index), xp.asarray(valid.reshape(h, w, -1))
+    base = np.where(valid, base, 0).reshape(h, w, -1)                 # masked taps read sample n's entry 0
+    return xp.asarray(base), per_sample, xp.asarray(valid.reshape(h, w, -1))
 
 
 def _phase_crop(phase, stride, padding, size):

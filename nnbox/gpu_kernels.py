@@ -282,29 +282,32 @@ def im2col(x, kernel, stride, padding, dilation, out_size, batch_last):
     return cols
 
 
-def col2im_gather(cols, index, mask, image_shape):
+def col2im_gather(cols, base, per_sample, mask, image_shape):
     """image (N, C, H, W) with image[n, c, y, x] = the sum over t with mask[y, x, t] of
-    cols[c, index[n, y, x, t]], in one kernel: layers.conv_maths.col2im_gather's take, masked sum and
-    transpose (that NumPy code documents the maths). The taps are added in order t = 0, 1, ...; NumPy's
-    sum may group them otherwise (from T = 8 on), so results can differ by rounding.
-    cols: (C, L) CuPy array; index: (N, H, W, T) int64; mask: (H, W, T) bool."""
+    cols[c, base[y, x, t] + n * per_sample], in one kernel: layers.conv_maths.col2im_gather's take,
+    masked sum and transpose (that NumPy code documents the maths). The taps are added in order
+    t = 0, 1, ...; NumPy's sum may group them otherwise (from T = 8 on), so results can differ by rounding.
+    cols: (C, L) CuPy array; base: (H, W, T) int64; per_sample: int; mask: (H, W, T) bool."""
     cupy = backend.require_cupy()
     n, c, h, w = image_shape
     taps = mask.shape[-1]
     image = cupy.empty((n, c, h, w), dtype=cols.dtype)
     _elementwise(
-        "raw T cols, raw int64 index, raw bool mask, int32 channels, int32 pixels, int32 taps, int64 row",
+        "raw T cols, raw int64 base, raw bool mask, int32 channels, int32 pixels, int32 taps, int64 row, "
+        "int64 per_sample",
         "T image",
         """const long long n = i / ((long long)channels * pixels);
            const long long c = (i / pixels) % channels;
            const long long p = i % pixels;
+           const long long first = c * row + n * per_sample;
            T total = 0;
            for (int t = 0; t < taps; ++t) {
-               if (mask[p * taps + t]) total += cols[c * row + index[(n * pixels + p) * taps + t]];
+               if (mask[p * taps + t]) total += cols[first + base[p * taps + t]];
            }
            image = total;""",
-        "nnbox_col2im_gather")(cupy.ascontiguousarray(cols).reshape(-1), cupy.ascontiguousarray(index).reshape(-1),
-                               cupy.ascontiguousarray(mask).reshape(-1), c, h * w, taps, cols.shape[1], image)
+        "nnbox_col2im_gather")(cupy.ascontiguousarray(cols).reshape(-1), cupy.ascontiguousarray(base).reshape(-1),
+                               cupy.ascontiguousarray(mask).reshape(-1), c, h * w, taps, cols.shape[1], per_sample,
+                               image)
     return image
 
 

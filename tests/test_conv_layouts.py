@@ -141,6 +141,16 @@ def test_col2im_gather_equals_col2im(geometry, size, batch_last, rng):
 
 
 @pytest.mark.parametrize("batch_last", [False, True])
+def test_col2im_gather_plan_does_not_grow_with_the_batch(batch_last):
+    """The cached plan holds one sample's index (H, W, T); samples differ by a fixed column step."""
+    geometry, out_size = ((4, 4), (2, 2), (1, 1), (1, 1)), (8, 8)
+    plans = [conv_maths._gather_plan(np, (n, 3, 16, 16), *geometry, out_size, batch_last) for n in (1, 64)]
+    (base_1, step_1, mask_1), (base_64, step_64, mask_64) = plans
+    assert base_1.shape == base_64.shape == mask_64.shape == (16, 16, 4)
+    assert (step_1, step_64) == ((1, 1) if batch_last else (64, 64))
+
+
+@pytest.mark.parametrize("batch_last", [False, True])
 def test_col2im_gather_does_not_spread_an_inf_it_should_not_read(batch_last):
     """Pixels with fewer taps read a stand-in entry (the block's first) that must be dropped, not
     multiplied by 0: an inf there (a tap that lands in the padding, so col2im crops it away) would
