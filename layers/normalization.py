@@ -193,17 +193,18 @@ class _BatchNorm(Module):
         so results do not depend on the thread count.
         """
         xp = np
-        acc = np.float64 if x.dtype == np.float32 else x.dtype
+        acc = _accumulator(x.dtype)
         n, c = x.shape[:2]
         rows = _rows(x)
-        mean = _over_samples(rows, lambda a, b: rows[:, a:b].sum(axis=0, dtype=acc)).reshape(c, -1).sum(axis=1)
+        summed = _summable(rows)
+        mean = _over_samples(summed, lambda a, b: summed[:, a:b].sum(axis=0, dtype=acc)).reshape(c, -1).sum(axis=1)
         mean /= count
         mean_x = mean.astype(x.dtype)
         centred = workspace.empty(x.shape, x.dtype, xp)
         centred_rows, spread_mean = _rows(centred), _spread(mean_x, x)
         parallel.run(n, lambda a, b: xp.subtract(rows[a:b], spread_mean, out=centred_rows[a:b]), x.size, xp)
-        squares = _over_samples(centred_rows, lambda a, b: xp.einsum("nk,nk->k", centred_rows[:, a:b],
-                                                                       centred_rows[:, a:b]))
+        summed = _summable(centred_rows)
+        squares = _over_samples(summed, lambda a, b: xp.einsum("nk,nk->k", summed[:, a:b], summed[:, a:b]))
         squares = squares.reshape(c, -1).sum(axis=1, dtype=acc)
         rounding = mean - mean_x.astype(acc)
         var = xp.maximum(squares / count - rounding * rounding, 0.0)
@@ -217,13 +218,13 @@ class _BatchNorm(Module):
         stat_shape = inv_std.shape
         n, c = dy.shape[:2]
         if xp is np:   # sums over the samples of dy and dy xhat as (N, C * L), then over the positions
-            dy_flat, xhat_flat = _rows(dy), _rows(xhat)
-            acc = np.float64 if dy.dtype == np.float32 else dy.dtype
+            dy_flat, xhat_flat = _summable(_rows(dy)), _summable(_rows(xhat))
+            acc, kept = _accumulator(dy.dtype), dy_flat.dtype   # kept: float16's sums overflow, float32's do not
             sum_dy = _over_samples(dy_flat, lambda a, b: dy_flat[:, a:b].sum(axis=0))
-            sum_dy = sum_dy.reshape(c, -1).sum(axis=1, dtype=acc).astype(dy.dtype)                       # (C,)
+            sum_dy = sum_dy.reshape(c, -1).sum(axis=1, dtype=acc).astype(kept)                           # (C,)
             sum_dy_xhat = _over_samples(dy_flat, lambda a, b: xp.einsum("nk,nk->k", dy_flat[:, a:b],
                                                                         xhat_flat[:, a:b]))
-            sum_dy_xhat = sum_dy_xhat.reshape(c, -1).sum(axis=1, dtype=acc).astype(dy.dtype)              # (C,)
+            sum_dy_xhat = sum_dy_xhat.reshape(c, -1).sum(axis=1, dtype=acc).astype(kept)                  # (C,)
         else:
             sum_dy, sum_dy_xhat = gpu_kernels.channel_sums(dy, xhat)
             if self.affine and self.weight.requires_grad and self.bias.requires_grad and saved.batch_stats:
@@ -278,6 +279,17 @@ def _over_samples(rows, partial):
     whole by one thread, so results do not depend on the split."""
     pieces = parallel.run(rows.shape[1], partial, rows.size, np)
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def _accumulator(dtype):
+    """The dtype per-channel sums are accumulated in: float64, or the input's own if wider."""
+    return np.float64 if np.dtype(dtype).itemsize < 8 else dtype
+
+
+def _summable(rows):
+    """rows, or a float32 copy where their dtype is narrower (float16): the sums over the samples run
+    in the rows' dtype, and float16's overflow at 65504 (as the CuPy kernels, which read float16 as float32)."""
+    return rows.astype(np.float32) if rows.dtype.itemsize < 4 else rows
 
 
 def _rows(a):

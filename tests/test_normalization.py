@@ -188,6 +188,28 @@ def test_float32_statistics_accumulated_in_float64(rng):
     assert dx.dtype == np.float32 and layer.weight.grad.dtype == np.float32
 
 
+def test_float16_sums_do_not_overflow(rng):
+    """65,536 values per channel, offset by 10: float16 sums would pass 65504 (inf, then NaN
+    outputs and running statistics). The statistics and gradients are float16's rounding of the
+    float32 layer's; only a parameter gradient whose true value passes 65504 may be inf."""
+    x16 = (10.0 + rng.standard_normal((64, 2, 32, 32))).astype(np.float16)
+    dy16 = rng.standard_normal(x16.shape).astype(np.float16)
+    x32, dy32 = x16.astype(np.float32), dy16.astype(np.float32)      # the same values
+    half, single = BatchNorm2d(2).to(np.float16), BatchNorm2d(2)
+    y = half(x16)
+    want = single(x32)
+    assert y.dtype == np.float16 and np.isfinite(half.running_mean).all() and np.isfinite(half.running_var).all()
+    few_ulps = 4 * np.finfo(np.float16).eps   # a few roundings to float16 of the largest value
+    np.testing.assert_allclose(y, want, rtol=0, atol=few_ulps * np.abs(want).max())
+    np.testing.assert_allclose(half.running_mean, single.running_mean, rtol=1e-3)
+    np.testing.assert_allclose(half.running_var, single.running_var, rtol=1e-2)
+    dx = half.backward(dy16)
+    want_dx = single.backward(dy32)
+    assert dx.dtype == np.float16
+    np.testing.assert_allclose(dx, want_dx, rtol=0, atol=few_ulps * np.abs(want_dx).max())
+    np.testing.assert_allclose(half.weight.grad, single.weight.grad, rtol=1e-2, atol=1.0)
+
+
 def test_one_shared_implementation():
     assert BatchNorm1d.__mro__[1] is _BatchNorm and BatchNorm2d.__mro__[1] is _BatchNorm
     assert "forward" not in vars(BatchNorm1d) and "forward" not in vars(BatchNorm2d)
