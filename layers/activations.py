@@ -103,7 +103,8 @@ class LeakyReLU(Module):
         xp = get_array_module(x)
         slope = self.negative_slope
         if xp is not np and x.dtype.kind == "f":   # CuPy: y and the mask in one kernel
-            y, positive = gpu_kernels.leaky_relu(x, slope)
+            # slope 0 is ReLU, whose kernel gives 0 at x = -inf where 0 x would be NaN (as on the CPU)
+            y, positive = gpu_kernels.relu(x) if slope == 0.0 else gpu_kernels.leaky_relu(x, slope)
             self.save_for_backward(positive=positive)
             return y
         if not 0.0 <= slope or x.dtype.kind != "f":
@@ -117,6 +118,9 @@ class LeakyReLU(Module):
 
         def leaky(x, positive, y):
             xp.greater(x, 0, out=positive)
+            if slope == 0.0:   # max(0 x, x) would be NaN at x = inf, and 0 x at x = -inf (0 inf)
+                xp.maximum(x, 0, out=y)
+                return
             xp.multiply(x, x.dtype.type(slope), out=y)
             (xp.maximum if slope <= 1.0 else xp.minimum)(y, x, out=y)
 

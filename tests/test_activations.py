@@ -99,6 +99,13 @@ def test_leaky_relu_slope_above_one():
     np.testing.assert_allclose(layer(np.array([-1.0, 1.0])), [-2.0, 1.0])
 
 
+@pytest.mark.parametrize("slope", [0.0, 0.2, 1.0, 2.0])
+def test_leaky_relu_of_infinities_and_nan(slope):
+    # slope 0 computed max(0 x, x), which is NaN at x = inf; torch gives inf
+    y = LeakyReLU(slope)(np.array([np.inf, -np.inf, np.nan, -1.0, 2.0]))
+    np.testing.assert_array_equal(y, [np.inf, -np.inf if slope else 0.0, np.nan, -slope, 2.0])
+
+
 def test_sigmoid_is_stable_at_extremes():
     sigmoid = Sigmoid()
     x = np.array([-1000.0, -40.0, 0.0, 40.0, 1000.0])
@@ -146,3 +153,11 @@ def test_gpu_gradcheck_and_match_cpu(name, rng):
     gradcheck(gpu, cupy.asarray(x), rng=rng)
     np.testing.assert_allclose(cupy.asnumpy(gpu(cupy.asarray(x))), cpu(x), rtol=1e-12)
     np.testing.assert_allclose(cupy.asnumpy(gpu.backward(cupy.asarray(dy))), cpu.backward(dy), rtol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("slope", [0.0, 0.2, 2.0])
+def test_gpu_leaky_relu_of_infinities_and_nan_match_cpu(slope):
+    import cupy
+    x = np.array([np.inf, -np.inf, np.nan, -1.0, 2.0])
+    np.testing.assert_array_equal(cupy.asnumpy(LeakyReLU(slope)(cupy.asarray(x))), LeakyReLU(slope)(x))
