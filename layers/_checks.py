@@ -1,4 +1,11 @@
 """Input validation shared by the layers: errors that name the layer and both shapes."""
+import numbers
+
+
+def is_whole_number(value):
+    """True for 3, np.int64(3) and 3.0; False for 2.5, "3", None and booleans (int() would truncate
+    2.5 to 2 without a word, and fail on "same" with a message that names no argument)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer()
 
 
 def check_grad(layer, dy, expected_shape):

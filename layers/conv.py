@@ -19,7 +19,7 @@ from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter
 
 from . import conv_maths
-from ._checks import check_grad, check_input
+from ._checks import check_grad, check_input, is_whole_number
 
 
 def _matmul(a, b):
@@ -37,13 +37,17 @@ class _ConvNd(Module):
                  output_padding, bias, rng, dtype):
         super().__init__()
         name = type(self).__name__
+        for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not is_whole_number(value):
+                raise ValueError(f"{name}: {label} must be an integer, got {value!r}")
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
-        self.kernel_size = conv_maths.pair(kernel_size, "kernel_size")
-        self.stride = conv_maths.pair(stride, "stride")
-        self.padding = conv_maths.pair(padding, "padding")
-        self.dilation = conv_maths.pair(dilation, "dilation")
-        self.output_padding = conv_maths.pair(output_padding, "output_padding")
+        self.kernel_size = conv_maths.pair(kernel_size, f"{name}: kernel_size")
+        self.stride = conv_maths.pair(stride, f"{name}: stride")
+        self.dilation = conv_maths.pair(dilation, f"{name}: dilation")
+        self.padding = (self._named_padding(padding) if isinstance(padding, str)
+                        else conv_maths.pair(padding, f"{name}: padding"))
+        self.output_padding = conv_maths.pair(output_padding, f"{name}: output_padding")
         for label, value, low in (("in_channels", (self.in_channels,), 1), ("out_channels", (self.out_channels,), 1),
                                   ("kernel_size", self.kernel_size, 1), ("stride", self.stride, 1),
                                   ("padding", self.padding, 0), ("dilation", self.dilation, 1),
@@ -61,6 +65,25 @@ class _ConvNd(Module):
             (small, large, kh, kw), large * kh * kw, self.out_channels if bias else None, rng, dtype)
         self.weight = Parameter(weight)
         self.bias = Parameter(bias_data) if bias else None
+
+    def _named_padding(self, padding):
+        """PyTorch's padding strings, for Conv2d: 'valid' is no padding; 'same' keeps the size at
+        stride 1, padding d (k - 1) / 2 on each side (nnbox pads both sides alike, so d (k - 1) must
+        be even: an odd kernel, or an even one with an even dilation)."""
+        name = type(self).__name__
+        if self.transposed or padding not in ("same", "valid"):
+            allowed = "an integer or a pair" + ("" if self.transposed else ", 'same' or 'valid'")
+            raise ValueError(f"{name}: padding must be {allowed}, got {padding!r}")
+        if padding == "valid":
+            return 0, 0
+        spans = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+        if self.stride != (1, 1):
+            raise ValueError(f"{name}: padding='same' needs stride 1 (as in PyTorch), got stride={self.stride}")
+        if any(span % 2 for span in spans):
+            raise ValueError(f"{name}: padding='same' with kernel_size={self.kernel_size} and dilation="
+                             f"{self.dilation} would need one more row or column of zeros on one side, and "
+                             f"nnbox pads both sides alike; use an odd kernel size, or pad the input yourself")
+        return spans[0] // 2, spans[1] // 2
 
     # ------------------------------------------------------------------ the shared maths
     def _geometry(self):
@@ -122,7 +145,8 @@ class Conv2d(_ConvNd):
     Args:
         in_channels, out_channels: channels of x and y.
         kernel_size, stride, padding, dilation: an int or a pair (height, width).
-            Padding is with zeros on both sides.
+            Padding is with zeros on both sides; padding='same' (stride 1, d (k - 1) even) keeps
+            the size, padding='valid' is 0, as in PyTorch.
         bias: learn an additive per-channel bias (default True).
         rng: NumPy generator or seed for the initial weights (PyTorch's default scheme).
         dtype: of the parameters (float32).

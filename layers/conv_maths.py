@@ -36,14 +36,15 @@ import numpy as np
 from nnbox import gpu_kernels, parallel, workspace
 from nnbox.backend import get_array_module
 
+from ._checks import is_whole_number
+
 
 def pair(value, name="value"):
-    """An int or a pair of ints -> a pair (height, width); `name` is used in the error."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair (height, width), got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
+    """An integer or a pair of integers -> a pair (height, width); `name` is used in the error."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(values) != 2 or not all(is_whole_number(v) for v in values):
+        raise ValueError(f"{name} must be an integer or a pair of integers (height, width), got {value!r}")
+    return int(values[0]), int(values[1])
 
 
 def conv_output_size(size, kernel, stride, padding, dilation=1):

@@ -2,7 +2,7 @@
 from nnbox import init
 from nnbox.module import Module, Parameter
 
-from ._checks import check_grad, check_input
+from ._checks import check_grad, check_input, is_whole_number
 
 
 class Linear(Module):
@@ -25,7 +25,7 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=init.DEFAULT_DTYPE):
         super().__init__()
         for label, value in (("in_features", in_features), ("out_features", out_features)):
-            if int(value) != value or value < 1:
+            if not is_whole_number(value) or value < 1:
                 raise ValueError(f"Linear: {label} must be an integer >= 1, got {value!r}")
         self.in_features = int(in_features)
         self.out_features = int(out_features)

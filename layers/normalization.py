@@ -11,7 +11,7 @@ from nnbox import gpu_kernels, init, parallel, workspace
 from nnbox.backend import get_array_module
 from nnbox.module import Module, Parameter
 
-from ._checks import check_array, check_grad, check_input
+from ._checks import check_array, check_grad, check_input, is_whole_number
 
 
 class _BatchNorm(Module):
@@ -53,7 +53,7 @@ class _BatchNorm(Module):
                  dtype=init.DEFAULT_DTYPE):
         super().__init__()
         name = type(self).__name__
-        if int(num_features) != num_features or num_features < 1:
+        if not is_whole_number(num_features) or num_features < 1:
             raise ValueError(f"{name}: num_features must be a positive integer, got {num_features!r}")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"{name}: momentum must be in [0, 1] or None (cumulative average), got {momentum!r}")

@@ -21,9 +21,9 @@ class _Pool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         name = type(self).__name__
-        self.kernel_size = conv_maths.pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else conv_maths.pair(stride, "stride")
-        self.padding = conv_maths.pair(padding, "padding")
+        self.kernel_size = conv_maths.pair(kernel_size, f"{name}: kernel_size")
+        self.stride = self.kernel_size if stride is None else conv_maths.pair(stride, f"{name}: stride")
+        self.padding = conv_maths.pair(padding, f"{name}: padding")
         if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
             raise ValueError(f"{name}: kernel_size and stride must be >= 1 and padding >= 0, got "
                              f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}")

@@ -149,6 +149,21 @@ def test_conv2d_larger_batch_matches_torch(rng, torch):
     check_parity(torch, layer, torch.nn.Conv2d(8, 16, 4, 2, 1), x, rng)
 
 
+@pytest.mark.parametrize("padding, kernel, dilation", [("same", 3, 1), ("same", (5, 3), 1), ("same", 4, 2),
+                                                       ("same", (3, 2), (1, 2)), ("valid", 3, 1)])
+def test_padding_strings_match_torch(padding, kernel, dilation, rng, torch):
+    layer = Conv2d(3, 4, kernel, padding=padding, dilation=dilation, rng=rng)
+    x = rng.standard_normal((2, 3, 7, 6))
+    if padding == "same":
+        assert layer(x).shape[2:] == x.shape[2:]
+    check_parity(torch, layer, torch.nn.Conv2d(3, 4, kernel, padding=padding, dilation=dilation), x, rng)
+
+
+def test_same_padding_gradcheck(rng):
+    gradcheck(Conv2d(2, 3, (3, 5), padding="same", dilation=(2, 1), rng=rng).to(np.float64),
+              rng.standard_normal((2, 2, 6, 5)), rng=rng)
+
+
 def test_conv_transpose2d_larger_batch_matches_torch(rng, torch):
     layer = ConvTranspose2d(16, 8, 4, 2, 1, rng=rng)
     x = rng.standard_normal((5, 16, 6, 7))
@@ -415,11 +430,36 @@ def test_output_padding_allowed_below_stride_or_dilation():
     (dict(kernel_size=0), r"Conv2d: kernel_size must be >= 1, got \(0, 0\)"),
     (dict(kernel_size=3, stride=0), r"Conv2d: stride must be >= 1, got \(0, 0\)"),
     (dict(kernel_size=3, padding=-1), r"Conv2d: padding must be >= 0, got \(-1, -1\)"),
-    (dict(kernel_size=(3, 3, 3)), r"kernel_size must be an int or a pair \(height, width\), got \(3, 3, 3\)"),
+    (dict(kernel_size=(3, 3, 3)),
+     r"Conv2d: kernel_size must be an integer or a pair of integers \(height, width\), got \(3, 3, 3\)"),
+    # int() would have truncated these without a word, or failed naming no argument
+    (dict(kernel_size=2.5), r"Conv2d: kernel_size must be an integer .*, got 2.5"),
+    (dict(kernel_size=3, stride=(1, 1.5)), r"Conv2d: stride must be an integer .*, got \(1, 1.5\)"),
+    (dict(kernel_size="3"), r"Conv2d: kernel_size must be an integer .*, got '3'"),
+    (dict(kernel_size=3, padding="full"), r"Conv2d: padding must be an integer or a pair, 'same' or 'valid', got 'full'"),
+    (dict(kernel_size=3, padding="same", stride=2), r"Conv2d: padding='same' needs stride 1 .*got stride=\(2, 2\)"),
+    (dict(kernel_size=4, padding="same"), r"Conv2d: padding='same' with kernel_size=\(4, 4\) and dilation=\(1, 1\) "
+                                          r"would need one more row or column of zeros on one side"),
 ])
 def test_bad_hyperparameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Conv2d(1, 1, **kwargs)
+
+
+@pytest.mark.parametrize("cls, args, message", [
+    (Conv2d, (3.9, 4, 3), r"Conv2d: in_channels must be an integer, got 3.9"),
+    (ConvTranspose2d, (3, "4", 3), r"ConvTranspose2d: out_channels must be an integer, got '4'"),
+    (ConvTranspose2d, (3, 4, 3, 1, "same"), r"ConvTranspose2d: padding must be an integer or a pair, got 'same'"),
+])
+def test_bad_channels_and_padding_named(cls, args, message):
+    with pytest.raises(ValueError, match=message):
+        cls(*args)
+
+
+def test_whole_floats_are_accepted():
+    layer = Conv2d(3.0, 4, (3.0, 3), stride=np.int64(2))
+    assert (layer.in_channels, layer.kernel_size, layer.stride) == (3, (3, 3), (2, 2))
+    assert all(type(v) is int for v in layer.kernel_size + layer.stride)
 
 
 @pytest.mark.parametrize("cls", [Conv2d, ConvTranspose2d])

@@ -50,7 +50,8 @@ def test_a_gradient_of_another_shape_is_refused(method, wrong):
     assert not layer.weight.grad.any()          # nothing accumulated before the error
 
 
-@pytest.mark.parametrize("sizes, label", [((-1, 3), "in_features"), ((3, 0), "out_features"), ((2.5, 3), "in_features")])
+@pytest.mark.parametrize("sizes, label", [((-1, 3), "in_features"), ((3, 0), "out_features"), ((2.5, 3), "in_features"),
+                                         ((3, "4"), "out_features")])
 def test_sizes_are_checked(sizes, label):
     with pytest.raises(ValueError, match=rf"Linear: {label} must be an integer >= 1"):
         Linear(*sizes)

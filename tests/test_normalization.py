@@ -254,7 +254,7 @@ def test_wrong_channels_named():
 
 
 @pytest.mark.parametrize("kwargs", [dict(num_features=0), dict(num_features=3, momentum=1.5),
-                                    dict(num_features=3, eps=0.0)], ids=str)
+                                    dict(num_features=3, eps=0.0), dict(num_features="3")], ids=str)
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="BatchNorm1d"):
         BatchNorm1d(**kwargs)

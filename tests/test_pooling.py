@@ -292,6 +292,16 @@ def test_padding_more_than_half_the_kernel(cls):
         cls(2, padding=2)
 
 
+@pytest.mark.parametrize("cls", [MaxPool2d, AvgPool2d, MaxUnpool2d, Unpool2d])
+def test_sizes_that_are_not_whole_numbers_are_refused(cls):
+    # int() truncated them: MaxPool2d(2.9) was a 2x2 pool
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: kernel_size must be an integer or a pair of integers "
+                                         r"\(height, width\), got 2.9"):
+        cls(2.9)
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: stride must be an integer .*, got \(2, None\)"):
+        cls(2, stride=(2, None))
+
+
 def test_max_unpool_indices_shape_and_range():
     y = np.zeros((1, 1, 2, 2))
     with pytest.raises(ValueError, match=r"MaxUnpool2d: indices must have the shape of the input \(1, 1, 2, 2\), "
