@@ -24,7 +24,7 @@ THREADS: the environment variable NNBOX_THREADS if set, else the number of CPUs 
 """
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -99,8 +99,8 @@ def run(n, work, size, xp=np):
     try:
         first = work(*pieces[0])            # the calling thread takes the first piece
     finally:
-        rest = [future.result() for future in futures] if futures else []
-    return [first] + rest
+        wait(futures)   # returned or raising, no piece may still be writing into the caller's arrays
+    return [first] + [future.result() for future in futures]   # raises the first failed piece's error
 
 
 def assign(dest, source, axis=None, block=None):

@@ -85,6 +85,24 @@ def test_run_raises_a_workers_error(threaded):
         parallel.run(8, work, size=100)
 
 
+def test_run_raises_only_after_every_piece_has_finished(threaded):
+    # the caller's arrays must not change after run raised: a slow piece is waited for, and the
+    # calling thread's own error (piece 0) is the one raised
+    finished = np.zeros(4, bool)
+
+    def work(start, stop):
+        if start == 0:
+            raise KeyError("calling thread")
+        if start == 2:
+            raise ValueError("worker")
+        threading.Event().wait(0.2)
+        finished[start // 2] = True
+
+    with pytest.raises(KeyError, match="calling thread"):
+        parallel.run(8, work, size=100)
+    assert finished[[2, 3]].all()   # pieces (4, 6) and (6, 8)
+
+
 def test_assign_matches_plain_assignment(threaded, rng):
     source = rng.standard_normal((3, 5, 4, 6))
     cases = [(source.transpose(1, 2, 3, 0), (5, 4, 6, 3)),     # a transposing copy
