@@ -49,12 +49,25 @@ def _check_float(owner, array, name="input"):
         raise TypeError(f"{owner}: the {name} must be a floating-point array, got dtype {array.dtype}")
 
 
+def _as_input_dtype(xp, input, target):
+    """target in the input's dtype (and array module): float64 targets such as np.ones(n) would
+    otherwise turn a float32 loss into float64."""
+    return xp.asarray(target, dtype=input.dtype)
+
+
+def _value_range(xp, array):
+    """(min, max) of a non-empty array as Python numbers, fetched from the GPU in one transfer."""
+    ends = xp.stack((array.min(), array.max()))
+    return tuple((ends if xp is np else ends.get()).tolist())
+
+
 def _reduce(xp, elementwise, reduction, count):
-    """(0-d loss, scale of the gradient): the mean divides by `count`."""
-    total = xp.sum(elementwise)
+    """(0-d loss, scale of the gradient): the mean divides by `count`. float16 terms are summed in
+    float32 (a float16 sum overflows at 65504), the loss returned in their dtype."""
+    total = xp.sum(elementwise, dtype=xp.float32 if elementwise.dtype == xp.float16 else None)
     if reduction == "sum":
-        return xp.asarray(total), 1.0
-    return xp.asarray(total / count), 1.0 / count
+        return xp.asarray(total).astype(elementwise.dtype, copy=False), 1.0
+    return xp.asarray(total / count).astype(elementwise.dtype, copy=False), 1.0 / count
 
 
 # ----------------------------------------------------------------- functional forms
@@ -81,6 +94,7 @@ def bce_with_logits(input, target, reduction="mean", name="bce_with_logits"):
     _check_same_shape(owner, input, target)
     _check_float(owner, input)
     xp = get_array_module(input)
+    target = _as_input_dtype(xp, input, target)
     elementwise = xp.maximum(input, 0) - input * target + xp.log1p(xp.exp(-xp.abs(input)))
     value, scale = _reduce(xp, elementwise, reduction, input.size)
     grad = sigmoid(input) - target
@@ -100,9 +114,12 @@ def binary_cross_entropy(input, target, reduction="mean", name="binary_cross_ent
     _check_same_shape(owner, input, target)
     _check_float(owner, input)
     xp = get_array_module(input)
-    if input.size and (float(input.min()) < 0 or float(input.max()) > 1):
-        raise ValueError(f"{owner}: the input must hold probabilities in [0, 1], got values in "
-                         f"[{float(input.min()):g}, {float(input.max()):g}]; for logits use BCEWithLogitsLoss")
+    target = _as_input_dtype(xp, input, target)
+    if input.size:
+        low, high = _value_range(xp, input)
+        if not 0 <= low <= high <= 1:   # (also false for NaN)
+            raise ValueError(f"{owner}: the input must hold probabilities in [0, 1], got values in "
+                             f"[{low:g}, {high:g}]; for logits use BCEWithLogitsLoss")
     with np.errstate(divide="ignore"):  # log(0) = -inf, clamped just below
         log_p = xp.maximum(xp.log(input), BCE_LOG_CLAMP)
         log_1mp = xp.maximum(xp.log1p(-input), BCE_LOG_CLAMP)
@@ -120,6 +137,7 @@ def mse(input, target, reduction="mean", name="mse"):
     _check_same_shape(owner, input, target)
     _check_float(owner, input)
     xp = get_array_module(input)
+    target = _as_input_dtype(xp, input, target)
     diff = input - target
     value, scale = _reduce(xp, diff * diff, reduction, input.size)
     diff *= 2 * scale
@@ -133,6 +151,7 @@ def l1(input, target, reduction="mean", name="l1"):
     _check_same_shape(owner, input, target)
     _check_float(owner, input)
     xp = get_array_module(input)
+    target = _as_input_dtype(xp, input, target)
     diff = input - target
     value, scale = _reduce(xp, xp.abs(diff), reduction, input.size)
     grad = xp.sign(diff)
@@ -163,10 +182,11 @@ def cross_entropy(input, target, reduction="mean", name="cross_entropy"):
     if not np.issubdtype(target.dtype, np.integer):
         raise TypeError(f"{owner}: the target must hold integer class indices, got dtype {target.dtype}")
     n, classes = input.shape
-    if n and (int(target.min()) < 0 or int(target.max()) >= classes):
-        raise ValueError(f"{owner}: class indices must be in [0, {classes - 1}], got values in "
-                         f"[{int(target.min())}, {int(target.max())}]")
     xp = get_array_module(input)
+    if n:
+        low, high = _value_range(xp, target)
+        if low < 0 or high >= classes:
+            raise ValueError(f"{owner}: class indices must be in [0, {classes - 1}], got values in [{low}, {high}]")
     log_probs = log_softmax(input, axis=1)
     rows = xp.arange(n)
     value, scale = _reduce(xp, -log_probs[rows, target], reduction, n)

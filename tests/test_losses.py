@@ -175,6 +175,29 @@ def test_float32_in_float32_out(kind, rng):
     assert all(grad.dtype == np.float32 for grad in grads)
 
 
+@pytest.mark.parametrize("kind", ["bce_logits", "bce", "mse", "l1"])
+def test_float64_targets_keep_a_float32_loss(kind, rng):
+    # targets like np.ones(n) are float64: they made the loss float64 while the gradient was float32
+    cls, (input, target) = make_case(kind, rng)
+    loss = cls()
+    value = loss(input.astype(np.float32), target)
+    assert value.dtype == np.float32 and loss.backward().dtype == np.float32
+    np.testing.assert_allclose(value, cls()(input, target), rtol=1e-5)
+
+
+@pytest.mark.parametrize("reduction, expected", [("mean", 1.0), ("sum", np.inf)])
+def test_float16_losses_are_summed_without_overflow(reduction, expected):
+    # 70,000 squared errors of 1: a float16 sum passes 65504 (inf, and the mean inf or NaN); the
+    # mean is 1, the sum itself does not fit in float16
+    value = MSELoss(reduction=reduction)(np.ones(70_000, np.float16), np.zeros(70_000, np.float16))
+    assert value.dtype == np.float16 and value == expected
+
+
+def test_bce_refuses_nan_probabilities():
+    with pytest.raises(ValueError, match=r"BCELoss.*probabilities in \[0, 1\], got values in \[nan, nan\]"):
+        BCELoss()(np.array([0.2, np.nan]), np.array([0.0, 1.0]))
+
+
 @pytest.mark.parametrize("cls", [BCEWithLogitsLoss, BCELoss, MSELoss, L1Loss, GaussianKLLoss])
 def test_shape_mismatch_names_both_shapes(cls):
     with pytest.raises(ValueError, match=rf"{cls.__name__}.*\(4, 1\).*\(4,\)"):
@@ -215,3 +238,13 @@ def test_gpu_matches_cpu(kind, rng):
     grads, grads_gpu = (grads, grads_gpu) if isinstance(grads, tuple) else ((grads,), (grads_gpu,))
     for grad, grad_gpu in zip(grads, grads_gpu):
         np.testing.assert_allclose(cupy.asnumpy(grad_gpu), grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.gpu
+def test_gpu_range_checks():
+    # checked on the device too (one transfer each): CuPy's indexing would wrap a class index of 3
+    import cupy
+    with pytest.raises(ValueError, match=r"\[0, 2\].*\[0, 3\]"):
+        CrossEntropyLoss()(cupy.zeros((4, 3)), cupy.asarray([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"probabilities.*\[0.2, 1.5\]"):
+        BCELoss()(cupy.asarray([0.2, 1.5]), cupy.asarray([0.0, 1.0]))
