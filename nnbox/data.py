@@ -521,7 +521,10 @@ class _ArraySource:
     """Adapts an array, or a tuple of arrays (images, labels, ...), to the `get_batch` interface."""
 
     def __init__(self, data):
-        self.arrays = tuple(np.asarray(a) for a in data) if isinstance(data, (tuple, list)) else (np.asarray(data),)
+        if isinstance(data, list):   # several arrays, or one data set's images? Refused rather than guessed
+            raise TypeError("DataLoader: got a list; pass a tuple (images, labels, ...) for several arrays, or "
+                            "np.stack(images) for a list of images")
+        self.arrays = tuple(np.asarray(a) for a in data) if isinstance(data, tuple) else (np.asarray(data),)
         images = self.arrays[0]
         if images.dtype == np.uint8 and images.ndim == 3:    # (N, H, W) greyscale -> (N, H, W, 1)
             self.arrays = (images[..., None],) + self.arrays[1:]
@@ -532,7 +535,7 @@ class _ArraySource:
         for a in self.arrays[1:]:
             if len(a) != n:
                 raise ValueError(f"DataLoader: arrays of different lengths {[len(a) for a in self.arrays]}")
-        self.tuple_output = isinstance(data, (tuple, list))
+        self.tuple_output = isinstance(data, tuple)
 
     def __len__(self):
         return len(self.arrays[0])

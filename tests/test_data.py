@@ -340,6 +340,13 @@ def test_tuple_of_arrays_yields_images_and_labels():
         DataLoader(images, 0)
 
 
+def test_a_list_is_refused_not_guessed():
+    # a list of 10 images was read as 10 arrays (a tuple's meaning): batches of 10 parts
+    images = [np.zeros((5, 6, 3), np.uint8) for _ in range(10)]
+    with pytest.raises(TypeError, match=r"got a list; pass a tuple \(images, labels, ...\) .* np.stack\(images\)"):
+        DataLoader(images, 4)
+
+
 def test_image_folder_through_loader_with_random_flips(tree, cache):
     ds = _folder(tree, cache, transform=(CenterCrop(32), Resize(16), RandomHorizontalFlip()))
     batches = list(DataLoader(ds, 4, rng=0))
