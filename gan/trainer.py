@@ -137,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: n_samples must be >= 1, got {self.n_samples}")
         if not self.gp_weight >= 0:
             raise ValueError(f"TrainConfig: gp_weight (WGAN-GP's lambda) must be >= 0, got {self.gp_weight}")
+        if not self.clip_value > 0:   # clip(w, -c, c) with c <= 0 would set every critic weight to c
+            raise ValueError(f"TrainConfig: clip_value (WGAN's weight clipping) must be > 0, got {self.clip_value}")
 
     @property
     def uses_gradient_penalty(self):

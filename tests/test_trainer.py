@@ -300,3 +300,16 @@ def test_a_gpu_step_copies_nothing_but_its_logged_scalars(tmp_path, faces, devic
         record = trainer.step(real)
     assert uploads == [] and fetches == [(scalars,)]
     assert np.isfinite(record["d_loss"]) and np.isfinite(record["g_loss"])
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(clip_value=-0.01), r"clip_value \(WGAN's weight clipping\) must be > 0, got -0.01"),
+    (dict(clip_value=0.0), r"clip_value .* must be > 0, got 0.0"),
+    (dict(gp_weight=float("nan")), r"gp_weight .* must be >= 0, got nan"),
+    (dict(steps_per_epoch=0), r"steps_per_epoch must be >= 1 or None, got 0"),
+    (dict(optimizer="adagrad"), r"unknown optimizer 'adagrad'"),
+])
+def test_bad_settings_are_refused_with_their_name(settings, message):
+    # a negative clip_value set every critic weight to one constant after the first step, silently
+    with pytest.raises(ValueError, match="TrainConfig: " + message):
+        TrainConfig(**settings)
