@@ -401,12 +401,16 @@ def nearest_neighbours(generated, training, k=1, batch_size=2048):
         (indices (N, k) int64, distances (N, k) float64), nearest first, both NumPy.
     """
     xp = get_array_module(generated, training)
-    gen = xp.asarray(generated, dtype=xp.float32).reshape(len(generated), -1)
     if len(training) == 0:
         raise ValueError("nearest_neighbours: the training set is empty")
-    if training[0].size != gen.shape[1]:
-        raise ValueError(f"generated images {tuple(generated.shape[1:])} and training images "
-                         f"{tuple(training.shape[1:])} differ in size")
+    if tuple(training.shape[1:]) != tuple(generated.shape[1:]):   # same size in another layout would pass a size check
+        raise ValueError(f"nearest_neighbours: generated images are {tuple(generated.shape[1:])} and training "
+                         f"images {tuple(training.shape[1:])}; both must be (C, H, W) of the same size")
+    for name, images in (("generated", generated), ("training", training)):
+        if images.dtype.kind != "f":
+            raise ValueError(f"nearest_neighbours: the {name} images are {images.dtype}; both must be floats in "
+                             f"one range (nnbox.data.ToFloat turns uint8 images into [-1, 1])")
+    gen = xp.asarray(generated, dtype=xp.float32).reshape(len(generated), -1)
     k = min(int(k), len(training))
     gen_sq = (gen * gen).sum(axis=1, keepdims=True)
     best_d = xp.full((len(gen), 0), xp.inf, dtype=xp.float32)

@@ -198,6 +198,15 @@ def test_nearest_neighbours_match_brute_force_across_batches(rng):
     assert idx[2, 0] == 123 and dist[2, 0] == 0.0  # the recomputed distance of a copy is exact
 
 
+def test_nearest_neighbours_refuse_another_layout_or_uint8(rng):
+    # channel-last or uint8 [0, 255] training images of the same size were compared pixel-scrambled
+    gen = rng.uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"generated images are \(3, 8, 8\) and training images \(8, 8, 3\)"):
+        metrics.nearest_neighbours(gen, gen.transpose(0, 2, 3, 1))
+    with pytest.raises(ValueError, match=r"the training images are uint8; .*ToFloat"):
+        metrics.memorization_fraction(gen, np.zeros((5, 3, 8, 8), np.uint8))
+
+
 def test_nearest_neighbours_by_ssim_and_memorization(rng):
     train = np.tanh(rng.standard_normal((50, 1, 16, 16)))
     gen = np.tanh(rng.standard_normal((6, 1, 16, 16)))
