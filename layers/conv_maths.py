@@ -276,9 +276,10 @@ def col2im_gather(cols, image_shape, kernel, stride, padding, dilation, out_size
     kernel 4, stride 2). Their positions in a channel's block of cols are fixed by the shapes, so
     they are computed once (`_gather_plan`, cached) as sample 0's index (H, W, T), the step between
     samples' columns (1 batch-last, OH * OW otherwise) and a mask (H, W, T) of the taps that exist,
-    for pixels with fewer; then col2im is one take, one masked sum over T and one transpose. The result equals `col2im`'s up to the order of the additions (tested on
-    NumPy). The missing taps read entry 0 and are dropped by `where`, not multiplied by 0, which
-    would turn an inf there into NaN. On CuPy the same gather and masked sum are one kernel
+    for pixels with fewer; then col2im is one take, one masked sum over T and one transpose. The
+    result equals `col2im`'s up to the order of the additions (tested on NumPy). The missing taps
+    read their sample's entry 0 and are dropped by `where`, not multiplied by 0, which would turn an
+    inf there into NaN. On CuPy the same gather and masked sum are one kernel
     (`gpu_kernels.col2im_gather`), writing the (N, C, H, W) image directly: no (C, N, H, W, T)
     intermediate, T times the image's size.
     """
