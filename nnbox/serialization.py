@@ -232,6 +232,13 @@ def _read_npz(path):
     except SerializationError:
         raise
     except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as error:
-        raise SerializationError(
-            f"cannot read {shown!r}: the file is corrupt or truncated, or not an .npz file "
-            f"({type(error).__name__}: {error})") from error
+        raise SerializationError(f"cannot read {shown!r}: the file is corrupt or truncated, or not an .npz file "
+                                 f"({_unreadable_reason(error)})") from error
+
+
+def _unreadable_reason(error):
+    """Why NumPy could not read a file. A file that starts like neither an .npz (zip) nor an .npy is one
+    NumPy would only unpickle: its advice to do so unsafely is replaced (nnbox never reads pickles)."""
+    if isinstance(error, ValueError) and "allow_pickle" in str(error):
+        return "it starts like neither a zip archive nor an .npy array: a pickle, say, which nnbox never loads"
+    return f"{type(error).__name__}: {error}"

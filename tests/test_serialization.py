@@ -1,5 +1,6 @@
 """Serialization: round trips, atomic writes, no pickle, clear errors on bad files."""
 import os
+import pickle
 import zipfile
 
 import numpy as np
@@ -136,6 +137,15 @@ def test_corrupt_files_raise_a_clear_error_naming_the_file(tmp_path, damage):
         np.save(open(path, "wb"), np.ones(3))
     with pytest.raises(SerializationError, match=r"checkpoint\.npz"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"not a zip file at all", b"", pickle.dumps([1, 2])])
+def test_a_file_numpy_would_unpickle_is_refused_without_advice_to_load_it_unsafely(tmp_path, content):
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(content)
+    with pytest.raises(SerializationError, match=r"cannot read .*checkpoint\.npz.*corrupt") as caught:
+        load_checkpoint(path)
+    assert "allow_pickle" not in str(caught.value) and "pickle.load" not in str(caught.value)
 
 
 def test_corrupt_member_data_is_detected(tmp_path):
