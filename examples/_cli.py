@@ -81,12 +81,14 @@ def check_device(device):
 
 
 def load_dataset(load, *args, download, hint, **kwargs):
-    """`load(*args, download=download, **kwargs)`, where data that is missing (with --no-download) or that
-    cannot be downloaded is a UsageError saying where the loader looked and `hint`, how to fix it."""
+    """`load(*args, download=download, **kwargs)`, where data that is missing (with --no-download, or where
+    the loader would not download: LFW under an explicit --data) or that cannot be downloaded is a
+    UsageError saying where the loader looked and `hint`, how to fix it."""
     try:
         return load(*args, download=download, **kwargs)
     except FileNotFoundError as missing:
-        fix = hint if download else f"{hint}, or leave out --no-download"
+        would_download = "download=True" in str(missing)     # the loader's advice: a download would find it
+        fix = f"{hint}, or leave out --no-download" if would_download else hint
         raise UsageError(f"{_looked(missing)}; {fix}") from missing
     except OSError as error:          # the download failed: no network (URLError), refused, timed out
         try:

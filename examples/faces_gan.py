@@ -1,8 +1,8 @@
 """Train a GAN that draws faces, with nnbox (NumPy on the CPU, CuPy on the GPU).
 
-With no arguments it trains the course's faces GAN at 32x32 on LFW: from `--data` if given, else from
-the data cache (`$NNBOX_CACHE`, default ~/.cache/nnbox), else it downloads LFW; if none of that
-works it says so in one line and uses procedurally drawn cartoon faces instead.
+With no arguments it trains the course's faces GAN at 32x32 on LFW: from the data cache
+(`$NNBOX_CACHE`, default ~/.cache/nnbox), else it downloads LFW; if neither works it says so in one
+line and uses procedurally drawn cartoon faces instead. A `--data` folder without LFW is an error.
 
     python examples/faces_gan.py                                       # the recipe: LFW (or synthetic), 32x32
     python examples/faces_gan.py --data ../shared/data/lfw-deepfunneled --image-size 32 --epochs 20 --out runs/lfw32
@@ -39,7 +39,7 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import CLI_ERRORS, UsageError, check_device, fail  # noqa: E402
+from _cli import CLI_ERRORS, LFW_HINT, UsageError, at_least, check_device, fail, load_dataset  # noqa: E402
 from gan.trainer import GANTrainer, NonFiniteLossError, TrainConfig, stream_rng  # noqa: E402
 from nnbox.data import ColorJitter, Compose, DataLoader, RandomHorizontalFlip, with_augmented_copies  # noqa: E402
 
@@ -52,7 +52,7 @@ class FacesGANConfig:
     """The example's settings: the data and the run; the training itself is `train` (a TrainConfig)."""
 
     dataset: str = "auto"             # "auto" (LFW, else synthetic, saying so), "lfw" (LFW or an error), "synthetic"
-    data: Optional[str] = None        # a folder holding LFW (person folders of JPEGs); None: cache or download
+    data: Optional[str] = None        # a folder holding LFW (else an error: no other faces); None: cache or download
     download: bool = True             # may LFW be downloaded (about 240 MB, checksummed) when it is not found
     max_images: Optional[int] = None  # use a random subset of this many images (quick runs); None: all
     synthetic_count: int = 13233      # how many synthetic faces to draw (as many as LFW has), before max_images
@@ -154,6 +154,7 @@ MODEL_OPTIONS = {"g_width": "g_width", "d_width": "d_width", "d_dropout": "d_dro
 
 def config_from_args(given):
     """A FacesGANConfig from the options given on the command line (the rest: the defaults)."""
+    at_least(1, batch_size=given.get("batch_size"))
     given = dict(given)
     given.pop("resume", None)
     if given.get("loss") == "wgan_gp":
@@ -197,10 +198,11 @@ def load_faces(cfg):
     images, source = None, None
     if cfg.dataset in ("auto", "lfw"):
         try:
-            folder = load_lfw(cfg.data, image_size=size, download=cfg.download, progress=cfg.train.progress)
+            folder = load_dataset(load_lfw, cfg.data, image_size=size, download=cfg.download, hint=LFW_HINT,
+                                  progress=cfg.train.progress)
             images, source = folder.images, f"LFW from {folder.root}"
         except (OSError, ValueError) as error:     # not found, no network, bad checksum
-            if cfg.dataset == "lfw":
+            if cfg.dataset == "lfw" or cfg.data is not None:    # asked for LFW, or named a folder without it
                 raise
             print(f"LFW is not available ({error}); training on synthetic cartoon faces instead.", flush=True)
     if images is None:

@@ -3,7 +3,8 @@ downloaded.
 
 Every loader first looks in the folder you give (`data_dir`), then in the cache
 (`nnbox.data.default_cache_dir()`, `$NNBOX_CACHE` overrides); only then does it download the
-official archive, check its SHA-256, and extract it safely into the cache. Nothing read from disk
+official archive, check its SHA-256, and extract it safely into the cache. LFW (a 240 MB download)
+is the exception: a `data_dir` you give is the only place it is looked for. Nothing read from disk
 can execute code: arrays come from raw bytes, the CIFAR-10 "python version" goes through an
 unpickler that refuses every global (`safe_unpickle`), and archives are checked member by member
 (`safe_extract_tar`).
@@ -20,7 +21,6 @@ import pickle
 import shutil
 import tarfile
 import urllib.request
-import warnings
 from collections import namedtuple
 from pathlib import Path
 
@@ -335,9 +335,12 @@ def load_lfw(data_dir=None, image_size=32, crop=LFW_DEFAULT_CROP, download=True,
              jitter=0.0, augment_copies=0, progress=True, workers=None, remote=LFW_FUNNELED):
     """Labeled Faces in the Wild as an `ImageFolder`: central face crop, resized, cached as .npy.
 
-    Looks for LFW in `data_dir` (the folder itself, or a `lfw-deepfunneled`, `lfw_funneled` or `lfw`
-    folder inside it), then in `cache_dir/lfw`; otherwise downloads `remote` (by default the funneled
-    archive scikit-learn uses), checks its SHA-256 and extracts it into `cache_dir/lfw`.
+    With `data_dir`, LFW is read from there only (the folder itself, or a `lfw-deepfunneled`,
+    `lfw_funneled` or `lfw` folder inside it): a folder without LFW's person folders of JPEGs (or a
+    missing one, or a file) is a FileNotFoundError, never a silent switch to the cache's copy or a
+    240 MB download. Without `data_dir`: the copy in `cache_dir/lfw`, else (when `download`) `remote`
+    (by default the funneled archive scikit-learn uses) is downloaded, its SHA-256 checked, and it is
+    extracted into `cache_dir/lfw`.
 
     Args:
         image_size: side of the square output images (32 or 64 for the GANs).
@@ -350,22 +353,17 @@ def load_lfw(data_dir=None, image_size=32, crop=LFW_DEFAULT_CROP, download=True,
         `classes` (person names); `get_batch` / `DataLoader` give float32 NCHW in [-1, 1].
     """
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    searched = []
-    folder = None
     if data_dir is not None:
-        searched.append(Path(data_dir).expanduser())
         folder = find_lfw(data_dir)
-    missed = f"load_lfw: no LFW images in {searched[0]}; " if searched and folder is None else None
-    if folder is None:
-        searched.append(cache_dir / "lfw")
+        if folder is None:
+            raise FileNotFoundError(_lfw_missing(
+                Path(data_dir).expanduser(), "pass data_dir=<the folder holding LFW>, or data_dir=None for the cache"))
+    else:
         folder = find_lfw(cache_dir / "lfw")
-        if folder is not None and missed:
-            warnings.warn(missed + f"using the copy in the cache, {folder}", RuntimeWarning, stacklevel=2)
     if folder is None:
         if not download:
-            raise FileNotFoundError(_lfw_missing(searched))
-        if missed:
-            warnings.warn(missed + "downloading it into the cache", RuntimeWarning, stacklevel=2)
+            raise FileNotFoundError(_lfw_missing(
+                cache_dir / "lfw", f"pass data_dir=<folder>, or download=True to fetch {LFW_FUNNELED.url}"))
         archive = _download_file(remote, cache_dir / "downloads", progress)
         target = cache_dir / "lfw"
         if target.exists():    # an earlier extraction without images: start again
@@ -383,10 +381,9 @@ def load_lfw(data_dir=None, image_size=32, crop=LFW_DEFAULT_CROP, download=True,
                        progress=progress, workers=workers, name="lfw")
 
 
-def _lfw_missing(searched):
-    return (f"load_lfw: no LFW images found in {', '.join(str(s) for s in searched)} (looked for one folder per "
-            f"person holding JPEGs, directly or inside {', '.join(LFW_FOLDER_NAMES)}); pass data_dir=<folder>, "
-            f"or download=True to fetch {LFW_FUNNELED.url}")
+def _lfw_missing(searched, advice):
+    return (f"load_lfw: no LFW images found in {searched} (looked for one folder per person holding JPEGs, "
+            f"directly or inside {', '.join(LFW_FOLDER_NAMES)}); {advice}")
 
 
 def _download_file(remote, folder, progress):

@@ -1,5 +1,5 @@
-"""Shared fixtures: a seeded generator, the optional torch oracle, GPU skipping, and a watch on
-host-device copies for the GPU step tests."""
+"""Shared fixtures: a seeded generator, the optional torch oracle, GPU skipping, a watch on
+host-device copies for the GPU step tests, and paths that hold no LFW."""
 import contextlib
 
 import numpy as np
@@ -26,6 +26,21 @@ def rng():
 def torch():
     """PyTorch as a test oracle; the test is skipped, with the reason shown, when it is missing."""
     return pytest.importorskip("torch", reason="torch is not installed: `pip install -e .[parity]` runs the parity tests")
+
+
+@pytest.fixture(params=["missing", "empty", "a_file", "loose_images"])
+def not_lfw(request, tmp_path):
+    """A path that holds no LFW, in four kinds: missing, an empty folder, a file, a folder of loose images
+    (LFW has one folder per person)."""
+    from PIL import Image
+    path = tmp_path / request.param
+    if request.param == "a_file":
+        path.write_text("not LFW")
+    elif request.param != "missing":
+        path.mkdir()
+    if request.param == "loose_images":
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path / "face.jpg")
+    return path
 
 
 @pytest.fixture

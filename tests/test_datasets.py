@@ -64,14 +64,20 @@ def test_load_lfw_downloads_extracts_and_loads(tmp_path, rng, monkeypatch):
     assert (cache / "lfw" / "lfw_funneled" / "Bob_B" / "Bob_B_0002.jpg").is_file()
     # next time the extracted copy in the cache is used: a download would fail now
     broken = RemoteFile("lfw-funneled.tgz", "file:///nowhere/lfw.tgz", "0" * 64)
-    with pytest.warns(RuntimeWarning, match="no LFW images in .*empty; using the copy in the cache"):
-        again = load_lfw(tmp_path / "empty", image_size=16, cache_dir=cache, remote=broken, progress=False)
+    again = load_lfw(image_size=16, cache_dir=cache, remote=broken, progress=False)
     assert again.cache_hit
     np.testing.assert_array_equal(again.images, ds.images)
-    # offline too: a data_dir without LFW falls back to the cache, as the docstring says
-    with pytest.warns(RuntimeWarning, match="using the copy in the cache"):
-        offline = load_lfw(tmp_path / "empty", image_size=16, cache_dir=cache, download=False, progress=False)
-    np.testing.assert_array_equal(offline.images, ds.images)
+
+
+def test_load_lfw_reads_a_data_dir_given_or_fails_never_the_cache_nor_a_download(tmp_path, rng, not_lfw, recwarn):
+    cache = tmp_path / "cache"
+    safe_extract_tar(_lfw_tgz(tmp_path, rng), cache / "lfw")     # a copy in the cache, that must not be used
+    broken = RemoteFile("lfw-funneled.tgz", "file:///nowhere/lfw.tgz", "0" * 64)
+    for download in (True, False):
+        with pytest.raises(FileNotFoundError, match=rf"no LFW images found in {not_lfw} .*; pass data_dir=.*"
+                                                    rf"or data_dir=None for the cache$"):
+            load_lfw(not_lfw, image_size=16, cache_dir=cache, remote=broken, download=download, progress=False)
+    assert not recwarn.list and not (cache / "downloads").exists()
 
 
 def test_load_lfw_uses_a_local_deepfunneled_folder(tmp_path, rng):

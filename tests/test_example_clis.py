@@ -16,9 +16,12 @@ from nnbox.serialization import SerializationError
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 HINTS = {"cifar_gan": "--data ../shared/data/cifar-10-batches-bin", "cyclegan_mnist": "--data ../shared/data/mnist",
          "mnist_latent_study": "--data ../shared/data/mnist", "train_mnist_classifier": "--data ../shared/data/mnist",
-         "vae_colored_mnist": "--data ../shared/data/mnist", "aegan": "--data ../shared/data/lfw-deepfunneled"}
+         "vae_colored_mnist": "--data ../shared/data/mnist", "aegan": "--data ../shared/data/lfw-deepfunneled",
+         "faces_gan": "--data ../shared/data/lfw-deepfunneled"}
 PROGRAMS = sorted(HINTS)
-EXTRA = {"aegan": ["--dataset", "lfw"]}   # aegan reads any other folder as a plain image folder
+# LFW or an error: aegan reads any other folder as a plain image folder, faces_gan falls back to synthetic faces
+EXTRA = {"aegan": ["--dataset", "lfw"], "faces_gan": ["--dataset", "lfw"]}
+LFW_PROGRAMS = ("aegan", "faces_gan")     # a --data given is the only place LFW is looked for
 
 
 def _load(name):
@@ -55,23 +58,46 @@ def data_args(program, folder, out):
     return EXTRA.get(program, []) + ["--data", str(folder), "--out", str(out)]
 
 
+def missing_data_args(program, tmp_path):
+    """Options under which the loader finds nothing it could not download, and the folder its error names:
+    an empty --data, or for LFW no --data (one without LFW is an error of its own, tested below) and the
+    empty cache."""
+    if program in LFW_PROGRAMS:
+        return EXTRA[program], tmp_path / "cache" / "lfw"
+    (tmp_path / "empty").mkdir()
+    return ["--data", str(tmp_path / "empty")], tmp_path / "empty"
+
+
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_missing_data_with_no_download_says_where_it_looked(programs, program, tmp_path, capsys):
-    empty, out = tmp_path / "empty", tmp_path / "run"
-    empty.mkdir()
-    line = one_line_error(program, programs[program], data_args(program, empty, out) + ["--no-download"], capsys)
-    assert str(empty) in line and HINTS[program] in line and "leave out --no-download" in line
+    argv, looked = missing_data_args(program, tmp_path)
+    out = tmp_path / "run"
+    line = one_line_error(program, programs[program], argv + ["--no-download", "--out", str(out)], capsys)
+    assert str(looked) in line and HINTS[program] in line and "leave out --no-download" in line
+    assert "data_dir=" not in line and "download=True" not in line      # flags, not the loader's arguments
     assert not out.exists()
 
 
-@pytest.mark.filterwarnings("ignore:load_lfw")   # "no LFW images in ...; using the cache or downloading instead"
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_a_failed_download_says_where_it_looked(programs, program, tmp_path, capsys):
-    empty, out = tmp_path / "empty", tmp_path / "run"
-    empty.mkdir()
-    line = one_line_error(program, programs[program], data_args(program, empty, out), capsys)
-    assert str(empty) in line and "downloading it failed" in line and "no network in the tests" in line
+    argv, looked = missing_data_args(program, tmp_path)
+    out = tmp_path / "run"
+    line = one_line_error(program, programs[program], argv + ["--out", str(out)], capsys)
+    assert str(looked) in line and "downloading it failed" in line and "no network in the tests" in line
     assert HINTS[program] in line and not out.exists()
+
+
+@pytest.mark.parametrize("program, argv", [("faces_gan", []), ("aegan", ["--dataset", "lfw"])])
+def test_a_data_folder_without_lfw_is_an_error_not_a_download(programs, program, argv, not_lfw, tmp_path, monkeypatch,
+                                                              recwarn, capsys):
+    """Not a download, nor the cache's copy, nor (faces_gan) synthetic faces: one line naming the folder."""
+    out, opened = tmp_path / "run", []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *args, **kwargs: opened.append(args))
+    line = one_line_error(program, programs[program], argv + ["--data", str(not_lfw), "--out", str(out)], capsys)
+    assert line == (f"{program}: load_lfw: no LFW images found in {not_lfw} (looked for one folder per person "
+                    f"holding JPEGs, directly or inside lfw-deepfunneled, lfw_funneled, lfw-funneled, lfw); "
+                    f"pass --data <LFW's folder>, e.g. --data ../shared/data/lfw-deepfunneled")
+    assert opened == [] and not out.exists() and not recwarn.list
 
 
 @pytest.mark.parametrize("program", PROGRAMS)
@@ -113,7 +139,7 @@ def test_expected_errors_are_one_line(programs, program, error, tmp_path, monkey
         raise error
     monkeypatch.setattr(programs[program], "load_dataset", fails)
     line = one_line_error(program, programs[program], data_args(program, tmp_path, tmp_path / "run"), capsys)
-    assert line == f"{program}: {' '.join(str(error).split())}"
+    assert line.startswith(f"{program}: {' '.join(str(error).split())}")   # faces_gan adds how to resume a diverged run
 
 
 @pytest.mark.parametrize("error", [TypeError, AttributeError, KeyError])

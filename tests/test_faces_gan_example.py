@@ -145,15 +145,19 @@ def test_a_diverged_run_is_one_line_with_the_resume_command(faces_gan, tmp_path,
 
 def test_without_lfw_it_falls_back_to_synthetic_faces_in_one_line(faces_gan, tmp_path, monkeypatch):
     monkeypatch.setenv("NNBOX_CACHE", str(tmp_path / "cache"))
-    cfg = faces_gan.config_from_args({"data": str(tmp_path / "empty"), "download": False, "max_images": 8})
-    (tmp_path / "empty").mkdir()
+    cfg = faces_gan.config_from_args({"download": False, "max_images": 8})
     lines = []
     monkeypatch.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
     images, description = faces_gan.load_faces(cfg)
     assert images.shape == (8, 32, 32, 3) and "synthetic" in description
     assert len(lines) == 1 and lines[0].startswith("LFW is not available") and "synthetic" in lines[0]
+    assert "--data <LFW's folder>" in lines[0] and "data_dir=" not in lines[0]
     cfg.dataset = "lfw"
-    with pytest.raises(FileNotFoundError, match="LFW"):
+    with pytest.raises(faces_gan.UsageError, match="no LFW images found in .*cache.*leave out --no-download"):
+        faces_gan.load_faces(cfg)
+    # a --data folder without LFW is a mistake to report, never a reason to draw other faces
+    cfg.dataset, cfg.data = "auto", str(tmp_path)
+    with pytest.raises(faces_gan.UsageError, match=f"no LFW images found in {tmp_path} "):
         faces_gan.load_faces(cfg)
 
 
