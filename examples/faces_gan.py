@@ -154,7 +154,7 @@ MODEL_OPTIONS = {"g_width": "g_width", "d_width": "d_width", "d_dropout": "d_dro
 
 def config_from_args(given):
     """A FacesGANConfig from the options given on the command line (the rest: the defaults)."""
-    at_least(1, batch_size=given.get("batch_size"))
+    at_least(1, epochs=given.get("epochs"), batch_size=given.get("batch_size"))
     given = dict(given)
     given.pop("resume", None)
     if given.get("loss") == "wgan_gp":
@@ -276,6 +276,7 @@ def _resume(given):
         raise UsageError(f"--resume continues a run with its saved settings; only --epochs, --device, "
                          f"--no-progress, --no-report and the learning rates (--lr, --lr-g, --lr-d) may be "
                          f"given with it, not --{changed[0].replace('_', '-')}")
+    at_least(1, epochs=given.get("epochs"))
     run_dir = Path(given["resume"])
     train, extra = GANTrainer.read_checkpoint_configs(run_dir)
     cfg = FacesGANConfig(**{k: v for k, v in extra.get("example", {}).items()}, out=str(run_dir), train=train)

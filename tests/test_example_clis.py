@@ -124,6 +124,8 @@ def test_batch_size_zero(programs, program, tmp_path, capsys):
     ("aegan", ["--lr-d", "-0.1"], "--lr-d must be > 0, got -0.1"),
     ("aegan", ["--beta1", "1"], "--beta1 must be in [0, 1), got 1.0"),
     ("aegan", ["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    ("faces_gan", ["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    ("faces_gan", ["--epochs", "-1"], "--epochs must be >= 1, got -1"),
 ])
 def test_numbers_that_cannot_work(programs, program, argv, message, tmp_path, capsys):
     out = tmp_path / "run"

@@ -56,6 +56,8 @@ def test_main_trains_one_epoch_and_writes_its_files(faces_gan, tmp_path, capsys)
     assert "already done 3 of 3 epochs" in capsys.readouterr().out
     assert faces_gan.main(["--resume", str(out), "--lr", "1e-5"]) == 2     # nothing would train with them
     assert "new learning rates need epochs to train; give --epochs N (N > 3)" in capsys.readouterr().err
+    assert faces_gan.main(["--resume", str(out), "--epochs", "0"]) == 2
+    assert capsys.readouterr().err == "faces_gan: --epochs must be >= 1, got 0\n"
 
 
 def test_the_defaults_are_the_recipe(faces_gan):
