@@ -163,6 +163,8 @@ def main(argv=None):
         check_options(given)
         if "resume" in given:
             trainer, data, epochs = _resume(given)
+            if trainer.epoch >= epochs:          # said in one line by _resume: no data to load, nothing to write
+                return 0
             config = trainer.config
         else:
             config, data, epochs, out, overwrite = settings_from_args(given)
@@ -205,7 +207,7 @@ def _resume(given):
         print(f"learning rates from now on: G and E {trainer.config.lr:g}, D_x and D_z {trainer.config.lr_d:g}",
               flush=True)
     if trainer.epoch >= epochs:
-        print(f"the run in {run_dir} has already done {trainer.epoch} of {epochs} epochs; "
+        print(f"nothing trained: the run in {run_dir} has already done {trainer.epoch} of {epochs} epochs; "
               f"give --epochs N (N > {trainer.epoch}) to train further", flush=True)
     return trainer, extra["example"], epochs
 

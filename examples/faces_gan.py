@@ -246,6 +246,8 @@ def main(argv=None):
     try:
         if "resume" in given:
             trainer, cfg = _resume(given)
+            if trainer.epoch >= cfg.epochs:      # said in one line by _resume: no data to load, nothing to write
+                return 0
         else:
             cfg = config_from_args(given)
             check_device(cfg.train.device)
@@ -299,7 +301,7 @@ def _resume(given):
         print(f"learning rates from now on: G {before[0]:g} -> {trainer.config.lr_g:g}, "
               f"D {before[1]:g} -> {trainer.config.lr_d:g}", flush=True)
     if trainer.epoch >= cfg.epochs:
-        print(f"the run in {run_dir} has already done {trainer.epoch} of {cfg.epochs} epochs; "
+        print(f"nothing trained: the run in {run_dir} has already done {trainer.epoch} of {cfg.epochs} epochs; "
               f"give --epochs N (N > {trainer.epoch}) to train further", flush=True)
     return trainer, cfg
 

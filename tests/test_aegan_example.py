@@ -34,7 +34,7 @@ def image_folder(tmp_path, monkeypatch):
     return tmp_path / "pictures"
 
 
-def test_main_trains_writes_the_figures_and_resumes(aegan, image_folder, tmp_path, capsys):
+def test_main_trains_writes_the_figures_and_resumes(aegan, image_folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert aegan.main(SMALL + ["--data", str(image_folder), "--epochs", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -61,6 +61,16 @@ def test_main_trains_writes_the_figures_and_resumes(aegan, image_folder, tmp_pat
     assert aegan.main(["--resume", str(out), "--epochs", "3", "--lr-d", "5e-5", "--no-progress"]) == 0
     assert "D_x and D_z 5e-05" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["aegan"]["lr_d"] == 5e-5
+
+    # a finished run: one line saying why nothing trained; the images are not even read, nothing is written
+    def no_images(*args, **kwargs):
+        raise AssertionError("the images were loaded for a run with nothing to train")
+    monkeypatch.setattr(aegan, "load_images", no_images)
+    written = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    assert aegan.main(["--resume", str(out)]) == 0
+    assert capsys.readouterr().out == (f"nothing trained: the run in {out} has already done 3 of 3 epochs; "
+                                       f"give --epochs N (N > 3) to train further\n")
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == written
 
 
 def test_bad_command_lines_are_one_line_errors(aegan, image_folder, tmp_path, capsys):

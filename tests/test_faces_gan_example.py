@@ -24,7 +24,7 @@ SMALL = ["--dataset", "synthetic", "--max-images", "64", "--batch-size", "32", "
          "--no-progress"]
 
 
-def test_main_trains_one_epoch_and_writes_its_files(faces_gan, tmp_path, capsys):
+def test_main_trains_one_epoch_and_writes_its_files(faces_gan, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert faces_gan.main(SMALL + ["--epochs", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -52,12 +52,21 @@ def test_main_trains_one_epoch_and_writes_its_files(faces_gan, tmp_path, capsys)
     assert "G 0.0002 -> 0.0001, D 0.0002 -> 0.0002" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert (config["train"]["lr_g"], config["train"]["lr_d"], config["epochs"]) == (1e-4, 2e-4, 3)
-    assert faces_gan.main(["--resume", str(out), "--no-progress", "--no-report"]) == 0
-    assert "already done 3 of 3 epochs" in capsys.readouterr().out
     assert faces_gan.main(["--resume", str(out), "--lr", "1e-5"]) == 2     # nothing would train with them
     assert "new learning rates need epochs to train; give --epochs N (N > 3)" in capsys.readouterr().err
     assert faces_gan.main(["--resume", str(out), "--epochs", "0"]) == 2
     assert capsys.readouterr().err == "faces_gan: --epochs must be >= 1, got 0\n"
+
+    # a finished run: one line, and nothing more is read or written (not the data, not the report)
+    def no_data(cfg):
+        raise AssertionError("the data was loaded for a run with nothing to train")
+    monkeypatch.setattr(faces_gan, "load_faces", no_data)
+    written = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    for more, target in (([], 3), (["--epochs", "2"], 2)):
+        assert faces_gan.main(["--resume", str(out)] + more) == 0
+        assert capsys.readouterr().out == (f"nothing trained: the run in {out} has already done 3 of {target} "
+                                           f"epochs; give --epochs N (N > 3) to train further\n")
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == written
 
 
 def test_the_defaults_are_the_recipe(faces_gan):
