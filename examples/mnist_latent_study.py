@@ -138,11 +138,14 @@ def check_options(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from gan.classifier import ClassifierFeatures
     from nnbox.datasets import load_mnist
     kinds = list(dict.fromkeys(args.noise))
     try:
         check_options(args)
         check_device(args.device)
+        if args.classifier_weights:     # a missing or unreadable file: said now, not after training a variant
+            ClassifierFeatures.from_file(args.classifier_weights)
         images, labels = load_dataset(load_mnist, args.data, split="train", download=args.download, hint=MNIST_HINT)
         images, labels = subset(pad_digits(images), args.max_images, args.seed, labels)
         print(f"data: {len(images)} MNIST training digits padded to {IMAGE_SIZE}x{IMAGE_SIZE}", flush=True)

@@ -123,6 +123,21 @@ def test_study_on_the_gpu(study, tmp_path, classifier_weights):
         assert np.isfinite(metrics["fid"]) and np.isclose(sum(metrics["digit_fractions"]), 1)
 
 
+@pytest.mark.parametrize("weights", ["missing.npz", "not_weights.npz"])
+def test_bad_classifier_weights_are_refused_before_any_data_or_training(study, tmp_path, monkeypatch, capsys, weights):
+    (tmp_path / "not_weights.npz").write_text("not an .npz")
+    def nothing_yet(*args, **kwargs):
+        raise AssertionError("data was read or a variant trained before the classifier weights were checked")
+    monkeypatch.setattr(study, "load_dataset", nothing_yet)
+    monkeypatch.setattr(study, "train_variant", nothing_yet)
+    path = tmp_path / weights
+    assert study.main(TINY + ["--classifier-weights", str(path), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mnist_latent_study: ") and str(path) in err
+    assert ("train_mnist_classifier.py" if weights == "missing.npz" else "corrupt") in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_balance_and_label_smoothing_reach_both_configs(study, tmp_path):
     """--balance and --label-smoothing go into the TrainConfig both laws share; bad smoothing is a usage error."""
     data = write_mnist_train(tmp_path / "data", 16)
