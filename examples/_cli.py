@@ -13,11 +13,9 @@
             return fail("my_program", error)
         return 0
 """
-import os
 import pickle
-import sys
-import traceback
 
+from gan.cli import fail  # noqa: F401  (the examples import it from here, with the rest)
 from gan.trainer import NonFiniteLossError
 from nnbox import backend
 
@@ -37,17 +35,6 @@ LFW_HINT = "pass --data <LFW's folder>, e.g. --data ../shared/data/lfw-deepfunne
 
 class UsageError(ValueError):
     """A command line that cannot work (shown as one line, without a traceback)."""
-
-
-def fail(program, error, hint=None):
-    """Print `program: error (hint)` on stderr as one line, after the exception's full traceback when
-    the environment variable NNBOX_TRACEBACK is set (to anything but "" or "0", e.g. NNBOX_TRACEBACK=1);
-    returns the exit status, 2. `error`: an exception (or a message)."""
-    if isinstance(error, BaseException) and os.environ.get("NNBOX_TRACEBACK", "").strip() not in ("", "0"):
-        traceback.print_exception(error, file=sys.stderr)
-    message = ' '.join(str(error).split()) or type(error).__name__
-    print(f"{program}: {message}" + (f" ({hint})" if hint else ""), file=sys.stderr)
-    return 2
 
 
 def at_least(minimum, **options):

@@ -20,7 +20,9 @@ computes:
     than --memorization-threshold (RMS difference on [-1, 1]).
 It writes RUN_DIR/metrics.json, RUN_DIR/evaluation/{nearest_l2,nearest_ssim,interp_linear,interp_slerp}.png,
 refreshes RUN_DIR/plots/ from the history, and adds an "Evaluation" section to RUN_DIR/report.html
-(replacing the one of an earlier evaluation).
+(replacing the one of an earlier evaluation). A bad RUN_DIR, DATA or weights file, or --features
+without its weights, is one line on stderr and exit status 2; --features is checked before anything
+is loaded.
 """
 import argparse
 import html
@@ -35,6 +37,7 @@ import numpy as np
 from nnbox.backend import to_device, to_numpy
 
 from . import metrics
+from .cli import fail
 from .history import atomic_write_text
 
 EVAL_DIR = "evaluation"
@@ -145,33 +148,42 @@ def build_extractor(kind, inception_weights=None, classifier_weights=None, devic
     768 features for RGB, 256 for grey; 28 px MNIST is not pooled: 784), so that 1,000 images are more
     than the feature dimensions and the covariances stay cheap.
     """
+    check_features(kind, inception_weights, classifier_weights)
     if kind == "pixels":
         return metrics.PixelFeatures(pool=max(1, image_size // 16))
     if kind == "inception":
-        from .inception import FID_WEIGHTS_URL, InceptionFeatures
-        if inception_weights is None:
-            raise ValueError(f"--features inception needs --inception-weights PATH: download "
-                             f"pt_inception-2015-12-05-6726825d.pth from {FID_WEIGHTS_URL}")
+        from .inception import InceptionFeatures
         return InceptionFeatures(inception_weights, batch_size=batch_size or 32, device=device)
-    if kind == "mnist":
-        from .classifier import ClassifierFeatures
-        if classifier_weights is None:
-            raise ValueError("--features mnist needs --classifier-weights PATH (train one with "
-                             "`python examples/train_mnist_classifier.py --data ../shared/data/mnist`)")
-        return ClassifierFeatures.from_file(classifier_weights, batch_size=batch_size or 500, device=device)
-    raise ValueError(f"unknown --features {kind!r}: use mnist, inception or pixels")
+    from .classifier import ClassifierFeatures
+    return ClassifierFeatures.from_file(classifier_weights, batch_size=batch_size or 500, device=device)
+
+
+def check_features(kind, inception_weights=None, classifier_weights=None):
+    """A ValueError for --features that cannot work: an unknown kind, or a feature network without its weights."""
+    if kind == "inception" and inception_weights is None:
+        from .inception import FID_WEIGHTS_URL
+        raise ValueError(f"--features inception needs --inception-weights PATH: download "
+                         f"pt_inception-2015-12-05-6726825d.pth from {FID_WEIGHTS_URL}")
+    if kind == "mnist" and classifier_weights is None:
+        raise ValueError("--features mnist needs --classifier-weights PATH (train one with "
+                         "`python examples/train_mnist_classifier.py --data ../shared/data/mnist`)")
+    if kind not in ("pixels", "inception", "mnist"):
+        raise ValueError(f"unknown --features {kind!r}: use mnist, inception or pixels")
 
 
 # --------------------------------------------------------------------------- the evaluation
 def evaluate(run_dir, real, features="pixels", n=1000, inception_weights=None, classifier_weights=None,
              seed=0, device="cpu", memorization_threshold=0.1, n_neighbours=16, interp_pairs=4, interp_steps=8,
              kid_subsets=100, is_splits=10, report=True, progress=print):
-    """Run every measure and figure for RUN_DIR; returns the metrics dict (also written to metrics.json)."""
+    """Run every measure and figure for RUN_DIR; returns the metrics dict (also written to metrics.json).
+    Features that cannot work (no weights, a missing weights file) fail before the data is read."""
     from .interpolation import save_interpolation_grid
     from .tricks import sample_latent
+    check_features(features, inception_weights, classifier_weights)
     run_dir = Path(run_dir)
     started = time.perf_counter()
     generator, config = load_generator(run_dir, device)
+    extractor = build_extractor(features, inception_weights, classifier_weights, device, image_size=config.image_size)
     real_images, real_what = load_real_images(real, config.image_size, config.channels, seed=config.seed)
     progress(f"real data: {real_what}")
     fake, _ = generate(generator, config, n, seed=seed, device=device)
@@ -188,7 +200,6 @@ def evaluate(run_dir, real, features="pixels", n=1000, inception_weights=None, c
     progress(f"SWD x1e3 {swd['swd']:.2f} ({time.perf_counter() - t:.1f} s)")
 
     t = time.perf_counter()
-    extractor = build_extractor(features, inception_weights, classifier_weights, device, image_size=config.image_size)
     f_real = extractor.features(real_subset)
     f_fake = extractor.features(fake)
     result["fid"] = metrics.frechet_distance(f_real, f_fake)
@@ -320,9 +331,8 @@ def main(argv=None):
                           inception_weights=args.inception_weights, classifier_weights=args.classifier_weights,
                           seed=args.seed, device=args.device, memorization_threshold=args.memorization_threshold,
                           report=not args.no_report)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"gan.evaluate: {error}", file=sys.stderr)
-        return 1
+    except (OSError, ValueError) as error:     # a bad run folder, --real or weights file
+        return fail("gan.evaluate", error)
     print(f"wrote {Path(args.run_dir) / METRICS_NAME} ({result['seconds']:.1f} s)")
     return 0
 

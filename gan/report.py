@@ -20,6 +20,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from .cli import fail
 from .history import History, atomic_write_text
 from .visualize import make_gif, plot_all
 
@@ -211,9 +212,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         outputs = build_report(args.run_dir, title=args.title)
-    except FileNotFoundError as error:
-        print(f"gan.report: {error}", file=sys.stderr)
-        return 1
+    except (OSError, ValueError) as error:     # no run folder or history, an unreadable one
+        return fail("gan.report", error)
     print(f"wrote {outputs['report']}")
     return 0
 

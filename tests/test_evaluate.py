@@ -85,14 +85,28 @@ def test_evaluate_with_mnist_classifier_features_reports_an_inception_score(tiny
     assert np.isfinite(result["fid"])
 
 
-def test_evaluate_errors_are_clear(tiny_run, tmp_path, capsys):
+def test_evaluate_errors_are_one_line_and_exit_status_2(tiny_run, tmp_path, capsys):
     run, real, _ = tiny_run
-    assert evaluate.main([str(tmp_path), "--real", str(real)]) == 1
-    assert "checkpoint.npz does not exist" in capsys.readouterr().err
-    assert evaluate.main([str(run), "--real", str(real), "--features", "inception", "--n", "4"]) == 1
-    assert "pytorch-fid/releases" in capsys.readouterr().err
-    assert evaluate.main([str(run), "--real", str(tmp_path / "nothing"), "--n", "4"]) == 1
-    assert "not a folder, a .npy file" in capsys.readouterr().err
+    for argv, message in (([str(tmp_path), "--real", str(real)], "checkpoint.npz does not exist"),
+                          ([str(run), "--real", str(tmp_path / "nothing"), "--n", "4"], "not a folder, a .npy file"),
+                          ([str(run), "--real", str(real), "--features", "mnist", "--classifier-weights",
+                            str(tmp_path / "none.npz")], "no MNIST classifier weights at")):
+        assert evaluate.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("gan.evaluate: ") and err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("features, message", [("inception", "needs --inception-weights PATH: download"),
+                                               ("mnist", "needs --classifier-weights PATH")])
+def test_features_without_their_weights_fail_before_anything_is_loaded(tiny_run, monkeypatch, capsys, features,
+                                                                       message):
+    def too_early(*args, **kwargs):
+        raise AssertionError("loaded before the --features options were checked")
+    monkeypatch.setattr(evaluate, "load_generator", too_early)
+    monkeypatch.setattr(evaluate, "load_real_images", too_early)
+    run, real, _ = tiny_run
+    assert evaluate.main([str(run), "--real", str(real), "--features", features]) == 2
+    assert capsys.readouterr().err.startswith(f"gan.evaluate: --features {features} {message}")
 
 
 def test_real_images_are_fitted_to_the_generator(tmp_path):

@@ -136,10 +136,14 @@ def test_report_of_a_run_folder(tmp_path, capsys):
 
 
 def test_report_without_a_history_says_so(tmp_path, capsys):
-    assert report_main([str(tmp_path)]) == 1
-    assert "no history.json" in capsys.readouterr().err
+    assert report_main([str(tmp_path)]) == 2             # bad input, as in every example (README)
+    err = capsys.readouterr().err
+    assert err.startswith(f"gan.report: {tmp_path} has no history.json") and err.count("\n") == 1
     with pytest.raises(FileNotFoundError):
         build_report(tmp_path)
+    (tmp_path / "history.json").write_text("{not json")
+    assert report_main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("gan.report: Expecting property name")
 
 
 def test_rebuilding_the_report_keeps_an_added_evaluation_section(tmp_path):
