@@ -14,18 +14,25 @@ import io
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS: docs/performance.md
 import numpy as np  # noqa: E402
 
-from _cli import UsageError
-from gan.balance import BALANCE_RULES
-from gan.history import atomic_write_bytes, atomic_write_text
-from gan.trainer import SAMPLES_DIR, GANTrainer, TrainConfig, stream_rng
-from gan.visualize import D_COLOR, G_COLOR, moving_average, to_uint8_images
-from nnbox.data import DataLoader
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:   # run as a script (to ask what it is): this checkout's gan and nnbox
+    sys.path.insert(0, str(ROOT))
 
+from _cli import UsageError, fail  # noqa: E402
+from gan.balance import BALANCE_RULES  # noqa: E402
+from gan.history import atomic_write_bytes, atomic_write_text  # noqa: E402
+from gan.trainer import SAMPLES_DIR, GANTrainer, TrainConfig, stream_rng  # noqa: E402
+from gan.visualize import D_COLOR, G_COLOR, moving_average, to_uint8_images  # noqa: E402
+from nnbox.data import DataLoader  # noqa: E402
+
+ABOUT = ("the helpers that examples/cifar_gan.py and examples/mnist_latent_study.py import to train GAN variants "
+         "and compare them; it trains nothing itself: run one of those two (with --help for its options)")
 REAL_IMAGES_NAME = "real_images.npy"  # the training images of a run, uint8 NHWC, for gan.evaluate's --real
 FIGURE_DPI = 100
 
@@ -264,3 +271,16 @@ def summarize(trainers, metrics, path):
 
 def _count(module):
     return int(sum(p.data.size for p in module.parameters()))
+
+
+def main(argv=None):
+    """`python examples/compare_runs.py [--help]`: what this module is, in one line (it has no command line)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv not in ([], ["-h"], ["--help"]):
+        return fail("compare_runs.py", f"takes no options: {ABOUT}")
+    print(f"compare_runs.py: {ABOUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,6 @@
 """examples/compare_runs.py's helpers on edge cases the two comparison examples do not reach."""
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,3 +61,13 @@ def test_the_loss_plot_takes_a_run_without_steps_beside_one_with_steps(tmp_path)
     assert Path(path).is_file() and Path(path).stat().st_size > 0
     np.testing.assert_allclose(compare_runs._epoch_axis(steps), [0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3])
     assert len(compare_runs._epoch_axis(History())) == 0
+
+
+def test_run_as_a_script_it_says_in_one_line_what_it_is(capsys):
+    shown = subprocess.run([sys.executable, str(Path(compare_runs.__file__)), "--help"], capture_output=True,
+                           text=True, timeout=120, cwd="/")
+    assert (shown.returncode, shown.stderr) == (0, "")
+    assert shown.stdout == f"compare_runs.py: {compare_runs.ABOUT}\n"
+    assert "examples/cifar_gan.py" in shown.stdout and "examples/mnist_latent_study.py" in shown.stdout
+    assert compare_runs.main(["--epochs", "3"]) == 2
+    assert capsys.readouterr().err == f"compare_runs.py: takes no options: {compare_runs.ABOUT}\n"
