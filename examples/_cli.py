@@ -14,6 +14,7 @@
         return 0
 """
 import pickle
+import sys
 
 from gan.cli import fail  # noqa: F401  (the examples import it from here, with the rest)
 from gan.trainer import NonFiniteLossError
@@ -35,6 +36,18 @@ LFW_HINT = "pass --data <LFW's folder>, e.g. --data ../shared/data/lfw-deepfunne
 
 class UsageError(ValueError):
     """A command line that cannot work (shown as one line, without a traceback)."""
+
+
+def interrupted(program, trainer, epochs):
+    """Ctrl-C: one line on stderr saying what is kept and how to continue, instead of a traceback;
+    returns the exit status, 130 (128 + SIGINT, as shells report it). `trainer`: the run's trainer, or
+    None when training had not started."""
+    kept = ""
+    if trainer is not None and trainer.checkpoint_path.exists():   # written atomically: never half a file
+        kept = (f"; the checkpoint of the last complete epoch is kept: continue with "
+                f"python examples/{program}.py --resume {trainer.run_dir} --epochs {epochs}")
+    print(f"{program}: interrupted{kept}", file=sys.stderr)
+    return 130
 
 
 def at_least(minimum, **options):

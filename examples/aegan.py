@@ -31,8 +31,8 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import (CLI_ERRORS, LFW_HINT, UsageError, at_least, check_device, fail, load_dataset,  # noqa: E402
-                  positive, probability)
+from _cli import (CLI_ERRORS, LFW_HINT, UsageError, at_least, check_device, fail, interrupted,  # noqa: E402
+                  load_dataset, positive, probability)
 from gan.aegan import AEGANConfig, AEGANTrainer, LossWeights  # noqa: E402
 from gan.trainer import stream_rng  # noqa: E402
 from nnbox.data import DataLoader, ImageFolder, RandomHorizontalFlip, Resize  # noqa: E402
@@ -159,6 +159,7 @@ def check_options(given):
 
 def main(argv=None):
     given = vars(build_parser().parse_args(argv))
+    trainer = epochs = None
     try:
         check_options(given)
         if "resume" in given:
@@ -181,6 +182,8 @@ def main(argv=None):
         trainer.write_figures()
     except CLI_ERRORS as error:
         return fail("aegan", error)
+    except KeyboardInterrupt:
+        return interrupted("aegan", trainer, epochs)
     print(f"figures: {trainer.run_dir / 'samples'}, {trainer.run_dir / 'reconstructions'}, {trainer.run_dir / 'plots'}")
     return 0
 

@@ -39,7 +39,8 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import CLI_ERRORS, LFW_HINT, UsageError, at_least, check_device, fail, load_dataset  # noqa: E402
+from _cli import (CLI_ERRORS, LFW_HINT, UsageError, at_least, check_device, fail, interrupted,  # noqa: E402
+                  load_dataset)
 from gan.trainer import GANTrainer, NonFiniteLossError, TrainConfig, stream_rng  # noqa: E402
 from nnbox.data import ColorJitter, Compose, DataLoader, RandomHorizontalFlip, with_augmented_copies  # noqa: E402
 
@@ -243,6 +244,7 @@ def batch_transform(cfg):
 # --------------------------------------------------------------------------- main
 def main(argv=None):
     given = vars(build_parser().parse_args(argv))
+    trainer = cfg = None
     try:
         if "resume" in given:
             trainer, cfg = _resume(given)
@@ -267,6 +269,8 @@ def main(argv=None):
                     hint=f"here: python examples/faces_gan.py --resume {cfg.out} --epochs N --lr ...")
     except CLI_ERRORS as error:   # usage, settings, data, a corrupt or foreign checkpoint
         return fail("faces_gan", error)
+    except KeyboardInterrupt:
+        return interrupted("faces_gan", trainer, cfg.epochs if cfg is not None else None)
     if trainer.config.report:
         print(f"report: {trainer.run_dir / 'report.html'}")
     return 0

@@ -73,6 +73,15 @@ def test_main_trains_writes_the_figures_and_resumes(aegan, image_folder, tmp_pat
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == written
 
 
+def test_ctrl_c_before_training_is_one_line(aegan, image_folder, tmp_path, capsys, monkeypatch):
+    # before the run folder exists there is no checkpoint to mention
+    def interrupted_while_loading(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(aegan, "load_images", interrupted_while_loading)
+    assert aegan.main(SMALL + ["--data", str(image_folder), "--epochs", "1", "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == "aegan: interrupted\n"
+
+
 def test_bad_command_lines_are_one_line_errors(aegan, image_folder, tmp_path, capsys):
     assert aegan.main(SMALL + ["--data", str(image_folder), "--max-images", "0", "--out", str(tmp_path / "a")]) == 2
     assert "--max-images must be >= 1" in capsys.readouterr().err

@@ -154,6 +154,27 @@ def test_a_diverged_run_is_one_line_with_the_resume_command(faces_gan, tmp_path,
     assert err.startswith("Traceback") == show_traceback
 
 
+def test_ctrl_c_is_one_line_with_the_resume_command_and_the_checkpoint_kept(faces_gan, tmp_path, capsys,
+                                                                           monkeypatch):
+    from gan.trainer import GANTrainer
+    step = GANTrainer.step
+    calls = []
+
+    def interrupted_in_epoch_two(self, batch):   # 64 images, batches of 32: two steps per epoch
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step(self, batch)
+    monkeypatch.setattr(GANTrainer, "step", interrupted_in_epoch_two)
+    out = tmp_path / "run"
+    assert faces_gan.main(SMALL + ["--epochs", "3", "--out", str(out)]) == 130
+    assert capsys.readouterr().err == (f"faces_gan: interrupted; the checkpoint of the last complete epoch is kept: "
+                                       f"continue with python examples/faces_gan.py --resume {out} --epochs 3\n")
+    monkeypatch.setattr(GANTrainer, "step", step)
+    assert faces_gan.main(["--resume", str(out), "--no-progress", "--no-report"]) == 0
+    assert len(json.loads((out / "history.json").read_text())) == 6     # epoch 1 kept, epochs 2 and 3 trained
+
+
 def test_without_lfw_it_falls_back_to_synthetic_faces_in_one_line(faces_gan, tmp_path, monkeypatch):
     monkeypatch.setenv("NNBOX_CACHE", str(tmp_path / "cache"))
     cfg = faces_gan.config_from_args({"download": False, "max_images": 8})
