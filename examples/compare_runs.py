@@ -26,14 +26,15 @@ if str(ROOT) not in sys.path:   # run as a script (to ask what it is): this chec
 
 from _cli import UsageError, fail  # noqa: E402
 from gan.balance import BALANCE_RULES  # noqa: E402
+from gan.evaluate import REAL_IMAGES_NAME, evaluate  # noqa: E402
+from gan.evaluate import save_real_images as write_real_images  # noqa: E402
 from gan.history import atomic_write_bytes, atomic_write_text  # noqa: E402
 from gan.trainer import SAMPLES_DIR, GANTrainer, TrainConfig, stream_rng  # noqa: E402
-from gan.visualize import D_COLOR, G_COLOR, moving_average, to_uint8_images  # noqa: E402
+from gan.visualize import D_COLOR, G_COLOR, moving_average  # noqa: E402
 from nnbox.data import DataLoader  # noqa: E402
 
 ABOUT = ("the helpers that examples/cifar_gan.py and examples/mnist_latent_study.py import to train GAN variants "
          "and compare them; it trains nothing itself: run one of those two (with --help for its options)")
-REAL_IMAGES_NAME = "real_images.npy"  # the training images of a run, uint8 NHWC, for gan.evaluate's --real
 FIGURE_DPI = 100
 
 
@@ -107,9 +108,7 @@ def train_variant(config, images, run_dir, epochs, batch_size, overwrite=False, 
 
 def save_real_images(images, run_dir):
     """Write the training images as uint8 NHWC RUN_DIR/real_images.npy (gan.evaluate reads .npy); returns the path."""
-    path = Path(run_dir) / REAL_IMAGES_NAME
-    np.save(path, to_uint8_images(images)[..., :images.shape[1]])
-    return path
+    return write_real_images(images, Path(run_dir) / REAL_IMAGES_NAME)
 
 
 def evaluate_variant(run_dir, images, n=1000, seed=0, features="pixels", classifier_weights=None, device="cpu",
@@ -120,7 +119,6 @@ def evaluate_variant(run_dir, images, n=1000, seed=0, features="pixels", classif
 
     Returns the metrics dict (also RUN_DIR/metrics.json).
     """
-    from gan.evaluate import evaluate
     real = save_real_images(images, run_dir)
     name = Path(run_dir).name
     return evaluate(run_dir, str(real), features=features, n=n, classifier_weights=classifier_weights, seed=seed,

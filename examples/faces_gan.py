@@ -21,8 +21,10 @@ line and uses procedurally drawn cartoon faces instead. A `--data` folder withou
 
 Each run folder (`--out`) receives samples/epoch_XXX.png (fixed noise, one grid per epoch),
 checkpoint.npz (every epoch, atomic), history.csv/.json, epochs.json, config.json, plots/*.png,
-samples.gif and report.html (open it in a browser). `--resume` rebuilds the data and the networks
-from the saved settings and continues exactly where the run stopped.
+samples.gif and report.html (open it in a browser); a run on part of LFW (--max-images) or on
+synthetic faces also keeps its training images, real_images.npy, for `python -m gan.evaluate`, whose
+command for the run is printed at the end. `--resume` rebuilds the data and the networks from the
+saved settings and continues exactly where the run stopped.
 """
 import argparse
 import os
@@ -188,7 +190,8 @@ def config_from_args(given):
 
 # --------------------------------------------------------------------------- data
 def load_faces(cfg):
-    """uint8 NHWC faces for cfg (a random subset of cfg.max_images), and a line saying what they are."""
+    """(uint8 NHWC faces for cfg (a random subset of cfg.max_images), a line saying what they are,
+    LFW's folder or None for synthetic faces). The originals come first, then any augmented copies."""
     from nnbox.datasets import load_lfw
     from nnbox.synthetic_faces import synthetic_faces
     if cfg.max_images is not None and cfg.max_images < 1:
@@ -196,12 +199,12 @@ def load_faces(cfg):
     if cfg.synthetic_count < 1:
         raise UsageError(f"--synthetic-count must be >= 1, got {cfg.synthetic_count}")
     size = cfg.train.image_size
-    images, source = None, None
+    images, source, lfw_root = None, None, None
     if cfg.dataset in ("auto", "lfw"):
         try:
             folder = load_dataset(load_lfw, cfg.data, image_size=size, download=cfg.download, hint=LFW_HINT,
                                   progress=cfg.train.progress)
-            images, source = folder.images, f"LFW from {folder.root}"
+            images, source, lfw_root = folder.images, f"LFW from {folder.root}", folder.root
         except (OSError, ValueError) as error:     # not found, no network, bad checksum
             if cfg.dataset == "lfw" or cfg.data is not None:    # asked for LFW, or named a folder without it
                 raise
@@ -219,7 +222,20 @@ def load_faces(cfg):
         images, _ = with_augmented_copies(images, np.zeros(len(images), np.int64), cfg.augment_copies,
                                    np.random.default_rng([cfg.train.seed, AUGMENT_SEED_OFFSET]))
         source += f", enlarged {cfg.augment_copies + 1}x by flipped and jittered copies"
-    return images, f"{len(images)} images of {size}x{size}: {source}"
+    return images, f"{len(images)} images of {size}x{size}: {source}", lfw_root
+
+
+def evaluation_data(cfg, images, lfw_root, run_dir):
+    """What `python -m gan.evaluate RUN --real ...` should compare this run's faces with: LFW's folder
+    when all of it trained, else the training images themselves (a subset, or synthetic faces, before
+    any augmented copies), written once as RUN_DIR/real_images.npy. Returns that --real argument."""
+    from gan.evaluate import REAL_IMAGES_NAME, save_real_images
+    if lfw_root is not None and cfg.max_images is None:
+        return str(lfw_root)
+    path = Path(run_dir) / REAL_IMAGES_NAME
+    if not path.exists():     # on --resume the same images: the data settings cannot change
+        save_real_images(images[:len(images) // (cfg.augment_copies + 1)], path)
+    return str(path)
 
 
 def make_loader(cfg, images):
@@ -254,12 +270,13 @@ def main(argv=None):
             cfg = config_from_args(given)
             check_device(cfg.train.device)
             trainer = None
-        images, description = load_faces(cfg)
+        images, description, lfw_root = load_faces(cfg)
         print(f"data: {description}", flush=True)
         loader = make_loader(cfg, images)
         if trainer is None:
             trainer = GANTrainer.from_config(cfg.train, cfg.out, overwrite=cfg.overwrite,
                                              extra_config={"example": cfg.data_settings(), "epochs": cfg.epochs})
+        real = evaluation_data(cfg, images, lfw_root, trainer.run_dir)
         print(f"run folder: {trainer.run_dir}; {cfg.train.arch} GAN, {cfg.train.loss} loss, "
               f"{cfg.train.balance} balancing, {len(loader)} batches of {loader.batch_size} per epoch, "
               f"device {cfg.train.device}", flush=True)
@@ -273,6 +290,7 @@ def main(argv=None):
         return interrupted("faces_gan", trainer, cfg.epochs if cfg is not None else None)
     if trainer.config.report:
         print(f"report: {trainer.run_dir / 'report.html'}")
+    print(f"measures (FID, memorisation, nearest neighbours): python -m gan.evaluate {trainer.run_dir} --real {real}")
     return 0
 
 

@@ -26,6 +26,7 @@ is loaded.
 """
 import argparse
 import html
+import io
 import json
 import re
 import sys
@@ -38,9 +39,10 @@ from nnbox.backend import to_device, to_numpy
 
 from . import metrics
 from .cli import fail
-from .history import atomic_write_text
+from .history import atomic_write_bytes, atomic_write_text
 
 EVAL_DIR = "evaluation"
+REAL_IMAGES_NAME = "real_images.npy"   # a run's training images (uint8 NHWC) when no data folder names them
 METRICS_NAME = "metrics.json"
 SECTION_START, SECTION_END = "<!-- gan.evaluate -->", "<!-- /gan.evaluate -->"
 
@@ -106,6 +108,19 @@ def _fit(images, size, channels):
         else:
             raise ValueError(f"cannot turn {images.shape[1]}-channel real images into {channels} channels")
     return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def save_real_images(images, path):
+    """Write training images as uint8 NHWC .npy (atomically), for a later `--real path`: float NCHW
+    in [-1, 1] are converted, uint8 NHWC written as they are. Returns the path."""
+    from .visualize import to_uint8_images
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = to_uint8_images(images)[..., :images.shape[1]]
+    buffer = io.BytesIO()
+    np.save(buffer, images, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
 
 
 def load_real_images(spec, image_size, channels, seed=0):

@@ -3,9 +3,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from gan.evaluate import load_real_images
 from nnbox import backend
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "faces_gan.py"
@@ -34,6 +36,12 @@ def test_main_trains_one_epoch_and_writes_its_files(faces_gan, tmp_path, capsys,
         assert (out / name).is_file(), name
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 2                                    # 64 images, batches of 32
+    # the measures' command, against what trained: 64 of the synthetic faces, kept in the run folder
+    assert printed.splitlines()[-1] == (f"measures (FID, memorisation, nearest neighbours): python -m gan.evaluate "
+                                        f"{out} --real {out / 'real_images.npy'}")
+    real, _ = load_real_images(str(out / "real_images.npy"), 32, 3)
+    trained, _, _ = faces_gan.load_faces(faces_gan.config_from_args({"dataset": "synthetic", "max_images": 64}))
+    np.testing.assert_array_equal(real, trained.transpose(0, 3, 1, 2) / np.float32(127.5) - 1)
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["balance"] == "skip" and config["train"]["label_smoothing"] == 0.1
     assert config["example"]["dataset"] == "synthetic" and config["example"]["max_images"] == 64
@@ -180,8 +188,8 @@ def test_without_lfw_it_falls_back_to_synthetic_faces_in_one_line(faces_gan, tmp
     cfg = faces_gan.config_from_args({"download": False, "max_images": 8})
     lines = []
     monkeypatch.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
-    images, description = faces_gan.load_faces(cfg)
-    assert images.shape == (8, 32, 32, 3) and "synthetic" in description
+    images, description, lfw_root = faces_gan.load_faces(cfg)
+    assert images.shape == (8, 32, 32, 3) and "synthetic" in description and lfw_root is None
     assert len(lines) == 1 and lines[0].startswith("LFW is not available") and "synthetic" in lines[0]
     assert "--data <LFW's folder>" in lines[0] and "data_dir=" not in lines[0]
     cfg.dataset = "lfw"
@@ -203,7 +211,7 @@ def test_gpu_without_cupy_gives_the_backend_error(faces_gan, tmp_path, capsys):
 
 def test_augment_copies_and_jitter_enlarge_and_vary_the_real_faces(faces_gan):
     cfg = faces_gan.config_from_args({"dataset": "synthetic", "max_images": 8, "augment_copies": 2, "jitter": 0.2})
-    images, description = faces_gan.load_faces(cfg)
+    images, description, _ = faces_gan.load_faces(cfg)
     assert images.shape == (24, 32, 32, 3) and "enlarged 3x" in description
     assert (images[:8] == faces_gan.load_faces(faces_gan.config_from_args(
         {"dataset": "synthetic", "max_images": 8}))[0]).all()          # the originals come first
