@@ -98,9 +98,10 @@ def run(n, work, size, xp=np):
     futures = [_executor().submit(work, start, stop) for start, stop in pieces[1:]]
     try:
         first = work(*pieces[0])            # the calling thread takes the first piece
-    finally:
-        wait(futures)   # returned or raising, no piece may still be writing into the caller's arrays
-    return [first] + [future.result() for future in futures]   # raises the first failed piece's error
+        return [first] + [future.result() for future in futures]
+    except BaseException:
+        wait(futures)   # no piece may still be writing into the caller's arrays once run has raised
+        raise           # the calling thread's error, or else the first failed piece's
 
 
 def assign(dest, source, axis=None, block=None):
