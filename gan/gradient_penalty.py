@@ -70,10 +70,12 @@ def penalty_terms(critic, real, fake, lam=10.0, rng=None):
     n = g.shape[0]
     norms = xp.sqrt((g * g).reshape(n, -1).sum(axis=1))
     gap = norms - 1
-    safe = xp.maximum(norms, np.finfo(g.dtype).tiny)   # d||g||/dg = g / ||g||, taken as 0 at g = 0
-    coefficient = ((2 * lam / n) * gap / safe).astype(g.dtype)
+    per_sample = (n,) + (1,) * (g.ndim - 1)
+    # d||g||/dg = g / ||g||, taken as 0 at g = 0; divided before scaling: (2 lam / n) / tiny overflows
+    unit = g / xp.maximum(norms, np.finfo(g.dtype).tiny).reshape(per_sample)
+    ddx = ((2 * lam / n) * gap).astype(g.dtype).reshape(per_sample) * unit
     return {"value": lam * (gap * gap).mean(), "norms": norms, "eps": eps, "layers": layers,
-            "received": received, "ddx": coefficient.reshape((n,) + (1,) * (g.ndim - 1)) * g}
+            "received": received, "ddx": ddx}
 
 
 def gradient_penalty(critic, real, fake, lam=10.0, rng=None):

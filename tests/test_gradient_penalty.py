@@ -7,7 +7,7 @@ from gan.gradient_penalty import gradient_penalty, interpolate, penalty_terms
 from gan.models import DCGANDiscriminator, FacesDiscriminator, MLPDiscriminator
 from gan.trainer import GANTrainer, TrainConfig, stream_rng
 from layers import second_order
-from layers.activations import LeakyReLU, Tanh
+from layers.activations import LeakyReLU, ReLU, Tanh
 from layers.conv import Conv2d
 from layers.dropout import Dropout
 from layers.linear import Linear
@@ -157,6 +157,32 @@ def test_a_linear_critic_matches_the_closed_form(rng):
     w /= norm                                      # a 1-Lipschitz linear critic: no penalty, no gradient
     value, _ = gradient_penalty(critic, real, fake, rng=rng)
     assert float(value) < 1e-20 and np.abs(critic[1].weight.grad).max() < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_sample_with_zero_input_gradient_adds_no_nan(dtype):
+    # one of four samples has every ReLU input below 0, so its input gradient is exactly 0: its
+    # penalty term is lam (0 - 1)^2 / n and its gradient 0. (2 lam / n) / tiny overflowed to inf,
+    # and inf * 0 put NaN into every weight gradient for batches of 4 or fewer at lam = 10.
+    critic = Sequential(Linear(2, 4, rng=0), ReLU(), Linear(4, 1, rng=1)).to(dtype)
+    critic[0].weight.data[...] = np.abs(critic[0].weight.data)
+    critic[0].bias.data[...] = 0
+    real = np.array([[1, 1], [2, 1], [1, 3], [-5, -5]], dtype)
+    fake = np.array([[0, 1], [1, 2], [2, 2], [-4, -6]], dtype)
+    critic.zero_grad()
+    value, stats = gradient_penalty(critic, real, fake, lam=10.0, rng=0)
+    assert float(stats["grad_norm_min"]) == 0.0 and np.isfinite(float(value))
+    assert all(np.isfinite(p.grad).all() for p in critic.parameters())
+    # the dead sample contributes nothing: the same gradients as the three live samples alone,
+    # with the mean over four instead of three
+    alone = Sequential(Linear(2, 4, rng=0), ReLU(), Linear(4, 1, rng=1)).to(dtype)
+    alone.load_state_dict(critic.state_dict())
+    alone.zero_grad()
+    eps = interpolate(real, fake, 0)[1]
+    x_hat = eps * real + (1 - eps) * fake
+    gradient_penalty(alone, x_hat[:3], x_hat[:3], lam=10.0 * 3 / 4, rng=0)
+    for with_dead, live in zip(critic.parameters(), alone.parameters()):
+        np.testing.assert_allclose(with_dead.grad, live.grad, rtol=1e-5, atol=1e-7)
 
 
 def test_eps_is_drawn_per_sample_not_per_pixel():
