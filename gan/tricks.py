@@ -10,7 +10,7 @@ the same values on the CPU and the GPU.
 """
 import numpy as np
 
-from nnbox.backend import as_rng, get_array_module, random_generator
+from nnbox.backend import as_rng, draw_dtype, get_array_module, random_generator
 
 # Random soft labels (Salimans et al. 2016; "ganhacks"): real ~ U(0.7, 1.0), fake ~ U(0.0, 0.3).
 SOFT_REAL_CENTRE, SOFT_FAKE_CENTRE, SOFT_HALF_WIDTH = 0.85, 0.15, 0.15
@@ -134,8 +134,8 @@ class InstanceNoise(_DeviceDraws):
         if std == 0:
             return images
         xp = get_array_module(images)
-        noise = self._device_generator(xp).standard_normal(images.shape, dtype=images.dtype)
-        return images + images.dtype.type(std) * noise
+        noise = self._device_generator(xp).standard_normal(images.shape, dtype=draw_dtype(images.dtype))
+        return images + (images.dtype.type(std) * noise).astype(images.dtype, copy=False)
 
     def __repr__(self):
         return f"InstanceNoise(std={self.std}, decay_steps={self.decay_steps})"

@@ -172,13 +172,13 @@ class GumbelSoftmax(_NoisyLayer):
         perturbed = logits + self._noise(logits, noise) if self.training else logits
         xp = get_array_module(logits)
         y = xp.exp(log_softmax(perturbed / self.temperature, axis=-1))
-        self.save_for_backward(y=y)
+        self.save_for_backward(y=y, temperature=self.temperature)   # annealing may change it before backward
         return one_hot_argmax(y) if self.hard else y
 
     def backward(self, dy):
-        y = self.saved_for_backward().y
-        check_grad(self, dy, y.shape)
-        return y * (dy - (dy * y).sum(axis=-1, keepdims=True)) / self.temperature
+        saved = self.saved_for_backward()
+        check_grad(self, dy, saved.y.shape)
+        return saved.y * (dy - (dy * saved.y).sum(axis=-1, keepdims=True)) / saved.temperature
 
     def extra_repr(self):
         return f"temperature={self.temperature}, hard={self.hard}"

@@ -118,6 +118,17 @@ def test_gumbel_softmax_of_one_category_is_one_with_no_gradient(rng):
     np.testing.assert_array_equal(layer.backward(rng.standard_normal((3, 1))), np.zeros((3, 1)))
 
 
+def test_gumbel_softmax_backward_uses_the_forwards_temperature(rng):
+    # annealing between a loss and its backward must not change the gradient of what was computed
+    logits, dy = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    layer = GumbelSoftmax(1.0, rng=0)
+    layer.fixed_noise = gumbel_noise(rng.uniform(size=(3, 4)))
+    layer(logits)
+    expected = layer.backward(dy)
+    layer.temperature = 0.5
+    np.testing.assert_array_equal(layer.backward(dy), expected)
+
+
 def test_gumbel_softmax_gradcheck_in_eval_mode(rng):
     gradcheck(GumbelSoftmax(0.7).eval(), rng.standard_normal((3, 4)), rng=rng)
 

@@ -89,6 +89,8 @@ def test_instance_noise_std_and_annealing():
 def test_instance_noise_off_and_constant():
     images = np.ones((2, 3, 4, 4), np.float32)
     assert InstanceNoise()(images, step=0) is images
+    half = InstanceNoise(std=0.5, rng=0)(np.zeros((8, 3, 4, 4), np.float16), step=0)   # drawn in float32, cast
+    assert half.dtype == np.float16 and 0.3 < float(half.astype(np.float32).std()) < 0.7
     constant = InstanceNoise(std=0.1, decay_steps=0, rng=0)
     assert constant.current_std(10**6) == pytest.approx(0.1)
     assert not np.array_equal(constant(images, step=10**6), images)
