@@ -44,32 +44,78 @@ class UnsafeTorchFileError(pickle.UnpicklingError):
     """The file asks for something a plain state dict never needs (code to run, an unknown type)."""
 
 
-class _StorageType:
+class _Inert:
+    """What the unpickler hands out for the globals it allows: shared by every load, so a file must
+    not be able to change them. The BUILD opcode (which sets an object's state: obj.__setstate__,
+    or its attributes) is refused, and so is setting an attribute, so one forged file cannot change
+    how a later, genuine file loads."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise UnsafeTorchFileError(f"a state dict never sets the state of {self!r}: the file is forged")
+
+    def __setattr__(self, name, value):
+        raise UnsafeTorchFileError(f"a state dict never sets attributes of {self!r}: the file is forged")
+
+
+class _StorageType(_Inert):
     """Stands in for a torch.*Storage class named in the pickle: only its name and dtype are kept."""
 
+    __slots__ = ("name", "dtype")
+
     def __init__(self, name):
-        self.name = name
-        self.dtype = np.dtype(STORAGE_DTYPES[name])
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", np.dtype(STORAGE_DTYPES[name]))
 
     def __call__(self, *args, **kwargs):
         raise UnsafeTorchFileError(f"a state dict never constructs a torch.{self.name} directly")
 
+    def __repr__(self):
+        return f"torch.{self.name}"
 
-class _Storage:
-    """A storage named by a persistent id; `array` is filled from the file after unpickling."""
+
+class _Function(_Inert):
+    """Stands in for an allowed torch function (calls the inert version written here)."""
+
+    __slots__ = ("name", "function")
+
+    def __init__(self, name, function):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "function", function)
+
+    def __call__(self, *args, **kwargs):
+        return self.function(*args, **kwargs)
+
+    def __repr__(self):
+        return f"torch._utils.{self.name}"
+
+
+class _Storage(_Inert):
+    """A storage named by a persistent id; `array` is filled from the file after unpickling (`_fill`)."""
+
+    __slots__ = ("storage_type", "key", "numel", "array")
 
     def __init__(self, storage_type, key, numel):
-        self.storage_type = storage_type
-        self.key = key
-        self.numel = numel
-        self.array = None
+        for name, value in (("storage_type", storage_type), ("key", key), ("numel", numel), ("array", None)):
+            object.__setattr__(self, name, value)
+
+    def __repr__(self):
+        return f"storage {self.key!r}"
 
 
-class _TensorStub:
-    """What `_rebuild_tensor_v2` returns here: the view arguments, realised once storages are read."""
+class _TensorStub(_Inert):
+    """What `_rebuild_tensor_v2` returns here: the checked view arguments, realised once storages are
+    read (inert, so that a BUILD after the check cannot change them)."""
+
+    __slots__ = ("storage", "offset", "size", "stride")
 
     def __init__(self, storage, offset, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+        for name, value in (("storage", storage), ("offset", offset), ("size", size), ("stride", stride)):
+            object.__setattr__(self, name, value)
+
+    def __repr__(self):
+        return f"a tensor view of {self.storage!r}"
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
@@ -89,9 +135,9 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
 
 
 _ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("collections", "OrderedDict"): OrderedDict,   # (a C type: its attributes cannot be set)
+    ("torch._utils", "_rebuild_tensor_v2"): _Function("_rebuild_tensor_v2", _rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_parameter"): _Function("_rebuild_parameter", _rebuild_parameter),
 }
 _ALLOWED_GLOBALS.update({("torch", name): _StorageType(name) for name in STORAGE_DTYPES})
 
@@ -136,6 +182,11 @@ def _tensor_array(stub):
     if any(s < 0 for s in size) or any(s < 0 for s in stride) or offset < 0:
         raise UnsafeTorchFileError(f"negative size/stride/offset in a tensor view: {size}, {stride}, {offset}")
     if 0 not in size:
+        if int(np.prod(size, dtype=np.float64)) > data.size:   # (float64: a forged size cannot overflow)
+            raise UnsafeTorchFileError(
+                f"a tensor view of size {size} has more elements than its storage ({data.size}): the weights of a "
+                f"state dict never repeat their storage's elements, and a forged file could ask for any amount "
+                f"of memory")
         last = offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= data.size:
             raise UnsafeTorchFileError(
@@ -152,13 +203,18 @@ def _tensor_array(stub):
     return array
 
 
-def _realise(obj):
+def _realise(obj, done=None):
+    """obj with every tensor view replaced by its array; a view the pickle references many times is
+    copied once (`done`: id -> array), so a small file cannot multiply one large tensor."""
+    done = {} if done is None else done
     if isinstance(obj, _TensorStub):
-        return _tensor_array(obj)
+        if id(obj) not in done:
+            done[id(obj)] = _tensor_array(obj)
+        return done[id(obj)]
     if isinstance(obj, dict):
-        return OrderedDict((key, _realise(value)) for key, value in obj.items())
+        return OrderedDict((key, _realise(value, done)) for key, value in obj.items())
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_realise(value) for value in obj)
+        return type(obj)(_realise(value, done) for value in obj)
     return obj
 
 
@@ -167,7 +223,7 @@ def _fill(storage, raw, byteorder):
     expected = storage.numel * dtype.itemsize
     if len(raw) < expected:
         raise UnsafeTorchFileError(f"storage {storage.key!r} holds {len(raw)} bytes, {expected} expected")
-    storage.array = np.frombuffer(raw[:expected], dtype=dtype).astype(dtype.newbyteorder("="))
+    object.__setattr__(storage, "array", np.frombuffer(raw[:expected], dtype=dtype).astype(dtype.newbyteorder("=")))
 
 
 def _load_zip(path):
@@ -186,6 +242,10 @@ def _load_zip(path):
             member = f"{root}data/{key}"
             if member not in names:
                 raise UnsafeTorchFileError(f"{path}: the pickle names storage {key!r} but {member} is missing")
+            expected = storage.numel * storage.storage_type.dtype.itemsize
+            if archive.getinfo(member).file_size != expected:   # checked before decompressing anything
+                raise UnsafeTorchFileError(f"storage {key!r} holds {archive.getinfo(member).file_size} bytes, "
+                                           f"{expected} expected")
             _fill(storage, archive.read(member), byteorder)
     return obj
 

@@ -108,13 +108,44 @@ def test_reader_refuses_other_globals_and_forged_views(tmp_path):
     good = load_torch_state_dict(archive("good.pth", _forged_tensor_pickle(4, 1, (2,), (2,)), data))
     np.testing.assert_array_equal(good["w"], [1.0, 3.0])
     # a view that reaches past its storage (as_strided would read foreign memory) is refused
-    forged = archive("forged.pth", _forged_tensor_pickle(4, 0, (10,), (1,)), data)
-    with pytest.raises(UnsafeTorchFileError, match="reaches element 9 of a storage of 4"):
+    forged = archive("forged.pth", _forged_tensor_pickle(4, 1, (3,), (2,)), data)
+    with pytest.raises(UnsafeTorchFileError, match="reaches element 5 of a storage of 4"):
         load_torch_state_dict(forged)
+    # so is one that repeats its storage's elements (stride 0): a tiny file could ask for any memory
+    repeated = archive("repeated.pth", _forged_tensor_pickle(4, 0, (255, 255, 255), (0, 0, 0)), data)
+    with pytest.raises(UnsafeTorchFileError, match=r"size \(255, 255, 255\) has more elements than its storage"):
+        load_torch_state_dict(repeated)
     # a storage file shorter than the pickle claims is refused
     short = archive("short.pth", _forged_tensor_pickle(4, 0, (4,), (1,)), data[:8])
     with pytest.raises(UnsafeTorchFileError, match="holds 8 bytes, 16 expected"):
         load_torch_state_dict(short)
+
+
+def test_a_forged_file_cannot_change_how_later_files_load(tmp_path):
+    # GLOBAL torch.FloatStorage, then BUILD {"name": "BFloat16Storage"}: the shared stand-in was
+    # changed for the rest of the process, and every later float32 tensor read as bfloat16
+    data = np.array([1.5, -2.0, 3.25, 0.0], np.float32).tobytes()
+    with zipfile.ZipFile(tmp_path / "good.pth", "w") as out:
+        out.writestr("archive/data.pkl", _forged_tensor_pickle(4, 0, (3,), (1,)))
+        out.writestr("archive/data/0", data)
+    poison = b"\x80\x02ctorch\nFloatStorage\n}" + _text("name") + _text("BFloat16Storage") + b"sb0}."
+    for target in (b"ctorch\nFloatStorage\n", b"ctorch._utils\n_rebuild_tensor_v2\n"):
+        _zip_with_pickle(tmp_path / "poison.pth", poison.replace(b"ctorch\nFloatStorage\n", target))
+        with pytest.raises(UnsafeTorchFileError, match="never sets the state of torch"):
+            load_torch_state_dict(tmp_path / "poison.pth")
+    np.testing.assert_array_equal(load_torch_state_dict(tmp_path / "good.pth")["w"], [1.5, -2.0, 3.25])
+
+
+def test_a_tensor_the_pickle_names_many_times_is_read_once(tmp_path):
+    # {"a": t, "b": t} through the pickle's memo: one array, not one copy per reference (a small
+    # file naming one large tensor thousands of times would otherwise multiply it)
+    call = _forged_tensor_pickle(4, 0, (4,), (1,))[len(b"\x80\x02}") + len(_text("w")):-len(b"s.")]
+    payload = b"\x80\x02}(" + _text("a") + call + b"q\x00" + _text("b") + b"h\x00u."   # BINPUT 0, BINGET 0
+    with zipfile.ZipFile(tmp_path / "shared.pth", "w") as out:
+        out.writestr("archive/data.pkl", payload)
+        out.writestr("archive/data/0", np.arange(4, dtype=np.float32).tobytes())
+    state = load_torch_state_dict(tmp_path / "shared.pth")
+    assert state["a"] is state["b"] and state["a"].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
 def test_reader_errors_for_missing_and_non_torch_files(tmp_path):
