@@ -2,18 +2,19 @@
 
     G:   z (N, latent_dim)  -> images (N, C, s, s)     E:   images -> z
     D_x: images -> logits (N, 1): real images against G(z) and against reconstructions G(E(x))
-    D_z: z -> logits (N, 1):      prior samples z ~ N(0, I) against encodings E(x)
+    D_z: z -> logits (N, 1):      prior samples z ~ N(0, I) against encodings E(x) and E(G(z))
 
 With x a batch of N real images and z a batch of N prior samples, G and E minimise together
 
     L_GE = w_adv_image  * L_G(D_x([G(z); G(E(x))]))    fakes and reconstructions should pass as real
-         + w_adv_latent * L_G(D_z(E(x)))                encodings should pass as prior samples
+         + w_adv_latent * L_G(D_z([E(x); E(G(z))]))     encodings should pass as prior samples
          + w_rec_image  * mean |G(E(x)) - x|            image reconstruction (L1, mean over every pixel)
          + w_rec_latent * mean (E(G(z)) - z)^2          latent reconstruction (L2, mean over every entry)
 
-and the discriminators minimise L_Dx = L_D(D_x(x), D_x([G(z); G(E(x))])) and L_Dz = L_D(D_z(z), D_z(E(x))),
-where L_G and L_D are the generator and discriminator terms of a gan/losses.py loss (non-saturating by
-default: L_G = mean softplus(-logit)). The default weights are those of Lazarou's reference code
+and the discriminators minimise L_Dx = L_D(D_x(x), D_x([G(z); G(E(x))])) and
+L_Dz = L_D(D_z(z), D_z([E(x); E(G(z))])): G's outputs from both sources go to D_x and E's to D_z, as
+in Lazarou's reference code. L_G and L_D are the generator and discriminator terms of a gan/losses.py
+loss (non-saturating by default: L_G = mean softplus(-logit)). The default weights are those of Lazarou's reference code
 (image reconstruction 1, latent reconstruction 0.5, image adversarial 0.005, latent adversarial 0.1):
 mostly an autoencoder, with the adversarial terms sharpening the images and shaping E's outputs
 into the prior so that G(z) for z ~ N(0, I) draws faces.
@@ -158,7 +159,7 @@ class LossWeights:
     """The weights of L_GE's four terms (see the module docstring); Lazarou's reference values."""
 
     adv_image: float = 0.005      # D_x should call G(z) and G(E(x)) real
-    adv_latent: float = 0.1       # D_z should call E(x) a prior sample
+    adv_latent: float = 0.1       # D_z should call E(x) and E(G(z)) prior samples
     rec_image: float = 1.0        # mean |G(E(x)) - x|
     rec_latent: float = 0.5       # mean (E(G(z)) - z)^2
 
@@ -173,19 +174,22 @@ class GeneratorEncoderLoss(Module):
 
     forward(x, z) -> 0-d array L_GE; afterwards `terms` holds the four unweighted terms (0-d arrays on
     x's device: the trainer fetches every logged scalar of a step at once) and
-    `images` (2N, C, s, s) = [G(z); G(E(x))], `z_hat` = E(x), the logits D_x and D_z gave them.
+    `images` (2N, C, s, s) = [G(z); G(E(x))], `latents` (2N, d) = [E(x); E(G(z))], the logits D_x and
+    D_z gave them.
     backward(grad=1.0) -> (dL/dx, dL/dz), and adds dL/dtheta into every parameter with requires_grad
     (the trainer freezes D_x and D_z, so only G's and E's gradients are computed).
 
     Forward: z_hat = E(x) (E's first pass); G(z) and G(z_hat) (G's two passes, each with its own
     BatchNorm statistics, as DCGAN's D sees real and fake batches: prior samples and encodings are
     different distributions until D_z has matched them); z_tilde = E(G(z)) (E's second pass); D_x on
-    images = [G(z); G(E(x))]; D_z(z_hat). Backward, by the chain rule (n = N, m = N C s s, d = latent_dim):
+    images = [G(z); G(E(x))]; D_z on latents = [z_hat; z_tilde]. Backward, by the chain rule (n = N,
+    m = N C s s, d = latent_dim; r = w_rl 2 (z_tilde - z) / (N d), the L2 term's gradient):
         [dfake; drecon] = w_ai D_x^T(dL_G/dlogits)  drecon += w_ri sign(G(E(x)) - x) / m
-        dz_tilde = w_rl 2 (z_tilde - z) / (N d)     dfake += E^T(dz_tilde)            (E's second pass)
-        dz_hat = G^T(drecon)   (G's second pass)    dz = G^T(dfake) - dz_tilde        (G's first pass;
-                                                                  z is also the L2 target)
-        dz_hat += w_al D_z^T(dL_G/dlogits)          dx = E^T(dz_hat) - w_ri sign(G(E(x)) - x) / m
+        [dz_hat; dz_tilde] = w_al D_z^T(dL_G/dlogits),  dz_tilde += r
+        dfake += E^T(dz_tilde)                      (E's second pass)
+        dz_hat += G^T(drecon)                       (G's second pass)
+        dz = G^T(dfake) - r                         (G's first pass; z is also the L2 target)
+        dx = E^T(dz_hat) - w_ri sign(G(E(x)) - x) / m   (E's first pass)
     where E^T(.) and G^T(.) are backward passes for the pass named (an earlier pass's saved state is
     put back first).
     """
@@ -195,7 +199,7 @@ class GeneratorEncoderLoss(Module):
         self.generator, self.encoder, self.image_discriminator, self.latent_discriminator = networks
         self.gan_loss = get_gan_loss(loss)
         self.weights = weights if weights is not None else LossWeights()
-        self.terms, self.images, self.z_hat, self.image_logits, self.latent_logits = {}, None, None, None, None
+        self.terms, self.images, self.latents, self.image_logits, self.latent_logits = {}, None, None, None, None
 
     def forward(self, x, z):
         if z.shape[0] != x.shape[0]:
@@ -209,8 +213,9 @@ class GeneratorEncoderLoss(Module):
         recon = self.generator(z_hat.astype(z.dtype, copy=False))
         z_tilde = self.encoder(fake)
         images = xp.concatenate([fake, recon])
+        latents = xp.concatenate([z_hat, z_tilde])
         image_logits = self.image_discriminator(images)
-        latent_logits = self.latent_discriminator(z_hat)
+        latent_logits = self.latent_discriminator(latents)
         adv_image, d_image_logits = self.gan_loss.generator_loss(image_logits)
         adv_latent, d_latent_logits = self.gan_loss.generator_loss(latent_logits)
         rec_image, d_recon = l1(recon, x, name="AEGAN image reconstruction")
@@ -220,7 +225,7 @@ class GeneratorEncoderLoss(Module):
                                d_z_tilde=d_z_tilde)
         self.terms = {"adv_image": adv_image, "adv_latent": adv_latent, "rec_image": rec_image,
                       "rec_latent": rec_latent}
-        self.images, self.z_hat, self.image_logits, self.latent_logits = images, z_hat, image_logits, latent_logits
+        self.images, self.latents, self.image_logits, self.latent_logits = images, latents, image_logits, latent_logits
         total = (w.adv_image * adv_image + w.adv_latent * adv_latent + w.rec_image * rec_image
                  + w.rec_latent * rec_latent)
         return xp.asarray(total, dtype=x.dtype)
@@ -229,13 +234,13 @@ class GeneratorEncoderLoss(Module):
         s, w = self.saved_for_backward(), self.weights
         n = s.n
         d_recon = s.d_recon * (grad * w.rec_image)
-        d_z_tilde = s.d_z_tilde * (grad * w.rec_latent)
+        d_rec_latent = s.d_z_tilde * (grad * w.rec_latent)
         d_images = self.image_discriminator.backward(s.d_image_logits * (grad * w.adv_image))
-        d_fake = d_images[:n] + self.encoder.backward(d_z_tilde)   # E's second pass: E(G(z))
-        d_z_hat = self.generator.backward(d_images[n:] + d_recon)  # G's second pass: G(E(x))
+        d_latents = self.latent_discriminator.backward(s.d_latent_logits * (grad * w.adv_latent))
+        d_fake = d_images[:n] + self.encoder.backward(d_latents[n:] + d_rec_latent)   # E's second pass: E(G(z))
+        d_z_hat = self.generator.backward(d_images[n:] + d_recon) + d_latents[:n]    # G's second pass: G(E(x))
         _restore_saved_state(s.generator_on_z)                     # G's first pass: G(z)
-        dz = self.generator.backward(d_fake) - d_z_tilde
-        d_z_hat = d_z_hat + self.latent_discriminator.backward(s.d_latent_logits * (grad * w.adv_latent))
+        dz = self.generator.backward(d_fake) - d_rec_latent
         _restore_saved_state(s.encoder_on_x)                       # E's first pass: E(x)
         dx = self.encoder.backward(d_z_hat.astype(s.d_recon.dtype, copy=False)) - d_recon
         return dx, dz
@@ -244,10 +249,10 @@ class GeneratorEncoderLoss(Module):
 class DiscriminatorLoss(Module):
     """L_Dx + L_Dz: D_x on real images against generated ones, D_z on prior samples against encodings.
 
-    forward(x, z, images, z_hat) -> 0-d array L_Dx + L_Dz, with images = [G(z); G(E(x))] and
-    z_hat = E(x) taken as constants (the GeneratorEncoderLoss's outputs); afterwards `terms` holds
+    forward(x, z, images, latents) -> 0-d array L_Dx + L_Dz, with images = [G(z); G(E(x))] and
+    latents = [E(x); E(G(z))] taken as constants (the GeneratorEncoderLoss's outputs); afterwards `terms` holds
     "d_image" = L_Dx and "d_latent" = L_Dz (0-d arrays) and `logits` the four logit arrays.
-    backward(grad=1.0) -> (dx, dz, dimages, dz_hat); adds into D_x's and D_z's parameters.
+    backward(grad=1.0) -> (dx, dz, dimages, dlatents); adds into D_x's and D_z's parameters.
     Each discriminator sees its real and its fake batch in two passes (separate BatchNorm statistics,
     as in DCGAN); backward runs the fake pass's backward, puts the real pass's saved state back, then
     runs the real pass's backward.
@@ -259,9 +264,9 @@ class DiscriminatorLoss(Module):
         self.gan_loss = get_gan_loss(loss)
         self.terms, self.logits = {}, {}
 
-    def forward(self, x, z, images, z_hat):
+    def forward(self, x, z, images, latents):
         image_loss, image_grads, image_logits = self._pair(self.image_discriminator, x, images)
-        latent_loss, latent_grads, latent_logits = self._pair(self.latent_discriminator, z, z_hat)
+        latent_loss, latent_grads, latent_logits = self._pair(self.latent_discriminator, z, latents)
         self.save_for_backward(image_grads=image_grads, latent_grads=latent_grads)
         self.terms = {"d_image": image_loss, "d_latent": latent_loss}
         self.logits = {"real": image_logits[0], "generated": image_logits[1],
@@ -279,8 +284,8 @@ class DiscriminatorLoss(Module):
     def backward(self, grad=1.0):
         s = self.saved_for_backward()
         dx, d_images = _backward_pair(self.image_discriminator, s.image_grads, grad)
-        dz, dz_hat = _backward_pair(self.latent_discriminator, s.latent_grads, grad)
-        return dx, dz, d_images, dz_hat
+        dz, d_latents = _backward_pair(self.latent_discriminator, s.latent_grads, grad)
+        return dx, dz, d_images, d_latents
 
 
 def _backward_pair(discriminator, grads, grad):
@@ -474,7 +479,7 @@ class AEGANTrainer:
         self.optimizers["encoder"].step()
 
         # 2. D_x and D_z on what G and E made before their update
-        d_total = self.d_loss(x, z, self.ge_loss.images, self.ge_loss.z_hat)
+        d_total = self.d_loss(x, z, self.ge_loss.images, self.ge_loss.latents)
         Dx.zero_grad()
         Dz.zero_grad()
         self.d_loss.backward(1.0)
@@ -487,7 +492,7 @@ class AEGANTrainer:
                    "dx_acc_fake": (logits["generated"][:n] <= thr).mean(),
                    "dx_acc_recon": (logits["generated"][n:] <= thr).mean(),
                    "dz_acc_prior": (logits["prior"] > thr).mean(),
-                   "dz_acc_encoded": (logits["encoded"] <= thr).mean()}
+                   "dz_acc_encoded": (logits["encoded"][:n] <= thr).mean()}   # on E(x), as before
         scalars = dict(zip(scalars, backend.fetch_scalars(scalars.values())))   # one copy from the device
         ge_total, d_total = scalars["ge_loss"], scalars["d_loss"]
         seconds = time.perf_counter() - started

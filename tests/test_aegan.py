@@ -19,7 +19,7 @@ TINY = {"dcgan": dict(arch="dcgan", image_size=32, channels=3, width=2),
 TERMS = {"rec_image": {"generator", "encoder"},
          "rec_latent": {"generator", "encoder"},
          "adv_image": {"generator", "encoder", "image_discriminator"},
-         "adv_latent": {"encoder", "latent_discriminator"}}
+         "adv_latent": {"generator", "encoder", "latent_discriminator"}}   # D_z also judges E(G(z))
 
 
 def tiny_networks(arch, seed=1):
@@ -97,8 +97,8 @@ def test_discriminator_loss_gradient(arch):
     networks = tiny_networks(arch, seed=5)
     loss = DiscriminatorLoss(networks.image_discriminator, networks.latent_discriminator)
     x, z = batch(arch, seed=6)
-    images, z_hat = batch(arch, n=6, seed=7)[0], batch(arch, seed=8)[1]
-    report = gradcheck(loss, x, z, images, z_hat, wrt=(0, 1, 2, 3), rng=9, max_entries=4)
+    images, latents = batch(arch, n=6, seed=7)[0], batch(arch, n=6, seed=8)[1]   # [G(z); G(E(x))], [E(x); E(G(z))]
+    report = gradcheck(loss, x, z, images, latents, wrt=(0, 1, 2, 3), rng=9, max_entries=4)
     assert {f"parameter 'image_discriminator.{n}'" for n, _ in networks.image_discriminator.named_parameters()} \
         <= set(report.checked_entries)
     assert set(loss.terms) == {"d_image", "d_latent"}

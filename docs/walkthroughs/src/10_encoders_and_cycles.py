@@ -62,22 +62,22 @@ def show_rows(rows, titles, n=8):
 # With real images $x$ and prior samples $z \sim \mathcal N(0, I)$, the generator $G$ and the
 # encoder $E$ minimise together
 #
-# $$ L_{GE} = w_1\, L_G\big(D_x([G(z);\, G(E(x))])\big) + w_2\, L_G\big(D_z(E(x))\big)
+# $$ L_{GE} = w_1\, L_G\big(D_x([G(z);\, G(E(x))])\big) + w_2\, L_G\big(D_z([E(x);\, E(G(z))])\big)
 #           + w_3\, \overline{|G(E(x)) - x|} + w_4\, \overline{(E(G(z)) - z)^2} . $$
 #
 # - $D_x$ judges images: real ones against both generated images $G(z)$ and reconstructions
 #   $G(E(x))$, so reconstructions must look real, not just be close in $L_1$ (blurry).
-# - $D_z$ judges codes: prior samples $z$ against encodings $E(x)$. It is the AEGAN's own trick:
-#   it pushes $E$'s outputs into the shape of the prior, so that codes drawn from $\mathcal N(0, I)$
-#   fall where $G$ learned to draw faces.
+# - $D_z$ judges codes: prior samples $z$ against encodings of real images $E(x)$ and of generated
+#   ones $E(G(z))$. It is the AEGAN's own trick: it pushes $E$'s outputs into the shape of the prior,
+#   so that codes drawn from $\mathcal N(0, I)$ fall where $G$ learned to draw faces.
 # - The two reconstruction terms make $G$ and $E$ inverses: image $\to$ code $\to$ image, and
 #   code $\to$ image $\to$ code.
 #
 # $L_G$ is a GAN loss's generator term (non-saturating by default). The default weights
 # $(w_1, w_2, w_3, w_4) = (0.005, 0.1, 1, 0.5)$ come from Lazarou's code: mostly an autoencoder,
 # sharpened by the adversarial terms. The discriminators minimise their usual losses: $D_x$ on $x$
-# (real) against $[G(z);\, G(E(x))]$ (fake), $D_z$ on $z$ (real) against $E(x)$ (fake). (Lazarou's
-# $D_z$ also judges $E(G(z))$; nnbox's judges only $E(x)$.)
+# (real) against $[G(z);\, G(E(x))]$ (fake), $D_z$ on $z$ (real) against $[E(x);\, E(G(z))]$ (fake), as
+# in Lazarou's code.
 #
 # ## 2. The four terms, and the gradient of the whole
 #
@@ -222,7 +222,7 @@ assert any(label.startswith("parameter 'g_ab.") for label in report.checked_entr
 #
 # - A GAN has no way from an image back to its code. AEGAN learns one, $E$, with four terms:
 #   adversarial on images (fakes and reconstructions), adversarial on codes (the latent
-#   discriminator shapes $E(x)$ into the prior), and two reconstructions. `GeneratorEncoderLoss`
+#   discriminator shapes $E(x)$ and $E(G(z))$ into the prior), and two reconstructions. `GeneratorEncoderLoss`
 #   writes out its backward; checked against central differences.
 # - CycleGAN translates between two domains without pairs; the cycle-consistency term makes the
 #   translation keep its input's content. On faces against negated faces it found the negation.
