@@ -115,13 +115,14 @@ def _channel_launch(name, arrays, outputs):
 
 
 def channel_sums(dy, xhat):
-    """(sum_dy, sum_dy_xhat), each (C,) in dy's dtype: the sums of dy and of dy xhat over every axis
-    but 1 (dy, xhat (N, C, ...)), accumulated in float64, in one kernel."""
+    """(sum_dy, sum_dy_xhat), each (C,): the sums of dy and of dy xhat over every axis but 1 (dy, xhat
+    (N, C, ...)), accumulated in float64, in one kernel; returned in dy's dtype, or float32 for
+    float16 dy (a float16 channel sum overflows at 65504, as on the CPU)."""
     cupy = backend.require_cupy()
     kernel_dtype = np.float64 if np.float64 in (dy.dtype, xhat.dtype) else np.float32
     sums = cupy.empty((2, dy.shape[1]), dtype=kernel_dtype)
     _channel_launch("nnbox_channel_sums", (dy, xhat), (sums[0], sums[1]))
-    sums = sums.astype(dy.dtype, copy=False)
+    sums = sums.astype(np.result_type(dy.dtype, np.float32), copy=False)
     return sums[0], sums[1]
 
 
@@ -150,7 +151,7 @@ def relu_grad(dy, positive):
 
 def leaky_relu(x, slope):
     """(y = x where x > 0 else slope x, positive = x > 0) in one kernel."""
-    return _elementwise("T x, T slope", "T y, bool positive", "positive = x > 0; y = positive ? x : x * slope",
+    return _elementwise("T x, T slope", "T y, bool positive", "positive = x > 0; y = positive ? x : (T)(x * slope)",
                         "nnbox_leaky_relu")(x, slope)
 
 
@@ -228,14 +229,15 @@ def batch_norm_channel_grads(sum_dy, sum_dy_xhat, weight, inv_std, count, weight
     """BatchNorm backward's per-channel values in one kernel over the C channels:
 
         weight_grad += sum(dy xhat),  bias_grad += sum(dy),  scale = weight inv_std,
-        k_xhat = sum(dy xhat) / m,   k_dy = sum(dy) / m          (m: the values per channel)"""
-    _elementwise("T sum_dy, T sum_dy_xhat, P weight, T inv_std, float64 count",
+        k_xhat = sum(dy xhat) / m,   k_dy = sum(dy) / m          (m: the values per channel)
+    The sums (S) are float32 for float16 data (T), whose own sums could overflow (channel_sums)."""
+    _elementwise("S sum_dy, S sum_dy_xhat, P weight, T inv_std, float64 count",
                  "P weight_grad, P bias_grad, T scale, T k_xhat, T k_dy",
-                 """weight_grad += sum_dy_xhat;
-                    bias_grad += sum_dy;
+                 """weight_grad += (P)sum_dy_xhat;
+                    bias_grad += (P)sum_dy;
                     scale = weight * inv_std;
-                    k_xhat = sum_dy_xhat / count;
-                    k_dy = sum_dy / count;""",
+                    k_xhat = (T)(S)(sum_dy_xhat / count);
+                    k_dy = (T)(S)(sum_dy / count);""",
                  "nnbox_bn_channel_grads")(sum_dy, sum_dy_xhat, weight, inv_std, count, weight_grad, bias_grad,
                                            scale, k_xhat, k_dy)
 

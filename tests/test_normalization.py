@@ -210,6 +210,21 @@ def test_float16_sums_do_not_overflow(rng):
     np.testing.assert_allclose(half.weight.grad, single.weight.grad, rtol=1e-2, atol=1.0)
 
 
+@pytest.mark.gpu
+def test_gpu_float16_sums_do_not_overflow(rng):
+    # the CuPy kernels sum in float64, but returned the per-channel sums in float16: past 65504
+    # they were inf, and so was dx
+    import cupy
+    x16 = (10.0 + rng.standard_normal((64, 2, 32, 32))).astype(np.float16)
+    dy16 = (1.5 + rng.standard_normal(x16.shape)).astype(np.float16)
+    cpu, gpu = BatchNorm2d(2).to(np.float16), BatchNorm2d(2).to(np.float16).to("gpu")
+    cpu(x16)
+    gpu(cupy.asarray(x16))
+    want, got = cpu.backward(dy16), cupy.asnumpy(gpu.backward(cupy.asarray(dy16)))
+    assert np.isfinite(got).all() and np.isfinite(want).all()
+    np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.finfo(np.float16).eps * np.abs(want).max())
+
+
 def test_one_shared_implementation():
     assert BatchNorm1d.__mro__[1] is _BatchNorm and BatchNorm2d.__mro__[1] is _BatchNorm
     assert "forward" not in vars(BatchNorm1d) and "forward" not in vars(BatchNorm2d)
