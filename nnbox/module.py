@@ -250,7 +250,9 @@ class Module:
         """Copy arrays from `state` into parameters and buffers, on this module's device and dtype.
 
         With `strict`, a missing or unexpected key raises KeyError naming it; a shape
-        mismatch always raises ValueError naming the key and both shapes.
+        mismatch always raises ValueError naming the key and both shapes, and a value that is not
+        an array of real numbers TypeError naming the key. Every value is checked and converted
+        before any is assigned: a failed load changes nothing.
         """
         own = self.state_dict()
         missing = [key for key in own if key not in state]
@@ -260,25 +262,31 @@ class Module:
                 f"{type(self).__name__}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}; "
                 f"the state dict was saved from a different architecture"
             )
+        converted = {}
         for key, current in own.items():
             if key not in state:
                 continue
             value = state[key]
+            if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+                raise TypeError(f"{type(self).__name__}.load_state_dict: {key!r} is a {type(value).__name__}, "
+                                f"not an array")
             if tuple(value.shape) != tuple(current.shape):
                 raise ValueError(
                     f"{type(self).__name__}.load_state_dict: shape mismatch for {key!r}: "
                     f"the module has {tuple(current.shape)}, the state dict has {tuple(value.shape)}"
                 )
-        params = dict(self.named_parameters())
-        for key, current in own.items():
-            if key not in state:
-                continue
+            if np.dtype(value.dtype).kind not in "biuf":   # complex would lose its imaginary part, text fail
+                raise TypeError(f"{type(self).__name__}.load_state_dict: {key!r} has dtype {value.dtype}; "
+                                f"parameters and buffers take real numbers (bool, integer or float)")
             xp = backend.get_array_module(current)
-            value = backend.to_device(state[key], backend.device_of(current)).astype(current.dtype, copy=False)
+            value = backend.to_device(value, backend.device_of(current)).astype(current.dtype, copy=False)
+            converted[key] = xp.array(value, copy=True)
+        params = dict(self.named_parameters())
+        for key, value in converted.items():
             if key in params:
-                params[key].data = xp.array(value, copy=True)
+                params[key].data = value
             else:
-                self._set_buffer(key, xp.array(value, copy=True))
+                self._set_buffer(key, value)
 
     def _set_buffer(self, dotted_name, value):
         *path, name = dotted_name.split(".")

@@ -182,6 +182,22 @@ def test_load_state_dict_shape_mismatch_names_key_and_both_shapes(rng):
     np.testing.assert_array_equal(net.first.weight.data, before)  # nothing was half-loaded
 
 
+@pytest.mark.parametrize("bad, message", [
+    (np.array(["a", "b"]), r"'head.bias' has dtype <U1; parameters and buffers take real numbers"),
+    (np.ones(2, np.complex64), r"'head.bias' has dtype complex64"),     # would have lost its imaginary part
+    ([1.0, 2.0], r"'head.bias' is a list, not an array"),
+])
+def test_load_state_dict_refuses_values_that_are_not_real_arrays_and_changes_nothing(rng, bad, message):
+    # head.weight comes before head.bias: it was assigned before bias failed (a half-loaded module)
+    state = dict(Net(np.random.default_rng(9)).state_dict(), **{"head.bias": bad})
+    net = Net(rng)
+    before = {key: value.copy() for key, value in net.state_dict().items()}
+    with pytest.raises(TypeError, match=message):
+        net.load_state_dict(state)
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
 def test_to_float64_casts_params_grads_and_float_buffers_only(rng):
     net = Net(rng)
     assert net.to(np.float64) is net
