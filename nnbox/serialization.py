@@ -86,14 +86,17 @@ def load_checkpoint(path):
             f"a file written by save_state is read with load_state")
     try:
         document = json.loads(str(arrays.pop(CHECKPOINT_ENTRY)[()]))
-    except (json.JSONDecodeError, ValueError, IndexError) as error:
+    except (json.JSONDecodeError, ValueError, IndexError, RecursionError) as error:   # (nested 10^5 deep)
         raise SerializationError(f"{str(path)!r}: the checkpoint's {CHECKPOINT_ENTRY!r} entry is corrupt ({error})") from error
     if not isinstance(document, dict) or document.get("format") != _FORMAT:
         raise SerializationError(f"{str(path)!r}: {CHECKPOINT_ENTRY!r} is not an nnbox checkpoint description")
     if document.get("version") != _VERSION:
         raise SerializationError(f"{str(path)!r}: checkpoint format version {document.get('version')!r}, "
                                  f"this nnbox reads version {_VERSION}")
-    return _decode(document["tree"], arrays, path)
+    try:
+        return _decode(document["tree"], arrays, path)
+    except RecursionError as error:   # (a JSON tree that json.loads read but is too deep to walk)
+        raise SerializationError(f"{str(path)!r}: the checkpoint's description is nested too deeply") from error
 
 
 def _encode(value, keys, arrays, path):
@@ -129,7 +132,7 @@ def _decode(value, arrays, path):
     if isinstance(value, dict):
         if set(value) == {_ARRAY_MARK}:
             name = value[_ARRAY_MARK]
-            if name not in arrays:
+            if not isinstance(name, str) or name not in arrays:
                 raise SerializationError(f"{str(path)!r}: the checkpoint refers to a missing array {name!r}")
             return arrays[name]
         return {key: _decode(item, arrays, path) for key, item in value.items()}
@@ -231,6 +234,9 @@ def _read_npz(path):
             return out
     except SerializationError:
         raise
+    except MemoryError as error:   # an entry's header asks for more memory than there is (a forged shape)
+        raise SerializationError(f"cannot read {shown!r}: an entry asks for more memory than is available; the "
+                                 f"file is corrupt or forged") from error
     except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as error:
         raise SerializationError(f"cannot read {shown!r}: the file is corrupt or truncated, or not an .npz file "
                                  f"({_unreadable_reason(error)})") from error

@@ -1,4 +1,6 @@
 """Serialization: round trips, atomic writes, no pickle, clear errors on bad files."""
+import io
+import json
 import os
 import pickle
 import zipfile
@@ -158,6 +160,40 @@ def test_corrupt_member_data_is_detected(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(SerializationError, match=r"state\.npz.*corrupt"):
         load_state(path)
+
+
+def _npz(path, entries):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, raw in entries.items():
+            archive.writestr(name, raw)
+    return path
+
+
+def _npy_bytes(array):
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _checkpoint_with_description(tmp_path, text):
+    return _npz(tmp_path / "forged.npz", {f"{serialization.CHECKPOINT_ENTRY}.npy": _npy_bytes(np.array(text))})
+
+
+def test_forged_files_get_the_serialization_error_not_a_crash(tmp_path):
+    # a header asking for 8 TB over 64 bytes of data: a bare MemoryError before
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+    huge = _npz(tmp_path / "huge.npz", {"w.npy": header.getvalue() + bytes(64)})
+    with pytest.raises(SerializationError, match="huge.npz'.*asks for more memory than is available"):
+        load_state(huge)
+    # a description nested 10^5 deep: a bare RecursionError before
+    deep = '{"format": "nnbox-checkpoint", "version": 1, "tree": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(SerializationError, match="entry is corrupt"):
+        load_checkpoint(_checkpoint_with_description(tmp_path, deep))
+    # an array mark that is not a name: TypeError (unhashable list) before
+    mark = json.dumps({"format": "nnbox-checkpoint", "version": 1, "tree": {"g": {"__nnbox_array__": ["x"]}}})
+    with pytest.raises(SerializationError, match=r"refers to a missing array \['x'\]"):
+        load_checkpoint(_checkpoint_with_description(tmp_path, mark))
 
 
 def test_load_state_file_is_not_a_checkpoint(tmp_path):
