@@ -12,6 +12,7 @@ unpickler that refuses every global (`safe_unpickle`), and archives are checked 
 Images come back as float32 NCHW in [-1, 1] (MNIST, CIFAR-10, Olivetti) or as an `ImageFolder` whose
 `images` are uint8 NHWC and whose batches are float32 NCHW (LFW).
 """
+import functools
 import gzip
 import hashlib
 import io
@@ -20,6 +21,7 @@ import os
 import pickle
 import shutil
 import tarfile
+import types
 import urllib.request
 from collections import namedtuple
 from pathlib import Path
@@ -274,13 +276,35 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"refusing to load {module}.{name} from a pickle: pickles can run code, so nnbox reads only "
                 f"plain data (dicts, lists, numbers, bytes, numeric arrays). If this is CIFAR-10, use the "
                 f"binary version (cifar-10-binary.tar.gz) instead")
-        return standin
+        # a fresh wrapper per use: the BUILD opcode may set attributes of what it gets (a function's
+        # __defaults__), and must not change how a later pickle loads. (The stand-in classes define
+        # __setstate__ as a method, so BUILD on the class itself fails.)
+        return functools.partial(standin) if isinstance(standin, types.FunctionType) else standin
 
     def persistent_load(self, pid):
         raise UnsafePickleError("refusing a pickle with persistent ids")
 
 
-def _realise(obj):
+def _realise(obj, done=None):
+    """obj with every array stand-in turned into its array. Each object is realised once (`done`:
+    id -> result), so shared references stay shared: a small pickle whose lists refer to one another
+    at every level would otherwise be walked 2^depth times."""
+    done = {} if done is None else done
+    if id(obj) in done:
+        return done[id(obj)]
+    if isinstance(obj, list):        # entered in `done` before its items: a list may contain itself
+        done[id(obj)] = out = []
+        out.extend(_realise(v, done) for v in obj)
+        return out
+    if isinstance(obj, dict):
+        done[id(obj)] = out = {}
+        out.update((_realise(k, done), _realise(v, done)) for k, v in obj.items())
+        return out
+    done[id(obj)] = result = _realise_one(obj, done)
+    return result
+
+
+def _realise_one(obj, done):
     if isinstance(obj, _ArrayStub):
         state = obj.state
         if not isinstance(state, tuple) or len(state) not in (4, 5):
@@ -291,12 +315,8 @@ def _realise(obj):
         raw = raw.encode("latin1") if isinstance(raw, str) else bytes(raw)
         array = np.frombuffer(raw, dtype=dtype.dtype())
         return array.reshape(tuple(shape), order="F" if fortran else "C").copy()
-    if isinstance(obj, dict):
-        return {_realise(k): _realise(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_realise(v) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_realise(v) for v in obj)
+        return tuple(_realise(v, done) for v in obj)
     return obj
 
 
@@ -308,7 +328,12 @@ def safe_unpickle(data, encoding="bytes"):
     latin-1 bytes, which are served by inert stand-ins that turn raw bytes into numeric arrays.
     """
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    return _realise(_RestrictedUnpickler(stream, encoding=encoding).load())
+    try:
+        return _realise(_RestrictedUnpickler(stream, encoding=encoding).load())
+    except RecursionError as error:
+        raise UnsafePickleError("refusing a pickle nested too deeply to be plain data") from error
+    except TypeError as error:   # a stand-in called or BUILT with what plain data never gives it
+        raise UnsafePickleError(f"refusing a malformed pickle ({error})") from error
 
 
 # --------------------------------------------------------------------------- LFW

@@ -348,6 +348,30 @@ def test_safe_unpickle_reads_plain_data():
     np.testing.assert_array_equal(out["f"], data["f"])
 
 
+def test_safe_unpickle_of_shared_self_referring_and_deep_data():
+    shared = [b"x"]
+    for _ in range(60):             # 2^60 paths through 60 lists: walked once each, not per path
+        shared = [shared, shared]
+    out = safe_unpickle(pickle.dumps(shared))
+    assert out[0] is out[1]
+    looped = []
+    looped.append(looped)
+    out = safe_unpickle(pickle.dumps(looped))
+    assert out[0] is out
+    deep = b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."   # 10^5 nested lists
+    with pytest.raises(UnsafePickleError, match="nested too deeply"):
+        safe_unpickle(deep)
+
+
+def test_a_pickle_cannot_change_the_stand_ins_for_later_pickles():
+    # GLOBAL _codecs.encode, then BUILD (None, {"__defaults__": ("utf16",)}): the shared stand-in's
+    # defaults were changed for every later load
+    forged = (b"\x80\x02c_codecs\nencode\nN}X\x0c\x00\x00\x00__defaults__X\x05\x00\x00\x00utf16\x85s\x86b.")
+    with pytest.raises(UnsafePickleError, match="malformed pickle"):
+        safe_unpickle(forged)
+    assert safe_unpickle(pickle.dumps({"b": b"\xff raw"}, protocol=2)) == {"b": b"\xff raw"}
+
+
 # ---------------------------------------------------------------- Olivetti
 def _olivetti(folder, images=None, labels=None):
     folder.mkdir(parents=True, exist_ok=True)
