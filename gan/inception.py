@@ -318,6 +318,9 @@ class InceptionFeatures:
         x = to_device(x, self.device)
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"InceptionFeatures expects (N, 1 or 3, H, W) images, got shape {tuple(x.shape)}")
+        if x.dtype.kind != "f":   # uint8 [0, 255] would run through the network as if in [-1, 1]
+            raise ValueError(f"InceptionFeatures expects float images in [-1, 1], got dtype {x.dtype} "
+                             f"(nnbox.data.ToFloat converts uint8 images)")
         if x.shape[1] == 1:
             xp = get_array_module(x)
             x = xp.repeat(x, 3, axis=1)

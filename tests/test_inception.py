@@ -383,3 +383,11 @@ def test_missing_or_wrong_weights_say_where_to_get_them(tmp_path, torch):
     junk.write_text("hello")
     with pytest.raises(ValueError, match="pytorch-fid/releases"):
         FIDInceptionV3.from_weights(junk)
+
+
+def test_features_refuse_integer_images():
+    # uint8 [0, 255] ran through the network as if it were [-1, 1]: features of nothing meaningful
+    from gan.inception import FIDInceptionV3, InceptionFeatures
+    extractor = InceptionFeatures(FIDInceptionV3(), batch_size=1)
+    with pytest.raises(ValueError, match=r"float images in \[-1, 1\], got dtype uint8 .*ToFloat"):
+        extractor.features(np.zeros((1, 3, 8, 8), np.uint8))
