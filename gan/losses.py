@@ -33,13 +33,19 @@ def softplus(x):
 
 
 def bce_with_logits(logits, targets):
-    """(mean BCE, its gradient with respect to logits): mean(softplus(x) - t x), (sigma(x) - t) / N."""
-    n = logits.size
+    """(mean BCE, its gradient with respect to logits): mean(softplus(x) - t x), (sigma(x) - t) / N.
+    float16 logits are summed in float32, and from N = 65520 on (N itself overflows float16) the
+    gradient is multiplied by 1 / N instead."""
+    n, dtype = logits.size, logits.dtype
+    sum_dtype = np.float32 if dtype == np.float16 else None
     if get_array_module(logits) is not np:   # CuPy: both per-element terms in one kernel
         terms, grad = gpu_kernels.bce_with_logits_terms(logits, targets, n)
-        return terms.sum() / logits.dtype.type(n), grad
-    loss = (softplus(logits) - targets * logits).sum() / logits.dtype.type(n)
-    return loss, (sigmoid(logits) - targets) / logits.dtype.type(n)
+        return (terms.sum(dtype=sum_dtype) / n).astype(dtype, copy=False), grad
+    loss = ((softplus(logits) - targets * logits).sum(dtype=sum_dtype) / n).astype(dtype, copy=False)
+    difference = sigmoid(logits) - targets
+    if n > np.finfo(dtype).max:
+        return loss, difference * dtype.type(1.0 / n)
+    return loss, difference / dtype.type(n)
 
 
 class GANLoss:

@@ -163,11 +163,12 @@ def leaky_relu_grad(dy, positive, slope):
 
 def bce_with_logits_terms(x, t, n):
     """Per element, in one kernel: the loss softplus(x) - t x = max(x, 0) + log1p(e^-|x|) - t x, and
-    its gradient (sigma(x) - t) / n (sigma from e^-|x|, as the NumPy code)."""
-    return _elementwise("T x, T t, T n", "T loss, T grad",
+    its gradient (sigma(x) - t) / n (sigma from e^-|x|, as the NumPy code). n is a float64: from
+    65520 on it would be inf as a float16."""
+    return _elementwise("T x, T t, float64 n", "T loss, T grad",
                         """T e = exp(-fabs(x));
                            loss = (x > 0 ? x : (T)0) + log1p(e) - t * x;
-                           grad = ((x >= 0 ? 1 / (1 + e) : e / (1 + e)) - t) / n;""",
+                           grad = (T)(((x >= 0 ? 1 / (1 + e) : e / (1 + e)) - t) / n);""",
                         "nnbox_bce_with_logits")(x, t, n)
 
 

@@ -135,6 +135,33 @@ def test_stable_for_extreme_logits(name, dtype):
     np.testing.assert_allclose(g_fake, g_fake_t.grad.numpy(), **tolerance)
 
 
+def test_bce_with_logits_of_65536_float16_logits():
+    # N = 65536 does not fit a float16 (max 65504): dividing by it gave a zero gradient, and the
+    # float16 sum of the terms could overflow; both are computed as the float32 version rounded
+    from gan.losses import bce_with_logits
+    logits = np.random.default_rng(0).standard_normal((64, 1, 32, 32)).astype(np.float16)
+    targets = np.ones_like(logits)
+    loss, grad = bce_with_logits(logits, targets)
+    want_loss, want_grad = bce_with_logits(logits.astype(np.float32), targets.astype(np.float32))
+    assert loss.dtype == grad.dtype == np.float16 and np.abs(grad).max() > 0
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-3)
+    # grad values ~1e-5 are float16 subnormals: compare at their spacing
+    np.testing.assert_allclose(grad.astype(np.float32), want_grad, rtol=0, atol=2 * 2.0**-24)
+
+
+@pytest.mark.gpu
+def test_bce_with_logits_of_65536_float16_logits_on_the_gpu():
+    import cupy
+    from gan.losses import bce_with_logits
+    logits = np.random.default_rng(0).standard_normal((64, 1, 32, 32)).astype(np.float16)
+    targets = np.ones_like(logits)
+    loss, grad = bce_with_logits(cupy.asarray(logits), cupy.asarray(targets))
+    want_loss, want_grad = bce_with_logits(logits, targets)
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-3)
+    np.testing.assert_allclose(cupy.asnumpy(grad).astype(np.float32), want_grad.astype(np.float32), rtol=0,
+                               atol=2 * 2.0**-24)
+
+
 def test_bce_losses_at_extremes_have_the_right_values():
     x = np.array([[-100.0], [100.0]])
     # D certain and right: a real at +100 and a fake at -100 cost ~0; certain and wrong: ~100 each
