@@ -15,9 +15,10 @@
 """
 import pickle
 import sys
+from pathlib import Path
 
 from gan.cli import fail  # noqa: F401  (the examples import it from here, with the rest)
-from gan.trainer import NonFiniteLossError
+from gan.trainer import CHECKPOINT_NAME, NonFiniteLossError
 from nnbox import backend
 
 # What a command line expects to go wrong, shown without a traceback: a bad option or bad data (ValueError:
@@ -36,6 +37,13 @@ LFW_HINT = "pass --data <LFW's folder>, e.g. --data ../shared/data/lfw-deepfunne
 
 class UsageError(ValueError):
     """A command line that cannot work (shown as one line, without a traceback)."""
+
+
+def check_new_run(out, overwrite, checkpoint_name=CHECKPOINT_NAME):
+    """A UsageError, before any data is loaded, when `out` already holds a run and --overwrite was not given."""
+    out = Path(out)
+    if (out / checkpoint_name).exists() and not overwrite:
+        raise UsageError(f"{out} already holds a run: continue it with --resume {out}, or pass --overwrite")
 
 
 def interrupted(program, trainer, epochs):

@@ -31,8 +31,8 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import (CLI_ERRORS, LFW_HINT, UsageError, at_least, check_device, fail, interrupted,  # noqa: E402
-                  load_dataset, positive, probability)
+from _cli import (CLI_ERRORS, LFW_HINT, UsageError, at_least, check_device, check_new_run, fail,  # noqa: E402
+                  interrupted, load_dataset, positive, probability)
 from gan.aegan import AEGANConfig, AEGANTrainer, LossWeights  # noqa: E402
 from gan.trainer import stream_rng  # noqa: E402
 from nnbox.data import DataLoader, ImageFolder, RandomHorizontalFlip, Resize  # noqa: E402
@@ -169,7 +169,7 @@ def main(argv=None):
             config = trainer.config
         else:
             config, data, epochs, out, overwrite = settings_from_args(given)
-            trainer = None
+            check_new_run(out, overwrite)
         images, description = load_images(data, config.image_size, config.seed, progress=config.progress)
         print(f"data: {description}", flush=True)
         loader = make_loader(images, data, config.seed)

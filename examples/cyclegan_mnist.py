@@ -45,7 +45,8 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import CLI_ERRORS, MNIST_HINT, UsageError, at_least, check_device, fail, load_dataset, positive  # noqa: E402
+from _cli import (CLI_ERRORS, MNIST_HINT, UsageError, at_least, check_device, check_new_run, fail,  # noqa: E402
+                  load_dataset, positive)
 from gan.cyclegan import CycleGANConfig, CycleGANTrainer  # noqa: E402
 from gan.history import atomic_write_text  # noqa: E402
 from gan.trainer import RNG_STREAMS, non_finite_weights  # noqa: E402
@@ -267,8 +268,7 @@ def _start(given):
     if "resume" not in given:
         settings, config = settings_from_args(given)
         out = Path(settings.out)
-        if (out / CHECKPOINT_NAME).exists() and not given.get("overwrite"):
-            raise UsageError(f"{out} already holds a run: continue it with --resume {out}, or pass --overwrite")
+        check_new_run(out, given.get("overwrite"), CHECKPOINT_NAME)
         return CycleGANTrainer(config), settings, None, out
     changed = sorted(k for k in given if k not in RESUME_OVERRIDES)
     if changed:

@@ -41,8 +41,8 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import (CLI_ERRORS, LFW_HINT, UsageError, at_least, check_device, fail, interrupted,  # noqa: E402
-                  load_dataset)
+from _cli import (CLI_ERRORS, LFW_HINT, UsageError, at_least, check_device, check_new_run, fail,  # noqa: E402
+                  interrupted, load_dataset)
 from gan.trainer import GANTrainer, NonFiniteLossError, TrainConfig, stream_rng  # noqa: E402
 from nnbox.data import ColorJitter, Compose, DataLoader, RandomHorizontalFlip, with_augmented_copies  # noqa: E402
 
@@ -269,7 +269,7 @@ def main(argv=None):
         else:
             cfg = config_from_args(given)
             check_device(cfg.train.device)
-            trainer = None
+            check_new_run(cfg.out, cfg.overwrite)
         images, description, lfw_root = load_faces(cfg)
         print(f"data: {description}", flush=True)
         loader = make_loader(cfg, images)

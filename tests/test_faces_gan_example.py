@@ -162,6 +162,20 @@ def test_a_diverged_run_is_one_line_with_the_resume_command(faces_gan, tmp_path,
     assert err.startswith("Traceback") == show_traceback
 
 
+def test_an_out_folder_holding_a_run_is_refused_before_the_data_is_loaded(faces_gan, tmp_path, capsys,
+                                                                         monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.npz").write_bytes(b"a run's checkpoint")
+
+    def no_data(cfg):
+        raise AssertionError("the data was loaded for a run that cannot start")
+    monkeypatch.setattr(faces_gan, "load_faces", no_data)
+    assert faces_gan.main(SMALL + ["--epochs", "1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"faces_gan: {out} already holds a run: continue it with --resume {out}, "
+                                       f"or pass --overwrite\n")
+
+
 def test_ctrl_c_is_one_line_with_the_resume_command_and_the_checkpoint_kept(faces_gan, tmp_path, capsys,
                                                                            monkeypatch):
     from gan.trainer import GANTrainer
