@@ -492,7 +492,8 @@ class AEGANTrainer:
                    "dx_acc_fake": (logits["generated"][:n] <= thr).mean(),
                    "dx_acc_recon": (logits["generated"][n:] <= thr).mean(),
                    "dz_acc_prior": (logits["prior"] > thr).mean(),
-                   "dz_acc_encoded": (logits["encoded"][:n] <= thr).mean()}   # on E(x), as before
+                   "dz_acc_encoded": (logits["encoded"][:n] <= thr).mean(),
+                   "dz_acc_generated": (logits["encoded"][n:] <= thr).mean()}
         scalars = dict(zip(scalars, backend.fetch_scalars(scalars.values())))   # one copy from the device
         ge_total, d_total = scalars["ge_loss"], scalars["d_loss"]
         seconds = time.perf_counter() - started
@@ -680,7 +681,7 @@ class AEGANTrainer:
 
 
 EPOCH_SUMMARY = ("rec_image", "rec_latent", "adv_image", "adv_latent", "d_image", "d_latent", "dx_acc_real",
-                 "dx_acc_fake", "dz_acc_encoded")
+                 "dx_acc_fake", "dz_acc_encoded", "dz_acc_generated")
 
 
 def _first_images(loader, count):
@@ -714,11 +715,12 @@ def save_reconstruction_grid(originals, reconstructions, path, per_row=8, scale=
 LOSS_PANELS = (  # title, [(record field, label)], log scale
     ("reconstruction (G and E)", [("rec_image", "image L1 |G(E(x)) - x|"),
                                   ("rec_latent", "latent L2 (E(G(z)) - z)^2")], True),
-    ("adversarial terms of G and E", [("adv_image", "D_x on G(z), G(E(x))"), ("adv_latent", "D_z on E(x)")], False),
+    ("adversarial terms of G and E", [("adv_image", "D_x on G(z), G(E(x))"),
+                                      ("adv_latent", "D_z on E(x), E(G(z))")], False),
     ("discriminator losses", [("d_image", "D_x"), ("d_latent", "D_z")], False),
     ("discriminator accuracy", [("dx_acc_real", "D_x on real x"), ("dx_acc_fake", "D_x on G(z)"),
                                 ("dx_acc_recon", "D_x on G(E(x))"), ("dz_acc_prior", "D_z on prior z"),
-                                ("dz_acc_encoded", "D_z on E(x)")], False),
+                                ("dz_acc_encoded", "D_z on E(x)"), ("dz_acc_generated", "D_z on E(G(z))")], False),
 )
 
 
@@ -730,7 +732,7 @@ def plot_aegan_losses(history, path):
         raise ValueError("plot_aegan_losses: the history is empty (no step has run)")
     fig, axes = new_figure(2, 2, figsize=(11, 7), sharex=True)
     steps = _steps(history)
-    colors = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
     for ax, (title, series, log) in zip(axes.flat, LOSS_PANELS):
         for (name, label), color in zip(series, colors):
             _raw_and_smooth(ax, steps, history.column(name), color, label)

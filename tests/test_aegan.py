@@ -142,9 +142,10 @@ def test_training_lowers_the_reconstruction_error(tmp_path):
     last = np.mean([r["rec_image"] for r in records[-3:]])
     assert last < 0.7 * first
     for key in ("ge_loss", "d_loss", "adv_image", "adv_latent", "rec_latent", "d_image", "d_latent",
-                "dx_acc_real", "dx_acc_fake", "dx_acc_recon", "dz_acc_prior", "dz_acc_encoded", "images_per_sec"):
+                "dx_acc_real", "dx_acc_fake", "dx_acc_recon", "dz_acc_prior", "dz_acc_encoded", "dz_acc_generated",
+                "images_per_sec"):
         assert np.isfinite(records[-1][key])
-    assert 0.0 <= records[-1]["dz_acc_encoded"] <= 1.0
+    assert 0.0 <= records[-1]["dz_acc_encoded"] <= 1.0 and 0.0 <= records[-1]["dz_acc_generated"] <= 1.0
 
 
 def loader(images, seed=0):
