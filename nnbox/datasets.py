@@ -147,8 +147,15 @@ def _content_length(response):
         return None
 
 
-def safe_extract_tar(archive, dest):
-    """Extract a tar archive (any compression) into `dest`, refusing anything that could escape it.
+MAX_ARCHIVE_MEMBERS = 200_000     # LFW has about 19,000 (files and folders), CIFAR-10 a dozen
+MAX_ARCHIVE_BYTES = 8 * 2**30     # unpacked; LFW is about 0.2 GB
+
+
+def safe_extract_tar(archive, dest, max_members=MAX_ARCHIVE_MEMBERS, max_bytes=MAX_ARCHIVE_BYTES):
+    """Extract a tar archive (any compression) into `dest`, refusing anything that could escape it,
+    or fill the disk: an archive of more than `max_members` members or `max_bytes` unpacked bytes (as
+    its headers declare them, before anything is written; a compressed "tar bomb" declares its size
+    too) is refused with an `UnsafeArchiveError`.
 
     Refused, with an `UnsafeArchiveError` naming the member: absolute paths, '..' components,
     devices and FIFOs, and symbolic or hard links whose target is absolute or has a '..' component.
@@ -170,6 +177,12 @@ def safe_extract_tar(archive, dest):
             members = tar.getmembers()
             for member in members:
                 _check_member(member)
+            unpacked = sum(member.size for member in members if member.isfile())
+            if len(members) > max_members or unpacked > max_bytes:
+                raise UnsafeArchiveError(
+                    f"{archive} holds {len(members)} members and {unpacked} unpacked bytes, more than the "
+                    f"{max_members} members and {max_bytes} bytes allowed; refusing to extract it (pass "
+                    f"max_members= and max_bytes= to safe_extract_tar for an archive you trust)")
             staging.mkdir(parents=True)
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(staging, members=members, filter="data")

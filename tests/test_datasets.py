@@ -167,6 +167,18 @@ def test_safe_links_inside_the_archive_are_extracted(tmp_path):
     assert (out / "d" / "alias.txt").read_bytes() == b"data"
 
 
+def test_archives_too_large_to_unpack_are_refused_before_anything_is_written(tmp_path):
+    # sizes come from the headers: 1 MB of zeros compresses to a kilobyte (a small "tar bomb")
+    archive = _tar_with(tmp_path, *(_file(f"d/{k}.bin", bytes(2**20)) for k in range(4)))
+    with pytest.raises(UnsafeArchiveError, match=r"4 members and 4194304 unpacked bytes, more than the 10 members "
+                                                 r"and 4000000 bytes allowed"):
+        safe_extract_tar(archive, tmp_path / "out" / "dest", max_members=10, max_bytes=4_000_000)
+    with pytest.raises(UnsafeArchiveError, match=r"more than the 3 members"):
+        safe_extract_tar(archive, tmp_path / "out" / "dest", max_members=3)
+    assert list((tmp_path / "out").iterdir()) == []
+    assert (safe_extract_tar(archive, tmp_path / "out" / "dest") / "d" / "3.bin").stat().st_size == 2**20
+
+
 def test_load_lfw_refuses_an_archive_with_dotdot(tmp_path, rng):
     archive = _tar_with(tmp_path, _file("lfw_funneled/A/A_0001.jpg", b"x"), _file("../evil", b"x"))
     remote = RemoteFile("lfw-funneled.tgz", archive.as_uri(), _sha(archive))
