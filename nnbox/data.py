@@ -55,6 +55,19 @@ def _as_array(image):
     return np.asarray(image) if isinstance(image, Image.Image) else image
 
 
+def _one_image(transform, image):
+    """A ValueError unless `image` is one PIL image or one uint8 (H, W[, C]) array: the deterministic
+    transforms run on each image once, when ImageFolder builds its cache, and on a batch (N, H, W, C)
+    would crop or resize the batch axis as if it were the height."""
+    if isinstance(image, Image.Image):
+        return
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"{transform!r} takes one image (a PIL image or a uint8 (H, W, C) array), got "
+                         f"{image.dtype} shape {image.shape}; a batch is transformed image by image, which "
+                         f"ImageFolder does when it builds its cache")
+
+
 class CenterCrop:
     """Cut the central `size` (int or (height, width)) pixels out of a PIL image or an HWC array.
 
@@ -67,6 +80,7 @@ class CenterCrop:
         self.size = _pair(size, "CenterCrop")
 
     def __call__(self, image):
+        _one_image(self, image)
         height, width = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
         crop_h, crop_w = self.size
         if crop_h > height or crop_w > width:
@@ -93,6 +107,7 @@ class Resize:
         self.size = _pair(size, "Resize")
 
     def __call__(self, image):
+        _one_image(self, image)
         as_pil = isinstance(image, Image.Image)
         one_channel = not as_pil and image.ndim == 3 and image.shape[2] == 1
         if as_pil:
@@ -173,7 +188,8 @@ class ColorJitter:
     Each factor is drawn uniformly from [max(0, 1 - a), 1 + a] for amount `a`:
     brightness scales the pixels; contrast blends with the image's mean grey level;
     saturation blends with the pixel's grey level (0.299 R + 0.587 G + 0.114 B).
-    The result is clipped to the input's range ([0, 255] uint8 or [-1, 1] float).
+    Each step's result is clipped to the input's range ([0, 255] uint8 or [-1, 1] float) before the
+    next step, as PIL's ImageEnhance and torchvision's ColorJitter do.
     """
 
     deterministic = False
@@ -202,14 +218,16 @@ class ColorJitter:
         def grey(u):
             return np.tensordot(_GRAY_WEIGHTS, u, axes=([0], [1]))[:, None] if channels == 3 else u[:, :1]
 
+        # each step clips to [0, 1] before the next, as PIL's ImageEnhance and torchvision do: a
+        # brightened value past 1 must not raise the mean the contrast step pulls towards
         if self.brightness:
-            unit = unit * self._factors(rng, self.brightness, n).reshape(per_image)
+            unit = np.clip(unit * self._factors(rng, self.brightness, n).reshape(per_image), 0, 1)
         if self.contrast:
             mean = grey(unit).mean(axis=(1, 2, 3), keepdims=True)
-            unit = (unit - mean) * self._factors(rng, self.contrast, n).reshape(per_image) + mean
+            unit = np.clip((unit - mean) * self._factors(rng, self.contrast, n).reshape(per_image) + mean, 0, 1)
         if self.saturation and channels == 3:
             g = grey(unit)
-            unit = (unit - g) * self._factors(rng, self.saturation, n).reshape(per_image) + g
+            unit = np.clip((unit - g) * self._factors(rng, self.saturation, n).reshape(per_image) + g, 0, 1)
         if channel_axis == -1:
             unit = np.moveaxis(unit, 1, -1)
         out = _from_unit(unit, batch.dtype)
@@ -253,10 +271,16 @@ class Compose:
         return all(getattr(t, "deterministic", False) for t in self.transforms)
 
     def split(self):
-        """(the leading deterministic transforms, the rest) as two Composes: cache part, batch part."""
+        """(the leading deterministic transforms, the rest) as two Composes: cache part, batch part.
+        A deterministic transform after a random one is refused: it would have to run on every batch,
+        and the deterministic ones (crop, resize) take one image at a time."""
         k = 0
         while k < len(self.transforms) and getattr(self.transforms[k], "deterministic", False):
             k += 1
+        late = [t for t in self.transforms[k:] if getattr(t, "deterministic", False)]
+        if late:
+            raise ValueError(f"{late[0]!r} comes after the random transform {self.transforms[k]!r}; put the "
+                             f"deterministic transforms (crop, resize) first")
         return Compose(self.transforms[:k]), Compose(self.transforms[k:])
 
     def __call__(self, x, rng=None):

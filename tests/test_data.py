@@ -269,6 +269,32 @@ def test_color_jitter_keeps_shape_range_and_changes_images(rng):
         ColorJitter(brightness=-1)
 
 
+def test_color_jitter_clips_after_each_step_as_pil_does():
+    # brightness 1.5, contrast 0.8, saturation 0.5 on one pixel (250, 100, 50): clipping only at the
+    # end let 375 raise the contrast step's mean, giving (255, 187, 157); PIL's ImageEnhance, step
+    # by step, gives (207, 165, 135)
+    from PIL import Image, ImageEnhance
+
+    class Factors(ColorJitter):
+        def _factors(self, rng, amount, n):
+            return np.full(n, {0.5: 1.5, 0.2: 0.8, 0.6: 0.5}[amount])
+    pixel = np.array([[[250, 100, 50]]], np.uint8)
+    ours = Factors(brightness=0.5, contrast=0.2, saturation=0.6)(pixel[None])[0]
+    image = Image.fromarray(pixel)
+    for enhance, factor in ((ImageEnhance.Brightness, 1.5), (ImageEnhance.Contrast, 0.8), (ImageEnhance.Color, 0.5)):
+        image = enhance(image).enhance(factor)
+    np.testing.assert_allclose(ours.astype(int), np.asarray(image).astype(int), atol=2)   # PIL rounds each step
+
+
+@pytest.mark.parametrize("transform", [CenterCrop(4), Resize(4)])
+def test_deterministic_transforms_refuse_a_batch(transform):
+    # on (N, H, W, C) they cropped or resized the batch axis as if it were the height
+    with pytest.raises(ValueError, match=r"takes one image .* got uint8 shape \(32, 8, 8, 3\)"):
+        transform(np.zeros((32, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"comes after the random transform RandomHorizontalFlip"):
+        Compose([RandomHorizontalFlip(), transform]).split()
+
+
 def test_compose_split_separates_cached_and_per_batch_parts():
     pipeline = Compose([CenterCrop(10), Resize(8), RandomHorizontalFlip(), ToFloat()])
     prepare, per_batch = pipeline.split()
