@@ -351,6 +351,11 @@ def _decode_or_none(path, prepare):
         return error
 
 
+def _first_folder(relpath):
+    """The first-level folder of a relative POSIX path ("" for a file directly under the root)."""
+    return relpath.split("/")[0] if "/" in relpath else ""
+
+
 class ImageFolder:
     """Every JPEG/PNG under `root` (recursively, sorted), prepared once and cached as a .npy.
 
@@ -402,7 +407,13 @@ class ImageFolder:
         key = self._cache_key(relpaths)
         self.cache_path = None
         self.cache_hit = False
+        self.transient_failure = False
         loaded = None
+        if cache and " at 0x" in repr(self.prepare):   # a transform without a __repr__: its address
+            warnings.warn(f"ImageFolder: not caching {self.root}: the transform {self.prepare!r} has no __repr__ "
+                          f"that names its settings, so a cache could never be found again; give it one",
+                          RuntimeWarning, stacklevel=2)
+            cache = False
         if cache:
             cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
             # folder and transform in the name, contents in the key: a changed folder replaces its old
@@ -413,7 +424,10 @@ class ImageFolder:
             loaded = self._read_cache(self.cache_path, key)
         if loaded is None:
             images, kept, skipped, self.skip_reason = self._build(relpaths)
-            if cache:
+            if cache and self.transient_failure:
+                warnings.warn(f"ImageFolder: not caching {self.root}: a file could not be read ({self.skip_reason}), "
+                              f"which may not happen next time", RuntimeWarning, stacklevel=2)
+            elif cache:
                 try:
                     self._write_cache(self.cache_path, key, images, kept, skipped, self.skip_reason)
                 except OSError as error:     # a read-only or full disk costs speed, not the data
@@ -428,10 +442,11 @@ class ImageFolder:
             warnings.warn(f"ImageFolder: skipped {len(skipped)} file(s) that could not be read or prepared under "
                           f"{self.root}: {shown}{reason}", RuntimeWarning, stacklevel=2)
         self.paths, self.skipped = kept, skipped
-        folders = [p.split("/")[0] if "/" in p else "" for p in kept]
-        self.classes = sorted(set(folders))
+        # the classes are the folders of every file found, not only of those that could be read: a
+        # skipped file must not shift the label of every later person
+        self.classes = sorted({_first_folder(p) for p in relpaths})
         index = {c: i for i, c in enumerate(self.classes)}
-        labels = np.array([index[f] for f in folders], dtype=np.int64)
+        labels = np.array([index[_first_folder(p)] for p in kept], dtype=np.int64)
         if augment_copies:
             images, labels = with_augmented_copies(images, labels, int(augment_copies), np.random.default_rng(augment_rng))
         self.images, self.labels = images, labels
@@ -508,6 +523,9 @@ class ImageFolder:
         if len(shapes) > 1:
             raise ValueError(f"ImageFolder: images under {self.root} have different sizes {sorted(shapes)[:4]}; "
                              f"add CenterCrop(size) and/or Resize(size) to the transform so they can be stacked")
+        # a failed system call (an I/O error, too many open files, a file removed meanwhile: errno set)
+        # may not happen again; PIL's decoding errors (errno None) and too-small images will
+        self.transient_failure = any(isinstance(r, OSError) and r.errno is not None for _, r in failures)
         return np.stack(arrays), kept, skipped, skip_reason
 
     # -- access --------------------------------------------------------------
@@ -606,6 +624,9 @@ class DataLoader:
             raise ValueError("DataLoader: the data set is empty")
         self.batch_size = int(batch_size)
         self.shuffle, self.drop_last, self.prefetch = bool(shuffle), bool(drop_last), bool(prefetch)
+        if self.drop_last and len(self.source) < self.batch_size:   # no batch at all: a loop would never step
+            raise ValueError(f"DataLoader: drop_last with {len(self.source)} images and batch_size {self.batch_size} "
+                             f"gives no batch; lower batch_size to at most {len(self.source)} or drop_last=False")
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self.transform = _as_compose(transform) if transform is not None else None
         self.queue_size = int(queue_size)

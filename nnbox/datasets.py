@@ -23,6 +23,7 @@ import shutil
 import tarfile
 import types
 import urllib.request
+import zlib
 from collections import namedtuple
 from pathlib import Path
 
@@ -445,7 +446,7 @@ def read_idx(path, expected_magic=None):
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:   # (a damaged .gz: zlib's "invalid distance")
         raise ValueError(f"read_idx: cannot read {path} ({error}); is it a complete IDX file?") from error
     if len(data) < 4:
         raise ValueError(f"read_idx: {path} is too short for an IDX header ({len(data)} bytes)")

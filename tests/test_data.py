@@ -86,6 +86,51 @@ def test_too_small_and_oversized_images_are_skipped_with_the_reason(tree, cache,
         assert _folder(tree, cache).cache_hit
 
 
+def test_a_read_error_that_may_pass_is_not_cached(tree, cache, monkeypatch):
+    # an I/O error (errno set) was cached as a skipped file until the folder changed
+    import errno
+    real_open = Image.open
+
+    def flaky(path, *args, **kwargs):
+        if str(path).endswith("person_1_0000.png") or str(path).endswith("person_1_0000.jpg"):
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(data.Image, "open", flaky)
+    with pytest.warns(RuntimeWarning) as caught:
+        first = _folder(tree, cache)
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith("ImageFolder: not caching") and "Input/output error" in m for m in messages)
+    assert any("skipped 1 file(s)" in m for m in messages)
+    assert len(first) == 8 and not first.cache_hit
+    monkeypatch.setattr(data.Image, "open", real_open)
+    again = _folder(tree, cache)
+    assert len(again) == 9 and not again.cache_hit and again.skipped == []
+    assert _folder(tree, cache).cache_hit
+
+
+def test_labels_follow_the_folders_even_when_a_persons_only_file_is_skipped(tree, cache):
+    # classes came from the files that loaded: one person lost, every later label shifted by one
+    for path in (tree / "person_1").iterdir():
+        path.write_text("not an image")
+    with pytest.warns(RuntimeWarning, match="skipped 3"):
+        ds = _folder(tree, cache)
+    assert ds.classes == ["person_0", "person_1", "person_2"]
+    np.testing.assert_array_equal(ds.labels, [0, 0, 0, 2, 2, 2])
+
+
+def test_a_transform_without_a_repr_is_not_cached(tree, cache):
+    class Grey:      # deterministic, but its repr is its address: a cache could never be found again
+        deterministic = True
+
+        def __call__(self, image):
+            return np.asarray(image).mean(axis=2, keepdims=True).repeat(3, axis=2).astype(np.uint8)
+
+    with pytest.warns(RuntimeWarning, match="not caching .* has no __repr__"):
+        ds = _folder(tree, cache, transform=(CenterCrop(32), Grey()))
+    assert ds.cache_path is None and not cache.exists()
+
+
 def test_16_bit_greyscale_pngs_are_scaled_not_clipped(tmp_path, cache):
     folder = tmp_path / "grey16" / "a"
     folder.mkdir(parents=True)
@@ -364,6 +409,13 @@ def test_tuple_of_arrays_yields_images_and_labels():
         DataLoader((images, labels[:3]), 4)
     with pytest.raises(ValueError, match="batch_size"):
         DataLoader(images, 0)
+
+
+def test_drop_last_with_fewer_images_than_a_batch_is_refused():
+    # it gave a loader of length 0, and a loop over steps never stepped
+    with pytest.raises(ValueError, match=r"drop_last with 5 images and batch_size 8 gives no batch"):
+        DataLoader(np.zeros((5, 4, 4, 3), np.uint8), 8, drop_last=True)
+    assert len(DataLoader(np.zeros((5, 4, 4, 3), np.uint8), 8)) == 1
 
 
 def test_a_list_is_refused_not_guessed():

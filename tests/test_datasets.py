@@ -232,6 +232,15 @@ def test_idx_truncated_and_missing_files(tmp_path, rng):
         load_mnist(tmp_path, split="valid")
 
 
+def test_a_damaged_gz_idx_file_is_named(tmp_path, rng):
+    # one flipped byte in the deflate stream: a bare zlib.error ("invalid code lengths set") before
+    packed = bytearray(gzip.compress(_idx_bytes(rng.integers(0, 10, 1000, dtype=np.uint8), 2049), mtime=0))
+    packed[12] ^= 0xFF
+    (tmp_path / "labels.gz").write_bytes(bytes(packed))
+    with pytest.raises(ValueError, match=r"read_idx: cannot read .*labels.gz \(Error -3 while decompressing"):
+        read_idx(tmp_path / "labels.gz", 2049)
+
+
 def test_load_mnist_downloads_missing_files(tmp_path, rng, monkeypatch):
     images, labels = _write_mnist(tmp_path / "mirror", rng)
     monkeypatch.setattr(datasets, "MNIST_MIRROR", (tmp_path / "mirror").as_uri() + "/")
