@@ -115,8 +115,8 @@ class SkipTooGood:
     """The course's rule: if one network is too good, skip its turn.
 
     Skip D when its accuracy on the last batch, stats.d_acc, is above d_threshold; skip G when its
-    success rate, stats.g_success, is above g_threshold. Never both: when both are above (possible
-    when they were measured on different batches) both train. Guard: a network already skipped
+    success rate, stats.g_success, is above g_threshold. Never both: when both are above (possible,
+    as D's accuracy is measured before its update and G's success after it) both train. Guard: a network already skipped
     max_consecutive_skips turns in a row trains anyway, so training cannot stall (its statistics
     may stay stale while it is skipped). The first turn (stats None) trains both.
     """

@@ -403,8 +403,12 @@ class GANTrainer:
                 for param, flag in zip(self.D.parameters(), frozen):
                     param.requires_grad = flag
         else:
-            g_logits = fake_logits
-            g_loss, _ = self.loss.generator_loss(fake_logits)
+            if decision.train_d:   # D changed: measure G against it as a G turn would, leaving no trace
+                with self.D.without_side_effects(train=True):
+                    g_logits = self.D(d_fake_input)
+            else:
+                g_logits = fake_logits
+            g_loss, _ = self.loss.generator_loss(g_logits)
 
         # Every logged scalar in one array, fetched once.
         thr = real_logits.dtype.type(self.threshold)

@@ -313,3 +313,23 @@ def test_bad_settings_are_refused_with_their_name(settings, message):
     # a negative clip_value set every critic weight to one constant after the first step, silently
     with pytest.raises(ValueError, match="TrainConfig: " + message):
         TrainConfig(**settings)
+
+
+def test_g_success_is_measured_after_ds_update_also_when_g_is_skipped(tmp_path):
+    # on turns where the skip rule rested G, g_success came from D's pass before its update, while on
+    # G's turns it came after: the rule's next decision never saw the D update made while G sat out
+    faces = ToFloat()(synthetic_faces(64, 16, rng=0))
+    config = TrainConfig(arch="faces", image_size=16, latent_dim=8, width=4, n_samples=4, progress=False,
+                         report=False, seed=3, d_threshold=1.0, g_threshold=0.3, lr_d=5e-3, lr_g=5e-3,
+                         model_options={"d_dropout": 0.0})
+    trainer = GANTrainer.from_config(config, tmp_path / "run")
+    generate, fakes = trainer.G.forward, []
+    trainer.G.forward = lambda z: fakes.append(generate(z)) or fakes[-1]
+    skipped = 0
+    for i in range(30):
+        record = trainer.step(faces[(i % 8) * 8:(i % 8 + 1) * 8])
+        with trainer.D.without_side_effects(train=True):   # D as this turn left it, on this turn's fakes
+            fooled = float(np.mean(trainer.D(fakes[-1].copy()) > 0))
+        assert record["g_success"] == fooled, (i, record["train_g"])
+        skipped += not record["train_g"]
+    assert skipped >= 5     # the rule did rest G on some turns
