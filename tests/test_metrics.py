@@ -198,6 +198,19 @@ def test_nearest_neighbours_match_brute_force_across_batches(rng):
     assert idx[2, 0] == 123 and dist[2, 0] == 0.0  # the recomputed distance of a copy is exact
 
 
+def test_nearest_neighbours_pick_the_nearer_of_two_near_copies(rng):
+    # true distances 0.011 and 0.022: the float32 expansion |a|^2 - 2 a.b + |b|^2 alone picked the
+    # farther one in about a third of the draws; the exact recomputation now decides the order
+    wrong = 0
+    for _ in range(50):
+        base = rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)
+        nearer = base + 2e-4 * rng.standard_normal(base.shape).astype(np.float32)
+        farther = base + 4e-4 * rng.standard_normal(base.shape).astype(np.float32)
+        idx, dist = metrics.nearest_neighbours(base, np.concatenate([farther, nearer]), k=1)
+        wrong += idx[0, 0] != 1
+    assert wrong == 0
+
+
 def test_nearest_neighbours_refuse_another_layout_or_uint8(rng):
     # channel-last or uint8 [0, 255] training images of the same size were compared pixel-scrambled
     gen = rng.uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32)
