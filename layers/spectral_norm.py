@@ -16,6 +16,8 @@ from nnbox.module import Module, Parameter
 
 from .conv import ConvTranspose2d
 
+INITIAL_POWER_ITERATIONS = 15   # at construction, as torch.nn.utils.parametrizations.spectral_norm
+
 
 def _normalize(vector, eps):
     """vector / max(||vector||, eps), as torch.nn.functional.normalize."""
@@ -79,7 +81,7 @@ class SpectralNorm(Module):
         v = _normalize(rng.standard_normal(cols), self.eps).astype(dtype)
         self.register_buffer("u", xp.asarray(u))
         self.register_buffer("v", xp.asarray(v))
-        self.module.weight.data = self._normalized()[0]
+        self.reset_estimate()
 
     # ------------------------------------------------------------- weight as a matrix
     def _matrix(self, weight):
@@ -95,11 +97,20 @@ class SpectralNorm(Module):
         moved = (shape[self.dim],) + tuple(size for axis, size in enumerate(shape) if axis != self.dim)
         return get_array_module(matrix).moveaxis(matrix.reshape(moved), 0, self.dim)
 
-    def _power_iteration(self):
-        """Update u and v (in place, training only) towards the top singular vectors of W."""
+    def reset_estimate(self, iterations=INITIAL_POWER_ITERATIONS):
+        """Run `iterations` power-iteration steps from the current u, v, so that sigma estimates W's
+        largest singular value before any training forward (an eval forward uses u and v as they
+        are: random ones gave a sigma of 0.007 for 0.18, scaling W by 25). Done at construction, and
+        by nnbox.init.init_dcgan after it redraws the weight. As torch.nn.utils.parametrizations."""
+        self._power_iteration(iterations)
+        self.module.weight.data = self._normalized()[0]
+
+    def _power_iteration(self, iterations=None):
+        """Update u and v (in place) towards the top singular vectors of W: n_power_iterations
+        steps (each training forward) or `iterations`."""
         w = self._matrix(self.weight_orig.data)
         u, v = self.u, self.v
-        for _ in range(self.n_power_iterations):
+        for _ in range(self.n_power_iterations if iterations is None else iterations):
             v = _normalize(w.T @ u, self.eps)
             u = _normalize(w @ v, self.eps)
         self.u[...] = u

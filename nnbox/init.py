@@ -115,4 +115,6 @@ def init_dcgan(module, rng=None):
             else:
                 continue
             param.data = xp.asarray(to_device(new, device_of(param.data)))
+        if hasattr(sub, "reset_estimate"):   # SpectralNorm: its u, v belonged to the old weight
+            sub.reset_estimate()
     return module

@@ -152,12 +152,29 @@ def test_sigma_converges_to_largest_singular_value(name):
 
 def test_training_forwards_move_u_eval_does_not(rng):
     wrapped, shape = make("linear")
+    wrapped.u[...] = rng.standard_normal(wrapped.u.shape)   # away from the estimate made at construction
+    wrapped.u /= np.linalg.norm(wrapped.u)
     u0 = wrapped.u.copy()
     wrapped.eval()(rng.standard_normal(shape))
     np.testing.assert_array_equal(wrapped.u, u0)
     wrapped.train()(rng.standard_normal(shape))
     assert not np.allclose(wrapped.u, u0)
     np.testing.assert_allclose(np.linalg.norm(wrapped.u), 1.0, rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["linear", "conv2d", "conv_transpose2d"])
+def test_sigma_is_estimated_before_any_training_forward(name, rng):
+    # u and v were random unit vectors until the first training forward: an eval forward of a fresh
+    # layer divided W by u^T W v ~ 0.007 where its norm was 0.18 (and flipped signs). 15 power steps
+    # at construction, and again after init_dcgan redraws the weight, as torch's parametrizations do
+    from nnbox.init import init_dcgan
+    wrapped, shape = make(name)
+    for _ in range(2):
+        true_sigma = np.linalg.svd(wrapped._matrix(wrapped.weight_orig.data), compute_uv=False)[0]
+        assert float(wrapped.sigma) == pytest.approx(true_sigma, rel=0.05)
+        wrapped.eval()(rng.standard_normal(shape))
+        np.testing.assert_allclose(wrapped.module.weight.data, wrapped.weight_orig.data / wrapped.sigma)
+        init_dcgan(wrapped, rng=1)
 
 
 def test_parameters_state_dict_and_inner_weight(rng):

@@ -101,16 +101,22 @@ assert abs(per_step / ratio - 1) < 0.1
 # ## 3. The layer: $W_{sn} = W / \sigma(W)$, one step per training forward
 #
 # `SpectralNorm(layer)` takes over the layer's weight (as `weight_orig`, the trained Parameter) and
-# keeps $u$ and $v$ as buffers. Every **training** forward runs one power-iteration step from the
-# $u$ of the step before, then computes with $W_{sn} = W / \hat\sigma$. Training changes $W$ a
-# little per step, so the persistent $u$ keeps tracking $\sigma$: one step per forward is enough
-# (PyTorch's default too). Here the two largest singular values are close (0.94 and 0.80), so the
-# first forwards are still converging: the first estimate is 41% low, the fifteenth 0.004%. In **eval** mode
-# $u$ and $v$ do not move, so evaluation never changes the model.
+# keeps $u$ and $v$ as buffers. At construction it runs 15 power-iteration steps from random
+# vectors (as PyTorch's `parametrizations.spectral_norm`), so $\hat\sigma$ is good before any
+# training. Every **training** forward then runs one more step from the $u$ of the step before, and
+# computes with $W_{sn} = W / \hat\sigma$. Training changes $W$ a little per step, so the persistent
+# $u$ keeps tracking $\sigma$: one step per forward is enough (PyTorch's default too). To watch that
+# tracking converge, we put $u$ back to the random vector it started from: the two largest singular
+# values are close here (0.94 and 0.80), and the first estimate is 41% low, the fifteenth 0.004%.
+# In **eval** mode $u$ and $v$ do not move, so evaluation never changes the model.
 
 # %%
 layer = SpectralNorm(Linear(4, 6, rng=1), rng=2).to(np.float64)
 true_sigma = largest_singular_value(layer.weight_orig.data)
+print(f"estimate after the 15 steps at construction: {float(layer.sigma):.6f}")
+assert abs(float(layer.sigma) - true_sigma) < 1e-3 * true_sigma
+start = np.random.default_rng(2).standard_normal(6)   # the random u the construction started from
+layer.u[...] = start / np.linalg.norm(start)
 batch = rng.standard_normal((8, 4))
 tracked = []
 for _ in range(40):
