@@ -253,7 +253,7 @@ def test_a_step_on_the_gpu_matches_the_cpu(tmp_path):
 @pytest.mark.gpu
 def test_a_gpu_step_copies_nothing_but_its_logged_scalars(tmp_path, device_copies):
     """Issue 6, as for GANTrainer: given the batch and z on the device (as fit passes them), a step
-    uploads nothing and fetches its 13 logged scalars in one copy; any other wait for the GPU raises."""
+    uploads nothing and fetches its 14 logged scalars in one copy; any other wait for the GPU raises."""
     import cupy
 
     from nnbox import backend
@@ -263,5 +263,5 @@ def test_a_gpu_step_copies_nothing_but_its_logged_scalars(tmp_path, device_copie
     z = cupy.asarray(trainer.draw_latent(4))
     with device_copies(backend) as (uploads, fetches):
         record = trainer.step(images, z)
-    assert uploads == [] and fetches == [(13,)]
+    assert uploads == [] and fetches == [(14,)]
     assert np.isfinite(record["ge_loss"]) and np.isfinite(record["d_loss"]) and 0 <= record["dz_acc_prior"] <= 1
