@@ -302,6 +302,24 @@ def test_a_gpu_step_copies_nothing_but_its_logged_scalars(tmp_path, faces, devic
     assert np.isfinite(record["d_loss"]) and np.isfinite(record["g_loss"])
 
 
+@pytest.mark.gpu
+def test_a_gpu_step_that_rests_g_copies_nothing_but_its_logged_scalars(tmp_path, faces, device_copies):
+    # a turn where D trains and G is skipped measures g_success with one more D forward, inside
+    # without_side_effects (its saved buffers and generators): still nothing crosses but the scalars
+    import cupy
+
+    from nnbox import backend
+    from gan.balance import Decision
+    trainer = GANTrainer.from_config(tiny_config(device="gpu"), tmp_path / "run")
+    real = cupy.asarray(next(iter(make_loader(faces))))
+    trainer.step(real)                   # the first turn builds what later ones reuse
+    trainer.rule.decide = lambda stats: Decision(True, False, "test: G rests")
+    with device_copies(backend) as (uploads, fetches):
+        record = trainer.step(real)
+    assert (record["train_d"], record["train_g"]) == (1, 0)
+    assert uploads == [] and fetches == [(7,)]
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(clip_value=-0.01), r"clip_value \(WGAN's weight clipping\) must be > 0, got -0.01"),
     (dict(clip_value=0.0), r"clip_value .* must be > 0, got 0.0"),
