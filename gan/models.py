@@ -127,7 +127,7 @@ class FacesGenerator(_Generator):
         rng: NumPy Generator or seed for the weights and the dropout masks.
     """
 
-    def __init__(self, latent_dim=100, image_size=32, channels=3, width=64, dropout=0.0, kernel_size=3,
+    def __init__(self, latent_dim=100, *, image_size=32, channels=3, width=64, dropout=0.0, kernel_size=3,
                  unpool_mode="nearest", rng=None):
         super().__init__(latent_dim, image_size, channels)
         n_blocks = _doublings("FacesGenerator", image_size, 4)
@@ -162,7 +162,7 @@ class FacesDiscriminator(_Discriminator):
         rng: NumPy Generator or seed.
     """
 
-    def __init__(self, image_size=32, channels=3, width=32, activation="leaky_relu", dropout=0.3,
+    def __init__(self, image_size=32, *, channels=3, width=32, activation="leaky_relu", dropout=0.3,
                  input_dropout=0.0, spectral_norm=False, hidden=None, rng=None):
         rng = as_rng(rng)
         super().__init__(image_size, channels, activation, input_dropout, spectral_norm, rng)
@@ -200,7 +200,7 @@ class DCGANGenerator(_Generator):
     (32x32) or 8w -> 4w -> 2w -> w (64x64). Weights: DCGAN's N(0, 0.02) (nnbox.init.init_dcgan).
     """
 
-    def __init__(self, image_size=32, latent_dim=100, channels=3, width=64, rng=None):
+    def __init__(self, image_size=32, *, latent_dim=100, channels=3, width=64, rng=None):
         super().__init__(latent_dim, image_size, channels)
         n_layers = _dcgan_size("DCGANGenerator", image_size)
         rng = as_rng(rng)
@@ -227,7 +227,7 @@ class DCGANDiscriminator(_Discriminator):
     Weights: N(0, 0.02).
     """
 
-    def __init__(self, image_size=32, channels=3, width=64, activation="leaky_relu", input_dropout=0.0,
+    def __init__(self, image_size=32, *, channels=3, width=64, activation="leaky_relu", input_dropout=0.0,
                  spectral_norm=False, batch_norm=True, rng=None):
         rng = as_rng(rng)
         super().__init__(image_size, channels, activation, input_dropout, spectral_norm, rng)
@@ -249,7 +249,7 @@ class MLPGenerator(_Generator):
     """A fully connected generator: Linear(latent_dim, h) -> ReLU -> Linear(h, 2h) -> ReLU
     -> Linear(2h, C*s*s) -> Tanh -> Reshape(C, s, s)."""
 
-    def __init__(self, image_size=28, channels=1, latent_dim=100, hidden=256, rng=None):
+    def __init__(self, image_size=28, *, channels=1, latent_dim=100, hidden=256, rng=None):
         super().__init__(latent_dim, image_size, channels)
         rng = as_rng(rng)
         self.main = Sequential(
@@ -263,7 +263,7 @@ class MLPDiscriminator(_Discriminator):
     """A fully connected discriminator: Flatten -> Linear(C*s*s, 2h) -> activation -> Dropout
     -> Linear(2h, h) -> activation -> Dropout -> Linear(h, 1)."""
 
-    def __init__(self, image_size=28, channels=1, hidden=256, activation="leaky_relu", dropout=0.3,
+    def __init__(self, image_size=28, *, channels=1, hidden=256, activation="leaky_relu", dropout=0.3,
                  input_dropout=0.0, spectral_norm=False, rng=None):
         rng = as_rng(rng)
         super().__init__(image_size, channels, activation, input_dropout, spectral_norm, rng)

@@ -334,3 +334,12 @@ def test_models_on_gpu_match_cpu(arch):
     dz = cpu[0].backward(cpu[1].backward(d_logits))
     dz_gpu = gpu[0].backward(gpu[1].backward(cupy.asarray(d_logits)))
     np.testing.assert_allclose(dz_gpu.get(), dz, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [FacesGenerator, FacesDiscriminator, DCGANGenerator, DCGANDiscriminator, MLPGenerator,
+                                 MLPDiscriminator])
+def test_only_the_first_argument_is_positional(cls):
+    # their orders differ (FacesGenerator starts with latent_dim, MLPGenerator with image_size,
+    # channels): MLPGenerator(28, 100) built a 100-channel generator
+    with pytest.raises(TypeError, match="positional argument"):
+        cls(32, 3)

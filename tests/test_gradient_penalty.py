@@ -213,7 +213,7 @@ def test_errors_name_the_problem(rng):
     with pytest.raises(TypeError, match="BatchNorm2d has no double backward"):
         gradient_penalty(DCGANDiscriminator(32, channels=1, width=2, rng=0), *pair(rng, (2, 1, 32, 32)))
     with pytest.raises(TypeError, match="SpectralNorm has no double backward"):
-        gradient_penalty(MLPDiscriminator(4, 1, hidden=2, spectral_norm=True, rng=0), *pair(rng, (2, 1, 4, 4)))
+        gradient_penalty(MLPDiscriminator(4, channels=1, hidden=2, spectral_norm=True, rng=0), *pair(rng, (2, 1, 4, 4)))
     with pytest.raises(ValueError, match="same shape"):
         gradient_penalty(CRITICS["mlp_tanh"](), rng.uniform(size=(2, 2, 3, 3)), rng.uniform(size=(3, 2, 3, 3)))
 
