@@ -407,7 +407,6 @@ class ImageFolder:
         key = self._cache_key(relpaths)
         self.cache_path = None
         self.cache_hit = False
-        self.transient_failure = False
         loaded = None
         if cache and " at 0x" in repr(self.prepare):   # a transform without a __repr__: its address
             warnings.warn(f"ImageFolder: not caching {self.root}: the transform {self.prepare!r} has no __repr__ "
@@ -423,8 +422,8 @@ class ImageFolder:
             self.cache_path = cache_dir / f"{stem}-{key[:16]}.npy"
             loaded = self._read_cache(self.cache_path, key)
         if loaded is None:
-            images, kept, skipped, self.skip_reason = self._build(relpaths)
-            if cache and self.transient_failure:
+            images, kept, skipped, self.skip_reason, transient = self._build(relpaths)
+            if cache and transient:
                 warnings.warn(f"ImageFolder: not caching {self.root}: a file could not be read ({self.skip_reason}), "
                               f"which may not happen next time", RuntimeWarning, stacklevel=2)
             elif cache:
@@ -525,8 +524,8 @@ class ImageFolder:
                              f"add CenterCrop(size) and/or Resize(size) to the transform so they can be stacked")
         # a failed system call (an I/O error, too many open files, a file removed meanwhile: errno set)
         # may not happen again; PIL's decoding errors (errno None) and too-small images will
-        self.transient_failure = any(isinstance(r, OSError) and r.errno is not None for _, r in failures)
-        return np.stack(arrays), kept, skipped, skip_reason
+        transient = any(isinstance(r, OSError) and r.errno is not None for _, r in failures)
+        return np.stack(arrays), kept, skipped, skip_reason, transient
 
     # -- access --------------------------------------------------------------
     def __len__(self):
