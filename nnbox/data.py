@@ -476,7 +476,8 @@ class ImageFolder:
             warnings.warn(f"ImageFolder: ignoring the unreadable cache {path} ({error}); rebuilding it",
                           RuntimeWarning, stacklevel=3)
             return None
-        if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(paths):
+        if (images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(paths)
+                or list(images.shape) != list(meta.get("shape", images.shape))):   # another file in its place
             return None
         return images, paths, skipped, str(meta.get("skip_reason", ""))
 
@@ -567,6 +568,9 @@ class _ArraySource:
                             "np.stack(images) for a list of images")
         self.arrays = tuple(np.asarray(a) for a in data) if isinstance(data, tuple) else (np.asarray(data),)
         images = self.arrays[0]
+        if images.dtype != np.uint8 and images.dtype.kind != "f":   # int64 pixels would pass as floats in [0, 255]
+            raise TypeError(f"DataLoader: images must be uint8 (N, H, W[, C]) or float (N, C, H, W) in [-1, 1], "
+                            f"got dtype {images.dtype}; convert 0..255 pixels with .astype(np.uint8)")
         if images.dtype == np.uint8 and images.ndim == 3:    # (N, H, W) greyscale -> (N, H, W, 1)
             self.arrays = (images[..., None],) + self.arrays[1:]
         elif images.dtype == np.uint8 and images.ndim != 4:

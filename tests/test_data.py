@@ -157,6 +157,15 @@ def test_a_malformed_cache_description_is_rebuilt(tree, cache, break_it):
     assert _folder(tree, cache).cache_hit        # rewritten
 
 
+def test_a_cache_array_of_another_shape_is_rebuilt(tree, cache):
+    # another .npy with as many images put in the cache's place was accepted as it was
+    first = _folder(tree, cache)
+    np.save(first.cache_path, np.zeros((9, 3, 3, 3), np.uint8))
+    again = _folder(tree, cache)
+    assert not again.cache_hit and again.images.shape == (9, 16, 16, 3)
+    np.testing.assert_array_equal(again.images, first.images)
+
+
 def test_missing_and_empty_folders_say_what_was_searched(tmp_path, cache):
     with pytest.raises(FileNotFoundError, match=r"nowhere.*not a folder.*\.jpg"):
         ImageFolder(tmp_path / "nowhere", cache_dir=cache)
@@ -416,6 +425,12 @@ def test_drop_last_with_fewer_images_than_a_batch_is_refused():
     with pytest.raises(ValueError, match=r"drop_last with 5 images and batch_size 8 gives no batch"):
         DataLoader(np.zeros((5, 4, 4, 3), np.uint8), 8, drop_last=True)
     assert len(DataLoader(np.zeros((5, 4, 4, 3), np.uint8), 8)) == 1
+
+
+def test_integer_images_other_than_uint8_are_refused():
+    # int64 pixels came out as float32 NHWC in 0..255, not float32 NCHW in [-1, 1]
+    with pytest.raises(TypeError, match=r"uint8 .* or float .*, got dtype int64; convert 0..255 pixels"):
+        DataLoader(np.zeros((5, 4, 4, 3), np.int64), 2)
 
 
 def test_a_list_is_refused_not_guessed():
