@@ -22,6 +22,7 @@ summed), which nnbox's layers do.
 THREADS: the environment variable NNBOX_THREADS if set, else the number of CPUs (at most 8);
 `set_threads(n)` changes it (1 turns the splitting off).
 """
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -95,7 +96,9 @@ def run(n, work, size, xp=np):
     pieces = split(n, min(threads, max(1, size // MIN_SIZE)))
     if len(pieces) == 1:
         return [work(0, n)]
-    futures = [_executor().submit(work, start, stop) for start, stop in pieces[1:]]
+    # each piece runs in a copy of the caller's context: np.errstate (context-local in NumPy 2) then
+    # applies to every piece, not only to the calling thread's
+    futures = [_executor().submit(contextvars.copy_context().run, work, start, stop) for start, stop in pieces[1:]]
     try:
         first = work(*pieces[0])            # the calling thread takes the first piece
         return [first] + [future.result() for future in futures]

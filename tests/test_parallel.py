@@ -103,6 +103,18 @@ def test_run_raises_only_after_every_piece_has_finished(threaded):
     assert finished[[2, 3]].all()   # pieces (4, 6) and (6, 8)
 
 
+def test_the_callers_errstate_applies_to_every_piece(threaded):
+    # np.errstate is context-local: pieces on the pool's threads ignored the caller's settings
+    values = np.full(8, 1e300)
+
+    def overflow_on_the_pool(start, stop):
+        if start > 0:                             # pieces after the first run on the pool's threads
+            return values[start:stop] * 1e300
+
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        parallel.run(8, overflow_on_the_pool, size=100)
+
+
 def test_assign_matches_plain_assignment(threaded, rng):
     source = rng.standard_normal((3, 5, 4, 6))
     cases = [(source.transpose(1, 2, 3, 0), (5, 4, 6, 3)),     # a transposing copy
