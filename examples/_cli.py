@@ -39,11 +39,14 @@ class UsageError(ValueError):
     """A command line that cannot work (shown as one line, without a traceback)."""
 
 
-def check_new_run(out, overwrite, checkpoint_name=CHECKPOINT_NAME):
-    """A UsageError, before any data is loaded, when `out` already holds a run and --overwrite was not given."""
+def check_new_run(out, overwrite, checkpoint_name=CHECKPOINT_NAME, resumable=True):
+    """A UsageError, before any data is loaded, when `out` already holds a run and --overwrite was not
+    given; `resumable`: the program has --resume (the message offers it)."""
     out = Path(out)
     if (out / checkpoint_name).exists() and not overwrite:
-        raise UsageError(f"{out} already holds a run: continue it with --resume {out}, or pass --overwrite")
+        fix = f"continue it with --resume {out}, or pass --overwrite" if resumable else \
+            "pass --overwrite to replace it, or choose another --out"
+        raise UsageError(f"{out} already holds a run: {fix}")
 
 
 def interrupted(program, trainer, epochs):

@@ -36,8 +36,8 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; compare
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import (CIFAR10_HINT, CLI_ERRORS, UsageError, at_least, check_device, fail, load_dataset,  # noqa: E402
-                  probability)
+from _cli import (CIFAR10_HINT, CLI_ERRORS, UsageError, at_least, check_device, check_new_run, fail,  # noqa: E402
+                  load_dataset, probability)
 from compare_runs import (add_run_arguments, evaluate_variant, plot_epoch_grids,  # noqa: E402
                           plot_loss_comparison, plot_throughput_comparison, recipe_config, subset, summarize,
                           train_variant)
@@ -104,6 +104,8 @@ def main(argv=None):
         check_options(args)
         check_device(args.device)
         archs = list(dict.fromkeys(args.arch))
+        for arch in archs:   # every variant's folder, before any data is read or variant trained
+            check_new_run(Path(args.out) / arch, args.overwrite, resumable=False)
         images, labels, what = load_dataset(load_cifar, args.data, args.split, download=args.download,
                                             hint=CIFAR10_HINT)
         images, labels = subset(images, args.max_images, args.seed, labels)

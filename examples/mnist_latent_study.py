@@ -34,7 +34,8 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; compare
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import CLI_ERRORS, MNIST_HINT, at_least, check_device, fail, load_dataset, probability  # noqa: E402
+from _cli import (CLI_ERRORS, MNIST_HINT, at_least, check_device, check_new_run, fail, load_dataset,  # noqa: E402
+                  probability)
 from compare_runs import (add_run_arguments, evaluate_variant, grouped_bars,  # noqa: E402
                           plot_epoch_grids, plot_loss_comparison, plot_throughput_comparison, pyplot, recipe_config,
                           save_figure, subset, summarize, train_variant)
@@ -144,6 +145,8 @@ def main(argv=None):
     try:
         check_options(args)
         check_device(args.device)
+        for kind in kinds:   # every variant's folder, before any data is read or variant trained
+            check_new_run(Path(args.out) / kind, args.overwrite, resumable=False)
         if args.classifier_weights:     # a missing or unreadable file: said now, not after training a variant
             ClassifierFeatures.from_file(args.classifier_weights)
         images, labels = load_dataset(load_mnist, args.data, split="train", download=args.download, hint=MNIST_HINT)

@@ -71,11 +71,21 @@ def train(args, train_x, train_y, test_x, test_y):
     save_state(args.out, model.state_dict())
 
 
+def check_out_file(out):
+    """A UsageError before training when --out cannot be written: a folder, or in a missing folder."""
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the file to write, e.g. --out {out / 'mnist_classifier.npz'}")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: the folder {out.parent} does not exist; create it or choose another path")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         at_least(1, epochs=args.epochs, batch_size=args.batch_size, max_images=args.max_images)
         positive(lr=args.lr)
+        check_out_file(args.out)
         train_x, train_y = load_dataset(load_mnist, args.data, split="train", download=args.download, hint=MNIST_HINT)
         test_x, test_y = load_dataset(load_mnist, args.data, split="test", download=args.download, hint=MNIST_HINT)
         if args.max_images:

@@ -304,6 +304,9 @@ def check_options(args):
     at_least(2, categories=args.categories)
     at_least(16, test_images=args.test_images)   # reconstructions.png shows 16 test digits
     positive(lr=args.lr, temperature=args.temperature, min_temperature=args.min_temperature)
+    if args.temperature < args.min_temperature:   # max(floor, ...) would train at the floor throughout
+        raise UsageError(f"--temperature {args.temperature:g} is below --min-temperature {args.min_temperature:g}, "
+                         f"which the annealed temperature never goes under; lower --min-temperature too")
     at_least(0, anneal_rate=args.anneal_rate, kl_weight=args.kl_weight,
              categorical_kl_weight=args.categorical_kl_weight)
 

@@ -99,7 +99,12 @@ class ClassifierFeatures:
             raise FileNotFoundError(f"no MNIST classifier weights at {path}: train them with "
                                     f"`python examples/train_mnist_classifier.py --data ../shared/data/mnist --out {path}`")
         model = MNISTClassifier()
-        model.load_state_dict(load_state(path))
+        try:
+            model.load_state_dict(load_state(path))
+        except (KeyError, ValueError) as error:   # another network's weights (a GAN's checkpoint, ...)
+            raise ValueError(f"{path} does not hold an MNIST classifier's weights ({error}); train them with "
+                             f"`python examples/train_mnist_classifier.py --data ../shared/data/mnist --out "
+                             f"{path}`") from error
         return cls(model, batch_size, device)
 
     def _batches(self, images, fn):

@@ -454,8 +454,9 @@ class CycleGANTrainer:
         """Write the trainer's state (and `extra` sections, e.g. the data loaders' states) to `path`.
 
         FloatingPointError, writing nothing, when a weight is NaN or infinite: a step's losses are
-        checked before its update, which can still break the weights, and a checkpoint of broken
-        weights would replace the last good one."""
+        checked after its updates (its scalars are fetched once, at the end of the step), so a step
+        that raises has already changed the weights in memory, and a checkpoint of broken weights
+        would replace the last good one."""
         from nnbox.serialization import save_checkpoint
         broken = non_finite_weights(self.networks)
         if broken:

@@ -254,7 +254,8 @@ def evaluate(run_dir, real, features="pixels", n=1000, inception_weights=None, c
         figures[f"interp_{method}"] = save_interpolation_grid(
             generator, z[:interp_pairs], z[interp_pairs:], out / f"interp_{method}.png", interp_steps, method,
             train=config.sample_mode == "train")    # the G that `generate` measured
-    figures.update(_refresh_plots(run_dir))
+    if report:   # (plots are part of the report: --no-report writes none)
+        figures.update(_refresh_plots(run_dir))
     result["figures"] = {k: str(Path(v).relative_to(run_dir)) for k, v in figures.items()}
     result["seconds"] = time.perf_counter() - started
     atomic_write_text(run_dir / METRICS_NAME, json.dumps(result, indent=2))

@@ -248,8 +248,8 @@ class GANTrainer:
         if self.checkpoint_path.exists() and not (_resuming or overwrite):
             raise FileExistsError(
                 f"{self.run_dir} already holds a run ({CHECKPOINT_NAME}); continue it with "
-                f"GANTrainer.resume({str(self.run_dir)!r}) (examples/faces_gan.py --resume {self.run_dir}), "
-                f"or start over with overwrite=True (--overwrite), or choose another folder")
+                f"GANTrainer.resume({str(self.run_dir)!r}), or start over with overwrite=True, or choose "
+                f"another folder")
         # everything that can refuse the config comes before the run folder is touched
         self.latent_dim = getattr(generator, "latent_dim", config.latent_dim)
         if self.latent_dim != config.latent_dim:

@@ -59,6 +59,23 @@ def test_evaluate_is_reproducible_and_compares_with_itself(tiny_run):
     assert np.abs(images).max() <= 1.0
 
 
+def test_evaluate_without_the_report_writes_no_plots(tiny_run, tmp_path):
+    # report=False (--no-report) still refreshed RUN/plots/
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    shutil.rmtree(run / "plots")
+    result = evaluate.evaluate(run, str(tiny_run[1]), n=16, report=False, kid_subsets=5, progress=lambda _: None)
+    assert not (run / "plots").exists() and not any(name.startswith("plots") for name in result["figures"].values())
+    assert (run / "metrics.json").is_file()
+
+
+def test_a_file_of_other_weights_is_not_an_mnist_classifier(tiny_run):
+    from gan.classifier import ClassifierFeatures
+    with pytest.raises(ValueError, match=r"checkpoint.npz does not hold an MNIST classifier's weights .*train them"):
+        ClassifierFeatures.from_file(tiny_run[0] / "checkpoint.npz")
+
+
 def test_evaluate_with_mnist_classifier_features_reports_an_inception_score(tiny_run, tmp_path, monkeypatch):
     """The IS reported is metrics.inception_score of the classifier's softmax on the generated images."""
     from gan import metrics

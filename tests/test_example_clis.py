@@ -121,6 +121,10 @@ def test_batch_size_zero(programs, program, tmp_path, capsys):
     ("vae_colored_mnist", ["--temperature", "0"], "--temperature must be > 0, got 0.0"),
     ("vae_colored_mnist", ["--categories", "1"], "--categories must be >= 2, got 1"),
     ("vae_colored_mnist", ["--test-images", "8"], "--test-images must be >= 16, got 8"),
+    # max(floor, temperature ...) trained at the floor throughout
+    ("vae_colored_mnist", ["--temperature", "0.2"],
+     "--temperature 0.2 is below --min-temperature 0.5, which the annealed temperature never goes under; "
+     "lower --min-temperature too"),
     ("aegan", ["--lr-d", "-0.1"], "--lr-d must be > 0, got -0.1"),
     ("aegan", ["--beta1", "1"], "--beta1 must be in [0, 1), got 1.0"),
     ("aegan", ["--epochs", "0"], "--epochs must be >= 1, got 0"),
@@ -186,3 +190,26 @@ def test_classifier_with_fewer_images_than_a_batch(programs, tmp_path, capsys):
     argv = ["--data", str(data), "--no-download", "--batch-size", "16", "--out", str(tmp_path / "w.npz")]
     line = one_line_error("train_mnist_classifier", programs["train_mnist_classifier"], argv, capsys)
     assert "8 training images is less than one batch of 16" in line and not (tmp_path / "w.npz").exists()
+
+
+@pytest.mark.parametrize("program, variant", [("cifar_gan", "dcgan"), ("mnist_latent_study", "normal")])
+def test_a_variant_folder_holding_a_run_is_refused_before_any_data_or_training(programs, program, variant, tmp_path,
+                                                                                capsys):
+    # the trainer's refusal came after earlier variants had trained, and advised a --resume these
+    # programs do not have
+    out = tmp_path / "study"
+    (out / variant).mkdir(parents=True)
+    (out / variant / "checkpoint.npz").write_bytes(b"a run")
+    line = one_line_error(program, programs[program], ["--data", str(tmp_path / "none"), "--out", str(out)], capsys)
+    assert line == f"{program}: {out / variant} already holds a run: pass --overwrite to replace it, or choose another --out"
+
+
+@pytest.mark.parametrize("out, message", [
+    ("folder", "is a folder; give the file to write"),
+    ("missing/clf.npz", "does not exist; create it or choose another path"),
+])
+def test_the_classifiers_out_is_checked_before_training(programs, out, message, tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    line = one_line_error("train_mnist_classifier", programs["train_mnist_classifier"],
+                          ["--data", str(tmp_path / "none"), "--out", str(tmp_path / out)], capsys)
+    assert message in line
