@@ -61,7 +61,7 @@ def conv_transpose_out(h, k, s=1, p=0, op=0, d=1):
     return (h - 1) * s - 2 * p + d * (k - 1) + op + 1
 
 
-print(" H  k  s  p  d | conv  | transposed back (output_padding 0, 1)")
+print(" H  k  s  p  d | conv  | transposed back (output_padding 0 .. s - 1)")
 cases = [(8, 4, 2, 1, 1), (9, 4, 2, 1, 1), (28, 5, 1, 2, 1), (28, 3, 2, 1, 1), (32, 3, 1, 2, 2), (7, 3, 3, 0, 1)]
 for h, k, s, p, d in cases:
     conv = layers.Conv2d(1, 1, k, stride=s, padding=p, dilation=d)
@@ -69,9 +69,7 @@ for h, k, s, p, d in cases:
     assert conv(np.zeros((1, 1, h, h), np.float32)).shape == (1, 1, oh, oh)   # the formula is nnbox's
     assert conv.output_size(h, h) == (oh, oh)
     back = []
-    for op in range(min(s, 2)):
-        if op >= s and op >= d:
-            continue
+    for op in range(s):                            # the output_paddings that convolve back to oh
         tconv = layers.ConvTranspose2d(1, 1, k, stride=s, padding=p, output_padding=op, dilation=d)
         th = conv_transpose_out(oh, k, s, p, op, d)
         assert tconv(np.zeros((1, 1, oh, oh), np.float32)).shape == (1, 1, th, th)
@@ -82,8 +80,10 @@ for h, k, s, p, d in cases:
 
 # %% [markdown]
 # Each row: the convolution's output size, then what the transposed convolution with the same
-# geometry makes of it with `output_padding` 0 and 1. The original $H$ is always among them: for
-# $H = 8$ it is `output_padding=0`, for $H = 9$ it is `output_padding=1`.
+# geometry makes of it with each `output_padding` from $0$ to $s - 1$ (the sizes that convolve back to
+# the same output; the layer also accepts up to $d - 1$). The original
+# $H$ is always among them: for $H = 8$ it is `output_padding=0`, for $H = 9$ it is
+# `output_padding=1`, and for $H = 7$ with stride 3 it is `output_padding=1` of three.
 #
 # ## 2. The transposed convolution as a sum of scaled kernels
 #
@@ -256,8 +256,9 @@ assert np.allclose(conv(x), y_loops)
 # which weights; that is exactly the scatter of section 2. So **the transposed convolution with the
 # same weight computes $A^\top y$**, which is where its name comes from.
 #
-# In nnbox both layers store the weight as (small channels, large channels, kh, kw), so a
-# `Conv2d(3, 5, ...)` and a `ConvTranspose2d(5, 3, ...)` share one weight array. We check the
+# In nnbox both layers store the weight as (channels of the small image's side, channels of the
+# large image's side, kh, kw): Conv2d's (out, in) is ConvTranspose2d's (in, out). So a
+# `Conv2d(3, 5, ...)` and a `ConvTranspose2d(5, 3, ...)` share one weight array, of shape (5, 3, 4, 4). We check the
 # identity numerically, and then build both matrices column by column (apply each layer to every
 # basis vector) to see that one is the transpose of the other.
 
@@ -358,7 +359,8 @@ if run_parity:
 # - Convolution output: $\lfloor (H + 2p - d(k-1) - 1)/s \rfloor + 1$; transposed:
 #   $(H-1)s - 2p + d(k-1) + o + 1$ with $o$ = `output_padding`.
 # - A transposed convolution scatters: every input pixel adds a scaled copy of the kernel into the
-#   output, $s$ pixels apart. Kernel 4 with stride 2 covers every output pixel equally often.
+#   output, $s$ pixels apart. Kernel 4 with stride 2 covers every interior output pixel equally
+#   often (4 times; the border fewer).
 # - im2col turns the convolution into one matrix product $W_2 \cdot \text{cols}$.
 # - The transposed convolution is the adjoint $A^\top$ of the convolution $A$ with the same weight,
 #   $\langle Ax, y\rangle = \langle x, A^\top y\rangle$, so each layer's input gradient is the other
