@@ -69,7 +69,8 @@ assert np.array_equal(x.ravel()[switches[0, 0]], y[0, 0])    # the switches poin
 # $$ \text{unpool}(y, \text{index})_{hw} = \begin{cases} y_{ij} & \text{if } h W + w = \text{index}_{ij} \\ 0 & \text{otherwise.} \end{cases} $$
 #
 # It is not an inverse of pooling (the non-maxima are gone) but it keeps the structure: every value
-# is back at its exact position. Decoders and "deconvolution networks" (Zeiler and Fergus, 2014)
+# is back at its exact position, and for non-negative images (as here) pooling the result again
+# gives $y$ back; a window whose maximum is negative would lose to the zeros around it. Decoders and "deconvolution networks" (Zeiler and Fergus, 2014)
 # use it to map features back to pixels.
 
 # %%
@@ -78,7 +79,8 @@ restored = unpool(y, switches)[0, 0]
 print("max-unpooled:\n", restored)
 is_window_max = x == np.kron(y[0, 0], np.ones((2, 2)))      # True where x equals its window's max
 assert np.array_equal(restored, np.where(is_window_max, x, 0.0))
-assert np.array_equal(pool(as_batch(restored))[0], y)        # pooling it again gives y back
+assert np.array_equal(pool(as_batch(restored))[0], y)        # pooling it again gives y back (x >= 0 here:
+                                                               # a negative maximum would lose to the zeros)
 
 # %% [markdown]
 # ## 3. Unpooling without switches: "zeros" and "nearest"
@@ -273,7 +275,11 @@ if run_parity:
 # $$ V_{00} = \begin{pmatrix} K_{00} & K_{01} + K_{02} \\ K_{10} + K_{20} & K_{11} + K_{12} + K_{21} + K_{22} \end{pmatrix}, $$
 #
 # read at small rows $h - 1, h$ and columns $w - 1, w$. That is 4 phases x 4 taps = 16 multiply-adds
-# per small pixel instead of 4 x 9 = 36, and the upsampled image is never made. `Sequential` does this
+# per position instead of 4 x 9 = 36 per small pixel, and the upsampled image is never made. The
+# phases are computed together on an $(H+1) \times (W+1)$ grid of positions (each phase drops one
+# row and one column of it), so the cost per small pixel is $16 (H+1)(W+1) / (HW)$: 22.4 for the
+# 5x6 image below, tending to 16 (2.25x fewer) on large maps; on maps of 3x3 and smaller, where the
+# saving falls under 1.4x, `Sequential` runs the pair as written. `Sequential` does this
 # by itself for such a pair (`layers/resize_conv.py`: one im2col of the small image, one product
 # with the four phase kernels stacked); the cell below checks the even-even phase by hand and the
 # whole thing against the two layers.
@@ -299,7 +305,9 @@ fused = pair(small)
 assert isinstance(pair._last_steps()[0], ResizeConvolution)
 assert np.allclose(fused, upsampled_then_convolved, rtol=1e-12, atol=1e-12)
 print("even-even phase by hand = the two layers; Sequential's fused step = the two layers")
-print("multiply-adds per small pixel: 36 for the pair as written, 16 on the small image")
+height, width = small.shape[2:]
+print(f"multiply-adds per small pixel: 36 for the pair as written, "
+      f"{16 * (height + 1) * (width + 1) / (height * width):.1f} on the {height}x{width} image's (H+1) x (W+1) grid")
 
 # %% [markdown]
 # ## Summary
@@ -312,7 +320,7 @@ print("multiply-adds per small pixel: 36 for the pair as written, 16 on the smal
 #   one), which is max-unpooling of the gradient; "zeros" reads the top-left gradient, "nearest"
 #   sums the block's.
 # - "Nearest" unpooling followed by a 3x3 convolution is four 2x2 convolutions of the small image,
-#   one per output phase, with summed taps: nnbox's Sequential computes it that way (2.25x fewer
-#   multiply-adds).
+#   one per output phase, with summed taps: nnbox's Sequential computes it that way (up to 2.25x
+#   fewer multiply-adds, on large maps).
 #
 # Previous: [1. Convolution](01_convolution.ipynb). Next: [3. BatchNorm and Dropout](03_batchnorm_dropout.ipynb).

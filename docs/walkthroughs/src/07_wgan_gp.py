@@ -245,10 +245,10 @@ assert abs(np.median(gp_norms) - 1) < (0.3 if FAST else 0.1)
 # the norm of the gradient arriving at each layer (`second_order.backward_recording` keeps them).
 # With clipping every layer multiplies the gradient by a factor set by $c$: at $c = 0.001$ and
 # $c = 0.01$ the gradient that reaches the first layer is many orders of magnitude smaller than at
-# the last one (it vanishes); at $c = 0.1$ it no longer vanishes and, the longer the critic trains
-# (its weights pile up at $\pm c$), the more it grows towards the input; a larger $c$ or wider layers
-# make it explode, as in Figure 1 of the WGAN-GP paper. The penalised
-# critic needs no such tuning.
+# the last one (it vanishes); at $c = 0.1$ it no longer vanishes. Not shown here (one training length,
+# $c \le 0.1$), but reported in Figure 1 of the WGAN-GP paper: as the critic trains longer its weights
+# pile up at $\pm c$ and the gradient grows towards the input, and a larger $c$ or wider layers make
+# it explode. The penalised critic needs no such tuning.
 
 # %%
 DEEP_STEPS = 60 if FAST else 300

@@ -55,6 +55,10 @@ rng = np.random.default_rng(0)
 #
 # and with a Bernoulli decoder ($p(x \mid z) = \prod_i \mathrm{sigmoid}(\ell_i)^{x_i} (1 - \mathrm{sigmoid}(\ell_i))^{1 - x_i}$
 # for pixel logits $\ell$) the reconstruction term is minus the binary cross-entropy summed over pixels.
+# nnbox maps pixels in $[-1, 1]$ to $(x + 1)/2$ and uses them as the targets: for grey or colour
+# values (not just 0 and 1) that is the usual approximation, not a normalised likelihood (the
+# continuous Bernoulli of Loaiza-Ganem and Cunningham, 2019, is the exact version), so the "negative
+# ELBO" below is one up to a constant that depends on the data.
 #
 # **A check on a model where everything is known.** Take one scalar code and one scalar
 # observation: $z \sim \mathcal N(0, 1)$, $x \mid z \sim \mathcal N(wz, s^2)$. Then
@@ -293,7 +297,8 @@ print(f"whole-VAE gradcheck: {len(report.checked_entries)} tensors, "
 # %%
 mnist = Path("../../../shared/data/mnist")
 n_train, n_test = (512, 300) if FAST else (6000, 2000)
-if (mnist / "train-images-idx3-ubyte.gz").is_file():
+real_digits = (mnist / "train-images-idx3-ubyte.gz").is_file()
+if real_digits:
     train_x, _, _ = load_colored_mnist(mnist, "train", rng=0, download=False)
     test_x, test_y, test_tints = load_colored_mnist(mnist, "test", rng=1, download=False)
     train_x, test_x, test_y, test_tints = train_x[:n_train], test_x[:n_test], test_y[:n_test], test_tints[:n_test]
@@ -322,12 +327,13 @@ history, step = [], 0
 for epoch in range(epochs):
     order = train_rng.permutation(len(train_x))
     for start in range(0, len(order) - batch_size + 1, batch_size):
-        vae.temperature = max(0.5, np.exp(-1e-3 * step))        # anneal tau from 1 towards 0.5
+        vae.temperature = max(0.5, np.exp(-1e-3 * step))        # anneal tau from 1 (floor 0.5)
         history.append(vae.step(train_x[order[start:start + batch_size]], optimizer))
         step += 1
 first, last = np.mean([h["loss"] for h in history[:5]]), np.mean([h["loss"] for h in history[-5:]])
-print(f"{step} steps: loss {first:.1f} -> {last:.1f}; last reconstruction {history[-1]['reconstruction']:.1f}, "
-      f"KL Gaussian {history[-1]['kl_gaussian']:.2f}, KL categorical {history[-1]['kl_categorical']:.2f}")
+print(f"{step} steps: loss (mean of 5 steps) {first:.1f} -> {last:.1f}; last step: loss {history[-1]['loss']:.1f}, "
+      f"reconstruction {history[-1]['reconstruction']:.1f}, KL Gaussian {history[-1]['kl_gaussian']:.2f}, "
+      f"KL categorical {history[-1]['kl_categorical']:.2f}; temperature now {vae.temperature:.2f}")
 assert last < first
 assert all(h["kl_gaussian"] >= 0 and h["kl_categorical"] >= -1e-6 for h in history)
 
@@ -376,7 +382,8 @@ fitted = design @ np.linalg.lstsq(design, target, rcond=None)[0]
 r2 = 1 - ((target - fitted) ** 2).sum() / ((target - target.mean(axis=0)) ** 2).sum()
 print(f"categories used: {(counts.sum(axis=1) > 0).sum()} of 10; purity {purity:.2f}; "
       f"R^2 of the hue from z: {r2:.2f}")
-assert 0.1 <= purity <= 1 and -1e-9 <= r2 <= 1
+if real_digits and not FAST:   # what the text below reads from these numbers (the fast run trains too little)
+    assert (counts.sum(axis=1) > 0).sum() <= 5 and purity < 0.35 and r2 < 0.05
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
 points = axes[0].scatter(mu_test[:, 0], mu_test[:, 1], c=test_y, cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
@@ -432,5 +439,6 @@ plt.show()
 # in use.
 #
 # Things to try: `kl_weight` above 1 (a $\beta$-VAE) for smoother, more disentangled codes;
-# `hard=True`; a lower final temperature; `load_colored_mnist(..., mode="class")`, where colour and
+# `hard=True`; a longer run, so that the temperature reaches its floor of 0.5 (this one ends near
+# 0.83) or a lower floor; `load_colored_mnist(..., mode="class")`, where colour and
 # digit are the same factor.
