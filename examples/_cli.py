@@ -49,14 +49,14 @@ def check_new_run(out, overwrite, checkpoint_name=CHECKPOINT_NAME, resumable=Tru
         raise UsageError(f"{out} already holds a run: {fix}")
 
 
-def interrupted(program, trainer, epochs):
+def interrupted(program, run_dir, epochs, checkpoint_name=CHECKPOINT_NAME):
     """Ctrl-C: one line on stderr saying what is kept and how to continue, instead of a traceback;
-    returns the exit status, 130 (128 + SIGINT, as shells report it). `trainer`: the run's trainer, or
+    returns the exit status, 130 (128 + SIGINT, as shells report it). `run_dir`: the run's folder, or
     None when training had not started."""
     kept = ""
-    if trainer is not None and trainer.checkpoint_path.exists():   # written atomically: never half a file
+    if run_dir is not None and (Path(run_dir) / checkpoint_name).exists():   # written atomically: never half a file
         kept = (f"; the checkpoint of the last complete epoch is kept: continue with "
-                f"python examples/{program}.py --resume {trainer.run_dir} --epochs {epochs}")
+                f"python examples/{program}.py --resume {run_dir} --epochs {epochs}")
     print(f"{program}: interrupted{kept}", file=sys.stderr)
     return 130
 

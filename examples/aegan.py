@@ -183,7 +183,7 @@ def main(argv=None):
     except CLI_ERRORS as error:
         return fail("aegan", error)
     except KeyboardInterrupt:
-        return interrupted("aegan", trainer, epochs)
+        return interrupted("aegan", trainer and trainer.run_dir, epochs)
     print(f"figures: {trainer.run_dir / 'samples'}, {trainer.run_dir / 'reconstructions'}, {trainer.run_dir / 'plots'}")
     return 0
 

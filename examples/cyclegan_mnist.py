@@ -46,7 +46,7 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
         sys.path.insert(0, str(path))
 
 from _cli import (CLI_ERRORS, MNIST_HINT, UsageError, at_least, check_device, check_new_run, fail,  # noqa: E402
-                  load_dataset, positive)
+                  interrupted, load_dataset, positive)
 from gan.cyclegan import CycleGANConfig, CycleGANTrainer  # noqa: E402
 from gan.history import atomic_write_text  # noqa: E402
 from gan.trainer import RNG_STREAMS, non_finite_weights  # noqa: E402
@@ -307,7 +307,10 @@ def train(trainer, settings, loaders, test_a, test_b, out, progress=True):
     from tqdm import tqdm
     scale = max(1, 64 // settings.image_size)
     epochs_path = out / "epochs.json"
-    log = json.loads(epochs_path.read_text()) if epochs_path.is_file() and trainer.epoch else []
+    # on resume, the epochs the checkpoint has: an epoch interrupted after writing epochs.json but
+    # before its checkpoint is trained again, and must not be listed twice
+    log = ([entry for entry in json.loads(epochs_path.read_text()) if entry["epoch"] <= trainer.epoch]
+           if epochs_path.is_file() and trainer.epoch else [])
     uploads = (PinnedUploader(), PinnedUploader()) if trainer.config.device == "gpu" else None
     while trainer.epoch < settings.epochs:
         started = time.perf_counter()
@@ -347,9 +350,14 @@ def train(trainer, settings, loaders, test_a, test_b, out, progress=True):
 
 def main(argv=None):
     given = vars(build_parser().parse_args(argv))
+    settings = out = None
     try:
         check_options(given)
         trainer, settings, loader_states, out = _start(given)
+        if trainer.epoch >= settings.epochs:     # a finished run: say so, before loading any data
+            print(f"nothing trained: the run in {out} has already done {trainer.epoch} of {settings.epochs} epochs; "
+                  f"give --epochs N (N > {trainer.epoch}) to train further", flush=True)
+            return 0
         seed = trainer.config.seed
         train_a, train_b, test_a, test_b = load_domains(settings, seed, given.get("download", True))
         loaders = _loaders(train_a, train_b, settings, seed, loader_states)
@@ -364,6 +372,8 @@ def main(argv=None):
         train(trainer, settings, loaders, test_a, test_b, out, given.get("progress", True))
     except CLI_ERRORS as error:
         return fail("cyclegan_mnist", error)
+    except KeyboardInterrupt:
+        return interrupted("cyclegan_mnist", out, settings.epochs if settings is not None else None, CHECKPOINT_NAME)
     return 0
 
 

@@ -287,7 +287,7 @@ def main(argv=None):
     except CLI_ERRORS as error:   # usage, settings, data, a corrupt or foreign checkpoint
         return fail("faces_gan", error)
     except KeyboardInterrupt:
-        return interrupted("faces_gan", trainer, cfg.epochs if cfg is not None else None)
+        return interrupted("faces_gan", trainer and trainer.run_dir, cfg.epochs if cfg is not None else None)
     if trainer.config.report:
         print(f"report: {trainer.run_dir / 'report.html'}")
     print(f"measures (FID, memorisation, nearest neighbours): python -m gan.evaluate {trainer.run_dir} --real {real}")

@@ -90,6 +90,35 @@ def test_main_trains_writes_its_files_and_resumes(example, mnist_dir, tmp_path, 
     assert load_checkpoint(out / "checkpoint.npz")["trainer"]["config"]["lr"] == 1e-4
 
 
+def test_an_interrupted_epoch_is_listed_once_and_a_finished_run_trains_nothing(example, mnist_dir, tmp_path,
+                                                                               monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = ["--data", str(mnist_dir), "--max-images", "32", "--test-images", "12", "--image-size", "16",
+            "--batch-size", "8", "--width", "2", "--out", str(out), "--no-progress"]
+    assert example.main(args + ["--epochs", "1"]) == 0
+    # Ctrl-C in epoch 2 after epochs.json was written, before the checkpoint: one line, exit 130
+    real_plot = example.plot_losses
+
+    def interrupted_plot(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(example, "plot_losses", interrupted_plot)
+    assert example.main(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 130
+    assert capsys.readouterr().err == (f"cyclegan_mnist: interrupted; the checkpoint of the last complete epoch is "
+                                       f"kept: continue with python examples/cyclegan_mnist.py --resume {out} "
+                                       f"--epochs 2\n")
+    assert [e["epoch"] for e in json.loads((out / "epochs.json").read_text())] == [1, 2]   # epoch 2 not saved
+    monkeypatch.setattr(example, "plot_losses", real_plot)
+    assert example.main(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert [e["epoch"] for e in json.loads((out / "epochs.json").read_text())] == [1, 2]   # was [1, 2, 2]
+
+    def no_data(*a, **k):
+        raise AssertionError("the data was loaded for a run with nothing to train")
+    monkeypatch.setattr(example, "load_domains", no_data)
+    assert example.main(["--resume", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().out.endswith(f"nothing trained: the run in {out} has already done 2 of 2 epochs; "
+                                            f"give --epochs N (N > 2) to train further\n")
+
+
 def test_weights_broken_by_an_epochs_last_update_write_nothing_of_that_epoch(example, mnist_dir, tmp_path,
                                                                              monkeypatch, capsys):
     out = tmp_path / "run"
