@@ -43,6 +43,12 @@ def mnist_dir(tmp_path):
     return folder
 
 
+def tiny_run_args(mnist_dir, out):
+    """A run of a few seconds: 16 digits a side at 16x16, batches of 8, width 2."""
+    return ["--data", str(mnist_dir), "--max-images", "32", "--test-images", "12", "--image-size", "16",
+            "--batch-size", "8", "--width", "2", "--out", str(out), "--no-progress"]
+
+
 def test_domains_are_coloured_from_their_bands(example):
     rng = np.random.default_rng(0)
     digits = -np.ones((20, 1, 28, 28), np.float32)
@@ -62,8 +68,7 @@ def test_domains_are_coloured_from_their_bands(example):
 
 def test_main_trains_writes_its_files_and_resumes(example, mnist_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--data", str(mnist_dir), "--max-images", "32", "--test-images", "12", "--image-size", "16",
-            "--batch-size", "8", "--width", "2", "--epochs", "1", "--out", str(out), "--no-progress"]
+    args = tiny_run_args(mnist_dir, out) + ["--epochs", "1"]
     assert example.main(args) == 0
     printed = capsys.readouterr().out
     assert "16 digits as A (warm), 16 other digits as B (cool), 16x16" in printed and "epoch 1/1" in printed
@@ -93,8 +98,7 @@ def test_main_trains_writes_its_files_and_resumes(example, mnist_dir, tmp_path, 
 def test_an_interrupted_epoch_is_listed_once_and_a_finished_run_trains_nothing(example, mnist_dir, tmp_path,
                                                                                monkeypatch, capsys):
     out = tmp_path / "run"
-    args = ["--data", str(mnist_dir), "--max-images", "32", "--test-images", "12", "--image-size", "16",
-            "--batch-size", "8", "--width", "2", "--out", str(out), "--no-progress"]
+    args = tiny_run_args(mnist_dir, out)
     assert example.main(args + ["--epochs", "1"]) == 0
     # Ctrl-C in epoch 2 after epochs.json was written, before the checkpoint: one line, exit 130
     real_plot = example.plot_losses
@@ -122,8 +126,7 @@ def test_an_interrupted_epoch_is_listed_once_and_a_finished_run_trains_nothing(e
 def test_weights_broken_by_an_epochs_last_update_write_nothing_of_that_epoch(example, mnist_dir, tmp_path,
                                                                              monkeypatch, capsys):
     out = tmp_path / "run"
-    args = ["--data", str(mnist_dir), "--max-images", "32", "--test-images", "12", "--image-size", "16",
-            "--batch-size", "8", "--width", "2", "--out", str(out), "--no-progress"]
+    args = tiny_run_args(mnist_dir, out)
     assert example.main(args + ["--epochs", "1"]) == 0
     saved, log = (out / "checkpoint.npz").read_bytes(), (out / "epochs.json").read_text()
     real_step = example.CycleGANTrainer.step
