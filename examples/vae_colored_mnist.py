@@ -340,6 +340,9 @@ def run(args):
     history = train(vae, optimizer, train_images, args, rng)
     train_seconds = time.perf_counter() - start
     test_parts, means, code_probs = evaluate(vae, test)
+    if not all(np.isfinite(value) for value in test_parts.values()):   # the last updates broke the weights
+        raise FloatingPointError(f"training ended with a non-finite test loss {test_parts}; nothing was written to "
+                                 f"{out}; lower --lr")
     metrics = {"latent": args.latent, "steps": len(history["step"]), "train_seconds": round(train_seconds, 1),
                "images_per_second": round(len(history["step"]) * args.batch_size / train_seconds, 1),
                "test": {name: round(value, 3) for name, value in test_parts.items()},

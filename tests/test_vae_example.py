@@ -85,3 +85,19 @@ def test_too_few_images_for_a_batch_is_a_clear_error(mnist_dir, tmp_path, capsys
                                  "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == ("vae_colored_mnist: 8 training images is less than one batch of 64; "
                                        "lower --batch-size or raise --max-images\n")
+
+
+def test_a_run_that_ends_with_a_non_finite_loss_writes_no_metrics(mnist_dir, tmp_path, capsys, monkeypatch):
+    # --lr 1e30 broke the weights in its last update: exit 0 and a metrics.json holding bare NaN
+    example = _load_example()
+    real_evaluate = example.evaluate
+
+    def broken(vae, test):
+        parts, means, probs = real_evaluate(vae, test)
+        return {**parts, "loss": float("nan")}, means, probs
+    monkeypatch.setattr(example, "evaluate", broken)
+    out = tmp_path / "run"
+    assert example.main(["--data", str(mnist_dir), "--no-download", "--max-images", "64", "--batch-size", "32",
+                         "--width", "2", "--epochs", "1", "--test-images", "16", "--out", str(out)]) == 2
+    assert "training ended with a non-finite test loss" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists() and not (out / "checkpoint.npz").exists()
