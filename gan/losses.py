@@ -22,7 +22,7 @@ no exponential overflows: every loss and gradient is finite for any finite logit
 import numpy as np
 
 from nnbox import gpu_kernels
-from nnbox.backend import get_array_module
+from nnbox.backend import get_array_module, sum_dtype
 from nnbox.losses import sigmoid  # noqa: F401  (gan.losses.sigmoid: the logits' probabilities, for callers here)
 
 
@@ -37,11 +37,11 @@ def bce_with_logits(logits, targets):
     float16 logits are summed in float32, and from N = 65520 on (N itself overflows float16) the
     gradient is multiplied by 1 / N instead."""
     n, dtype = logits.size, logits.dtype
-    sum_dtype = np.float32 if dtype == np.float16 else None
+    summed_in = sum_dtype(dtype)
     if get_array_module(logits) is not np:   # CuPy: both per-element terms in one kernel
         terms, grad = gpu_kernels.bce_with_logits_terms(logits, targets, n)
-        return (terms.sum(dtype=sum_dtype) / n).astype(dtype, copy=False), grad
-    loss = ((softplus(logits) - targets * logits).sum(dtype=sum_dtype) / n).astype(dtype, copy=False)
+        return (terms.sum(dtype=summed_in) / n).astype(dtype, copy=False), grad
+    loss = ((softplus(logits) - targets * logits).sum(dtype=summed_in) / n).astype(dtype, copy=False)
     difference = sigmoid(logits) - targets
     if n > np.finfo(dtype).max:
         return loss, difference * dtype.type(1.0 / n)

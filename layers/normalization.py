@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from nnbox import gpu_kernels, init, parallel, workspace
-from nnbox.backend import get_array_module
+from nnbox.backend import get_array_module, sum_dtype
 from nnbox.module import Module, Parameter
 
 from ._checks import check_array, check_grad, check_input, is_whole_number
@@ -289,7 +289,7 @@ def _accumulator(dtype):
 def _summable(rows):
     """rows, or a float32 copy where their dtype is narrower (float16): the sums over the samples run
     in the rows' dtype, and float16's overflow at 65504 (as the CuPy kernels, which read float16 as float32)."""
-    return rows.astype(np.float32) if rows.dtype.itemsize < 4 else rows
+    return rows.astype(sum_dtype(rows.dtype), copy=False)
 
 
 def _rows(a):

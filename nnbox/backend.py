@@ -146,6 +146,12 @@ def draw_dtype(dtype):
     return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)
 
 
+def sum_dtype(dtype):
+    """The dtype to sum float arrays of `dtype` in: itself for float32 and float64, float32 for
+    float16 (whose sums overflow at 65504); cast the sum back where the result keeps `dtype`."""
+    return draw_dtype(dtype)
+
+
 def is_gpu_generator(rng):
     """Whether `rng` is a CuPy random generator (it draws on the device)."""
     return type(rng).__module__.split(".")[0] == "cupy"

@@ -16,7 +16,7 @@ Forward computes the gradient too and keeps only it: the inputs are not saved.
 import numpy as np
 
 from . import gpu_kernels
-from .backend import get_array_module
+from .backend import get_array_module, sum_dtype
 from .module import Module
 
 REDUCTIONS = ("mean", "sum")
@@ -64,7 +64,7 @@ def _value_range(xp, array):
 def _reduce(xp, elementwise, reduction, count):
     """(0-d loss, scale of the gradient): the mean divides by `count`. float16 terms are summed in
     float32 (a float16 sum overflows at 65504), the loss returned in their dtype."""
-    total = xp.sum(elementwise, dtype=xp.float32 if elementwise.dtype == xp.float16 else None)
+    total = xp.sum(elementwise, dtype=sum_dtype(elementwise.dtype))
     if reduction == "sum":
         return xp.asarray(total).astype(elementwise.dtype, copy=False), 1.0
     return xp.asarray(total / count).astype(elementwise.dtype, copy=False), 1.0 / count
