@@ -5,7 +5,12 @@
     python benchmarks/bench_layers.py --device gpu          # cupy against torch.cuda
 
 Each layer is timed after a warm-up; nnbox and torch repeats alternate so that both see the same
-machine noise, and the median of the repeats is reported. torch runs with the thread count that
+machine noise, and the median of the repeats is reported. Each timed call follows an untimed call of
+the same framework: torch's OpenMP worker threads spin for about 5 ms after each parallel region
+(measured on the 2-core VM), about as long as a layer call, so a call timed right after torch's
+shares its cores with those spinning threads (the 32x32 DCGAN's layers measured 55 ms in all that
+way against 35 ms like this). Pausing instead does not work on a VM: an idle virtual CPU is slow to
+wake, and both frameworks' calls after a 20 ms sleep took 2-10x longer. torch runs with the thread count that
 NumPy's BLAS uses. Backward times include the input gradient in both (the torch input requires
 grad). The table gives ms per layer and nnbox/torch ratios; the summary gives the ratio of the sums
 and the worst layer. The issue's target: sum ratio <= 1.3, no layer worse than 2x.
@@ -138,10 +143,13 @@ def bench(args):
                 torch_step()
         times = {"nnbox_fwd": [], "nnbox_bwd": [], "torch_fwd": [], "torch_bwd": []}
         for _ in range(args.repeats):
+            # the first call after the other framework's is not timed (module docstring)
+            nnbox_step()
             forward_ms, backward_ms = nnbox_step()
             times["nnbox_fwd"].append(forward_ms)
             times["nnbox_bwd"].append(backward_ms)
             if torch is not None:
+                torch_step()
                 forward_ms, backward_ms = torch_step()
                 times["torch_fwd"].append(forward_ms)
                 times["torch_bwd"].append(backward_ms)
