@@ -356,6 +356,20 @@ def test_float32_stays_float32(make, rng):
     assert layer.bias.grad.dtype == np.float32
 
 
+def test_single_channel_products_match_the_matrix_product(rng):
+    """With one small channel (a 1x1-output last layer's adjoint) the product's inner dimension is 1,
+    and layers.conv computes it as a broadcast multiply: the same values, bit for bit."""
+    from layers.conv import _matmul
+    w2 = rng.standard_normal((1, 48)).astype(np.float32)
+    dy = rng.standard_normal((1, 30)).astype(np.float32)
+    np.testing.assert_array_equal(_matmul(w2.T, dy), np.matmul(w2.T, dy))
+    layer = Conv2d(3, 1, 4, bias=False, rng=rng)
+    x = rng.standard_normal((5, 3, 4, 4)).astype(np.float32)
+    dy = rng.standard_normal(layer(x).shape).astype(np.float32)
+    expected = np.einsum("no,oc->nc", dy.reshape(5, 1), layer.weight.data.reshape(1, -1)).reshape(x.shape)
+    np.testing.assert_allclose(layer.backward(dy), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_output_is_c_contiguous(rng):
     for layer in (Conv2d(2, 3, 3, 2, 1), ConvTranspose2d(2, 3, 3, 2, 1, 1)):
         y = layer(rng.standard_normal((2, 2, 5, 5)).astype(np.float32))
