@@ -17,11 +17,19 @@ through ctypes and computes the kernel-4, stride-2, padding-1 layers of the DCGA
 - ConvTranspose2d: the input on a grid two columns wider (zeros there), and each tap's product
   W[:, :, kh, kw].T @ x added (beta = 1) straight into the output's stride phase at its offset.
 
-Both agree with nnbox's layers to float32 rounding, and both are slower at every DCGAN shape
+- Conv2d by shifts (tenth round): the same phases, read as one (4 C_in, ...) matrix whose rows are
+  (channel, row phase, column phase), so the 16 taps group into 4 products, one per shift (0 or 1
+  row, 0 or 1 column), each with inner dimension 4 C_in: a stride-2 convolution as a stride-1
+  2x2 convolution of the space-to-depth image.
+
+All three agree with nnbox's layers to float32 rounding, and all are slower at every DCGAN shape
 (this VM, eighth/ninth round: e.g. D.conv2 64->128 on 32x32 42 ms against nnbox's 30; G.convT4
 128->64 on 16x16 58 against 32): each product has only C_in (not 16 C_in) as its inner dimension,
 OpenBLAS packs its operands again for each of the 16 calls, and the accumulation reads and writes
-the output 16 times. So nnbox keeps im2col/col2im; the copies it would save are smaller than the
+the output 16 times. Grouping the taps by shift (inner dimension 4 C_in, 4 calls) helps but not
+enough (tenth round: D.conv2 64->128 on 32x32 42 ms against nnbox's 29, D.conv4 29 against 18, the
+32x32 DCGAN's D.conv2 2.7 against 2.6): OpenBLAS runs these products, whose second operand has a long leading dimension,
+at about 120 GFLOP/s against about 200 for im2col's one product. So nnbox keeps im2col/col2im; the copies it would save are smaller than the
 efficiency the products lose. Linux with NumPy's OpenBLAS only (nnbox.blas finds the library).
 """
 import ctypes
@@ -92,6 +100,29 @@ def conv2d_implicit(x, weight, chunk=16384):
     return np.ascontiguousarray(grid.transpose(3, 0, 1, 2))
 
 
+def conv2d_by_shifts(x, weight):
+    """x (N, C, H, W), weight (O, C, 4, 4), stride 2, padding 1 -> (N, O, H/2, W/2): four products
+    with inner dimension 4 C, one per shift (di, dj) of the space-to-depth image (module docstring)."""
+    n, c, h, w = x.shape
+    o, oh, ow = weight.shape[0], h // 2, w // 2
+    phases = np.zeros((c, 2, 2, oh + 2, ow + 1, n), np.float32)
+    image = x.transpose(1, 2, 3, 0)
+    for a in range(2):
+        for b in range(2):
+            phases[:, a, b, 1 - a:oh + 1 - a, 1 - b:ow + 1 - b] = image[:, 1 - a::2, 1 - b::2]
+    span = (oh + 2) * (ow + 1) * n
+    length = oh * (ow + 1) * n
+    out = np.empty((o, length), np.float32)
+    for shift, (di, dj) in enumerate((di, dj) for di in range(2) for dj in range(2)):
+        # kernel tap (2 di + a, 2 dj + b) reads phase (a, b) shifted by (di, dj): rows (c, a, b)
+        taps = np.ascontiguousarray(weight[:, :, 2 * di:2 * di + 2, 2 * dj:2 * dj + 2]).reshape(o, 4 * c)
+        offset = (di * (ow + 1) + dj) * n
+        _gemm(o, length, 4 * c, taps.ctypes.data, 4 * c, phases.ctypes.data + offset * 4, span,
+              1.0 if shift else 0.0, out.ctypes.data, length)
+    grid = out.reshape(o, oh, ow + 1, n)[:, :, :ow]
+    return np.ascontiguousarray(grid.transpose(3, 0, 1, 2))
+
+
 def conv_transpose2d_implicit(x, weight):
     """x (N, C, H, W), weight (C, O, 4, 4), stride 2, padding 1 -> (N, O, 2H, 2W)."""
     n, c, h, w = x.shape
@@ -123,6 +154,11 @@ LAYERS = [
     ("D.conv4 256->512 8->4", Conv2d, conv2d_implicit, 256, 512, 8),
     ("D.conv1 3->64 64->32", Conv2d, conv2d_implicit, 3, 64, 64),
     ("dcgan32 D.conv2 32->64 16->8", Conv2d, conv2d_implicit, 32, 64, 16),
+    ("by shifts: D.conv2 64->128 32->16", Conv2d, conv2d_by_shifts, 64, 128, 32),
+    ("by shifts: D.conv3 128->256 16->8", Conv2d, conv2d_by_shifts, 128, 256, 16),
+    ("by shifts: D.conv4 256->512 8->4", Conv2d, conv2d_by_shifts, 256, 512, 8),
+    ("by shifts: dcgan32 D.conv2 32->64 16->8", Conv2d, conv2d_by_shifts, 32, 64, 16),
+    ("by shifts: dcgan32 D.conv3 64->128 8->4", Conv2d, conv2d_by_shifts, 64, 128, 8),
     ("G.convT2 512->256 4->8", ConvTranspose2d, conv_transpose2d_implicit, 512, 256, 4),
     ("G.convT3 256->128 8->16", ConvTranspose2d, conv_transpose2d_implicit, 256, 128, 8),
     ("G.convT4 128->64 16->32", ConvTranspose2d, conv_transpose2d_implicit, 128, 64, 16),
@@ -133,7 +169,7 @@ LAYERS = [
 
 def main(repeats=7, batch=64):
     rng = np.random.default_rng(0)
-    print(f"{'layer (forward, batch 64, float32)':34s} {'nnbox ms':>9s} {'implicit ms':>12s} {'ratio':>6s}  max rel. difference")
+    print(f"{'layer (forward, batch 64, float32)':40s} {'nnbox ms':>9s} {'implicit ms':>12s} {'ratio':>6s}  max rel. difference")
     for name, layer_class, probe, cin, cout, size in LAYERS:
         layer = layer_class(cin, cout, 4, stride=2, padding=1, bias=False)
         layer.weight.data[...] = 0.05 * rng.standard_normal(layer.weight.data.shape, dtype=np.float32)
@@ -147,7 +183,7 @@ def main(repeats=7, batch=64):
                 run()
                 times[label].append(1e3 * (time.perf_counter() - start))
         ours, implicit = statistics.median(times["nnbox"]), statistics.median(times["implicit"])
-        print(f"{name:34s} {ours:9.2f} {implicit:12.2f} {implicit / ours:6.2f}  {difference:.1e}")
+        print(f"{name:40s} {ours:9.2f} {implicit:12.2f} {implicit / ours:6.2f}  {difference:.1e}")
 
 
 if __name__ == "__main__":
