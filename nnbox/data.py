@@ -32,7 +32,8 @@ from PIL import Image
 from .serialization import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-CACHE_FORMAT_VERSION = 2    # 2: 16-bit greyscale PNGs scaled to 8 bits (version 1 clipped them to white)
+CACHE_FORMAT_VERSION = 3    # 2: 16-bit greyscale PNGs scaled to 8 bits (version 1 clipped them to white);
+                            # 3: CenterCrop rounds like torchvision (margins of 3, 7, 11... moved by one)
 _GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -71,6 +72,8 @@ def _one_image(transform, image):
 class CenterCrop:
     """Cut the central `size` (int or (height, width)) pixels out of a PIL image or an HWC array.
 
+    The same pixels as torchvision's center_crop: top = round((height - crop_height) / 2) with
+    Python's round (half to even), left alike: a difference of 3 pixels starts the crop at 2, as 5 does.
     Deterministic: applied once, when the cache is built. Raises when the image is smaller.
     """
 
@@ -85,7 +88,7 @@ class CenterCrop:
         crop_h, crop_w = self.size
         if crop_h > height or crop_w > width:
             raise ValueError(f"CenterCrop{self.size}: the image is only {height}x{width}; crop less or Resize first")
-        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        top, left = round((height - crop_h) / 2), round((width - crop_w) / 2)
         if isinstance(image, Image.Image):
             return image.crop((left, top, left + crop_w, top + crop_h))
         return image[top:top + crop_h, left:left + crop_w]

@@ -254,6 +254,31 @@ def test_augment_copies_enlarges_with_flipped_and_jittered_copies(tree, cache):
 
 
 # --------------------------------------------------------------------------- transforms
+@pytest.mark.parametrize("height, width, crop, top, left", [
+    (7, 9, (4, 4), 2, 2),          # differences 3 and 5: 1.5 and 2.5 both round to 2 (half to even)
+    (11, 8, (4, 7), 4, 0),         # 7: 3.5 rounds up to 4; 1: 0.5 rounds down to 0
+    (250, 250, (123, 125), 64, 62),   # LFW-sized: 127 -> 63.5 -> 64, 125 -> 62.5 -> 62
+    (30, 40, (10, 20), 10, 10),    # even differences: exactly half
+])
+def test_center_crop_picks_torchvisions_pixels(rng, height, width, crop, top, left):
+    """torchvision's center_crop: top = int(round((height - crop_height) / 2.0)), left alike."""
+    assert (top, left) == (int(round((height - crop[0]) / 2.0)), int(round((width - crop[1]) / 2.0)))
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    expected = image[top:top + crop[0], left:left + crop[1]]
+    np.testing.assert_array_equal(CenterCrop(crop)(image), expected)
+    np.testing.assert_array_equal(np.asarray(CenterCrop(crop)(Image.fromarray(image))), expected)
+
+
+@pytest.mark.parametrize("height, width, crop", [(7, 9, (4, 4)), (11, 8, (4, 7)), (250, 250, (123, 125))])
+def test_center_crop_matches_torchvision(rng, height, width, crop):
+    functional = pytest.importorskip("torchvision.transforms.functional",
+                                     reason="torchvision is not installed: the formula test above covers it")
+    torch = pytest.importorskip("torch")
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    theirs = functional.center_crop(torch.from_numpy(image).permute(2, 0, 1), list(crop)).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(CenterCrop(crop)(image), theirs)
+
+
 def test_center_crop_and_resize_on_arrays_and_pil(rng):
     image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
     crop = CenterCrop((10, 20))(image)
