@@ -18,8 +18,11 @@ Two levels:
   stored as a string entry, "__checkpoint__.json". Tuples come back as lists.
 
 Files are read with `allow_pickle=False`: an object array in a file is refused, so loading a
-file cannot run code. Writes go to a temporary file in the same folder, which is flushed,
-fsynced and renamed over the target with `os.replace`: a crash mid-write leaves the old file.
+file cannot run code. Nor can a small file fill the memory: before any entry is read, the unpacked
+sizes the archive declares are added up and a total over `max_bytes` (`MAX_NPZ_BYTES`, 4 GiB, by
+default) is refused, as are entries compressed other than by deflate. Writes go to a temporary
+file in the same folder, which is flushed, fsynced and renamed over the target with `os.replace`:
+a crash mid-write leaves the old file.
 Arrays on the GPU are copied to the CPU.
 """
 import json
@@ -38,6 +41,10 @@ CHECKPOINT_ENTRY = "__checkpoint__.json"
 _ARRAY_MARK = "__nnbox_array__"
 _FORMAT = "nnbox-checkpoint"
 _VERSION = 1
+# Unpacked bytes an .npz may declare, all entries together: far above any nnbox model with its optimiser
+# state (a 100-million-parameter float32 network with Adam's two moments is 1.2 GB). A file over it is
+# refused unless the caller passes a larger max_bytes.
+MAX_NPZ_BYTES = 4 * 2**30
 
 
 class SerializationError(ValueError):
@@ -58,9 +65,12 @@ def save_state(path, state):
     _write_npz(path, arrays)
 
 
-def load_state(path):
-    """Read a file written by `save_state`: an ordered dict {name: NumPy array}."""
-    return _read_npz(path)
+def load_state(path, max_bytes=MAX_NPZ_BYTES):
+    """Read a file written by `save_state`: an ordered dict {name: NumPy array}.
+
+    A file whose entries declare more than `max_bytes` unpacked bytes in all is refused.
+    """
+    return _read_npz(path, max_bytes)
 
 
 # ----------------------------------------------------------------- nested checkpoints
@@ -77,9 +87,12 @@ def save_checkpoint(path, **sections):
     _write_npz(path, arrays)
 
 
-def load_checkpoint(path):
-    """Read a file written by `save_checkpoint`: the sections as nested dicts (arrays as NumPy arrays)."""
-    arrays = _read_npz(path)
+def load_checkpoint(path, max_bytes=MAX_NPZ_BYTES):
+    """Read a file written by `save_checkpoint`: the sections as nested dicts (arrays as NumPy arrays).
+
+    A file whose entries declare more than `max_bytes` unpacked bytes in all is refused.
+    """
+    arrays = _read_npz(path, max_bytes)
     if CHECKPOINT_ENTRY not in arrays:
         raise SerializationError(
             f"{str(path)!r} is not an nnbox checkpoint (it has no {CHECKPOINT_ENTRY!r} entry); "
@@ -211,8 +224,9 @@ def _fsync_folder(folder):
         os.close(descriptor)
 
 
-def _read_npz(path):
-    """Every entry of an .npz file, read with allow_pickle=False; clear errors naming the file."""
+def _read_npz(path, max_bytes=MAX_NPZ_BYTES):
+    """Every entry of an .npz file, read with allow_pickle=False after `_check_unpacked_sizes`; clear
+    errors naming the file."""
     shown = str(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {shown!r}")
@@ -221,6 +235,7 @@ def _read_npz(path):
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise SerializationError(f"{shown!r} holds a single .npy array, not an .npz archive of named arrays")
         with npz:
+            _check_unpacked_sizes(npz.zip, shown, max_bytes)
             out = OrderedDict()
             for name in npz.files:
                 try:
@@ -240,6 +255,30 @@ def _read_npz(path):
     except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as error:
         raise SerializationError(f"cannot read {shown!r}: the file is corrupt or truncated, or not an .npz file "
                                  f"({_unreadable_reason(error)})") from error
+
+
+def _check_unpacked_sizes(archive, shown, max_bytes):
+    """Refuse (SerializationError) a zip archive whose entries declare more than `max_bytes` unpacked
+    bytes in all, or are compressed other than by deflate, before any entry is read.
+
+    A compressed entry can inflate a thousandfold (a "deflate bomb"). zipfile never returns more of an
+    entry than the size it declares and inflates deflate no further than it is asked to, so checking the
+    declared sizes bounds what reading can unpack; bzip2 and LZMA it decompresses a whole read at once.
+    """
+    entries = archive.infolist()
+    for entry in entries:
+        if entry.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise SerializationError(
+                f"{shown!r}: the entry {entry.filename!r} is compressed with method {entry.compress_type}; "
+                f"nnbox reads only stored or deflated entries (as np.savez and np.savez_compressed write them)")
+    total = sum(entry.file_size for entry in entries)
+    if total > max_bytes:
+        largest = max(entries, key=lambda entry: entry.file_size)
+        raise SerializationError(
+            f"{shown!r}: its entries declare {total} unpacked bytes in all (the largest, {largest.filename!r}, "
+            f"{largest.file_size}), more than the {max_bytes} allowed; refusing to read it (the file is corrupt, "
+            f"or a small file made to inflate until the memory is full). For a file you trust, pass a larger "
+            f"max_bytes= to load_state or load_checkpoint")
 
 
 def _unreadable_reason(error):

@@ -204,6 +204,42 @@ def test_forged_files_get_the_serialization_error_not_a_crash(tmp_path, monkeypa
         load_checkpoint(_checkpoint_with_description(tmp_path, mark))
 
 
+def test_an_entry_declaring_a_huge_unpacked_size_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    # a real 1 TiB deflate bomb is a 1 GB file: the size declared in the central directory (which zipfile
+    # writes from `filelist` on closing) is forged instead
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("w.npy", _npy_bytes(np.zeros(1000)))
+        archive.filelist[0].file_size = 2**40
+    import numpy.lib._npyio_impl as npyio
+    read = []
+    monkeypatch.setattr(npyio.format, "read_array", lambda *args, **kwargs: read.append(args))
+    with pytest.raises(SerializationError, match=rf"bomb\.npz'.* declare {2**40} unpacked bytes .*'w\.npy'.*more "
+                                                 rf"than the {serialization.MAX_NPZ_BYTES} allowed.*max_bytes="):
+        load_checkpoint(path)
+    assert read == []
+
+
+def test_the_unpacked_size_limit_counts_every_entry_and_is_generous_by_default(tmp_path):
+    path = tmp_path / "zeros.npz"
+    np.savez_compressed(path, a=np.zeros(7000), b=np.zeros(7500))    # 56,128 + 60,128 bytes in a 1 kB file
+    assert path.stat().st_size < 2000
+    with pytest.raises(SerializationError, match=r"zeros\.npz'.* declare 116256 unpacked bytes in all "
+                                                 r".*'b\.npy', 60128\).*than the 100000 allowed"):
+        load_state(path, max_bytes=100_000)
+    assert list(load_state(path, max_bytes=116_256)) == ["a", "b"]
+    np.testing.assert_array_equal(load_state(path)["b"], np.zeros(7500))
+
+
+def test_entries_compressed_other_than_by_deflate_are_refused(tmp_path):
+    path = tmp_path / "bz2.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("w.npy", _npy_bytes(np.zeros(10)))
+    with pytest.raises(SerializationError, match=r"bz2\.npz'.*'w\.npy' is compressed with method 12.*stored or "
+                                                 r"deflated"):
+        load_state(path)
+
+
 def test_load_state_file_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "state.npz"
     save_state(path, {"w": np.ones(2)})
