@@ -66,6 +66,7 @@ CIFAR10_PYTHON = RemoteFile(
     "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_RECORD = 1 + 3 * 32 * 32
+CIFAR10_BATCH_RECORDS = 10_000    # in each of data_batch_1..5.bin and test_batch.bin
 
 # Fixed colours for the class-coloured MNIST (matplotlib's tab10), RGB in [0, 1].
 CLASS_COLORS = np.array([
@@ -568,15 +569,19 @@ def load_colored_mnist(data_dir=None, split="train", mode="random", rng=None, **
 
 # --------------------------------------------------------------------------- CIFAR-10
 def read_cifar_binary(path):
-    """One CIFAR-10 binary batch: records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32x32).
+    """One CIFAR-10 binary batch: 10,000 records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32x32).
 
-    Returns uint8 images (N, 3, 32, 32) and int64 labels.
+    A file of any other size (truncated, even at a record boundary, or not a batch) is a ValueError.
+    Returns uint8 images (10000, 3, 32, 32) and int64 labels.
     """
-    raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0 or raw.size % CIFAR10_RECORD:
-        raise ValueError(f"read_cifar_binary: {path} holds {raw.size} bytes, not a whole number of "
-                         f"{CIFAR10_RECORD}-byte records (1 label + 3072 pixels); is it a CIFAR-10 .bin batch?")
-    records = raw.reshape(-1, CIFAR10_RECORD)
+    size, expected = Path(path).stat().st_size, CIFAR10_BATCH_RECORDS * CIFAR10_RECORD
+    if size != expected:
+        whole = "not a whole number of records" if size % CIFAR10_RECORD else f"{size // CIFAR10_RECORD} whole records"
+        raise ValueError(f"read_cifar_binary: {path} holds {size} bytes ({whole}); a CIFAR-10 binary batch holds "
+                         f"exactly {expected} ({CIFAR10_BATCH_RECORDS} records of {CIFAR10_RECORD} bytes: 1 label + "
+                         f"3072 pixels). The file is truncated or is not a CIFAR-10 .bin batch: download "
+                         f"{CIFAR10_BINARY.filename} again ({CIFAR10_BINARY.url}) and extract it afresh")
+    records = np.fromfile(path, dtype=np.uint8).reshape(-1, CIFAR10_RECORD)
     labels = records[:, 0].astype(np.int64)
     if labels.max() > 9:
         raise ValueError(f"read_cifar_binary: {path} has label {labels.max()} > 9; is it CIFAR-100 "

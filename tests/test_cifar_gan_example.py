@@ -20,14 +20,15 @@ def cifar_gan():
     return module
 
 
-def write_cifar_test_batch(root, n, seed=0):
-    """root/cifar-10-batches-bin/test_batch.bin in the official layout: n records of 1 label byte + 3072 pixels
-    (R, G, B planes of 32x32). Like ../shared/data, the folder holds only the test split."""
+def write_cifar_test_batch(root, seed=0):
+    """root/cifar-10-batches-bin/test_batch.bin in the official layout: 10,000 records (the loader insists on
+    them) of 1 label byte + 3072 pixels (R, G, B planes of 32x32). Like ../shared/data, the folder holds only
+    the test split; the runs take --max-images of them."""
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-bin"
     folder.mkdir(parents=True)
-    labels = rng.integers(0, 10, size=(n, 1), dtype=np.uint8)
-    pixels = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=(10000, 1), dtype=np.uint8)
+    pixels = rng.integers(0, 256, size=(10000, 3072), dtype=np.uint8)
     np.concatenate([labels, pixels], axis=1).tofile(folder / "test_batch.bin")
     return root
 
@@ -36,7 +37,7 @@ def write_cifar_test_batch(root, n, seed=0):
 def comparison(cifar_gan, tmp_path_factory):
     """Both architectures trained for one epoch of two batches; returns (run folder, printed output)."""
     root = tmp_path_factory.mktemp("cifar")
-    data = write_cifar_test_batch(root / "data", 40)
+    data = write_cifar_test_batch(root / "data")
     out = root / "runs"
     import contextlib
     import io
@@ -84,7 +85,7 @@ def test_evaluation_of_a_run_writes_finite_measures_and_figures(cifar_gan, compa
 
 
 def test_a_missing_split_is_a_clear_error(cifar_gan, tmp_path, capsys):
-    data = write_cifar_test_batch(tmp_path / "data", 4)
+    data = write_cifar_test_batch(tmp_path / "data")
     assert cifar_gan.main(TINY + ["--data", str(data), "--split", "train", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "lacks data_batch_1.bin" in err and "give --split test (or auto)" in err and len(err.splitlines()) == 1
@@ -97,14 +98,14 @@ def test_gpu_without_cupy_is_a_one_line_error(cifar_gan, tmp_path, capsys):
     from nnbox import backend
     if backend.cupy_available():
         pytest.skip("CuPy and a device are present: the GPU run is test_main_on_the_gpu")
-    data = write_cifar_test_batch(tmp_path / "data", 4)
+    data = write_cifar_test_batch(tmp_path / "data")
     assert cifar_gan.main(TINY + ["--data", str(data), "--device", "gpu", "--out", str(tmp_path / "r")]) == 2
     assert "cifar_gan:" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 @pytest.mark.gpu
 def test_main_on_the_gpu(cifar_gan, tmp_path):
-    data = write_cifar_test_batch(tmp_path / "data", 40)
+    data = write_cifar_test_batch(tmp_path / "data")
     out = tmp_path / "runs"
     assert cifar_gan.main(TINY + ["--data", str(data), "--arch", "mlp", "dcgan", "--device", "gpu",
                                   "--eval-images", "16", "--out", str(out)]) == 0

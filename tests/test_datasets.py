@@ -279,25 +279,45 @@ def _cifar_records(rng, n):
     return labels, pixels
 
 
+CIFAR10_BATCH_BYTES = 10000 * 3073     # every official binary batch: 10,000 records of 1 label + 3072 pixels
+
+
+def _cifar_binary_batch(path, labels, pixels, size=CIFAR10_BATCH_BYTES):
+    """A binary batch whose first records are (labels, pixels) and the rest zeros, `size` bytes in all (as a
+    sparse file: a standard batch is 30 MB)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(np.concatenate([labels[:, None], pixels], axis=1).tobytes())
+        f.truncate(size)
+    return path
+
+
 def test_load_cifar10_binary(tmp_path, rng):
     folder = tmp_path / "cifar-10-batches-bin"
-    folder.mkdir()
     labels, pixels = _cifar_records(rng, 5)
-    (folder / "test_batch.bin").write_bytes(np.concatenate([labels[:, None], pixels], axis=1).tobytes())
+    _cifar_binary_batch(folder / "test_batch.bin", labels, pixels)
     (folder / "batches.meta.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n\n")
     x, y, classes = load_cifar10(tmp_path, "test", download=False, cache_dir=tmp_path / "cache")
-    assert x.shape == (5, 3, 32, 32) and classes[0] == "class0" and len(classes) == 10
-    np.testing.assert_array_equal(y, labels)
+    assert x.shape == (10000, 3, 32, 32) and classes[0] == "class0" and len(classes) == 10
+    np.testing.assert_array_equal(y[:5], labels)
     np.testing.assert_allclose((x[2, 1] + 1) * 127.5, pixels[2, 1024:2048].reshape(32, 32), atol=1e-3)
+    np.testing.assert_array_equal(x[5:], -1.0)
     with pytest.raises(FileNotFoundError, match="data_batch_1.bin"):
         load_cifar10(tmp_path, "train", download=False)
 
 
-def test_cifar10_binary_wrong_size_is_a_clear_error(tmp_path):
-    folder = tmp_path / "cifar-10-batches-bin"
-    folder.mkdir()
-    (folder / "test_batch.bin").write_bytes(b"\x00" * 3000)
-    with pytest.raises(ValueError, match="3073-byte records"):
+@pytest.mark.parametrize("size, found", [
+    (9000 * 3073, "9000 whole records"),                # truncated exactly at a record boundary
+    (10001 * 3073, "10001 whole records"),
+    (3000, "not a whole number of records"),
+    (0, "0 whole records"),
+])
+def test_a_cifar10_binary_batch_of_another_size_is_a_clear_error(tmp_path, rng, size, found):
+    labels, pixels = _cifar_records(rng, 0)
+    path = _cifar_binary_batch(tmp_path / "cifar-10-batches-bin" / "test_batch.bin", labels, pixels, size)
+    with pytest.raises(ValueError, match=rf"read_cifar_binary: .*test_batch\.bin holds {size} bytes \({found}\); a "
+                                         rf"CIFAR-10 binary batch holds exactly 30730000 \(10000 records of 3073 bytes"
+                                         rf".*truncated .*download .*cifar-10-binary\.tar\.gz again"):
         load_cifar10(tmp_path, "test", download=False)
 
 
