@@ -314,7 +314,7 @@ def test_load_cifar10_binary(tmp_path, rng):
 ])
 def test_a_cifar10_binary_batch_of_another_size_is_a_clear_error(tmp_path, rng, size, found):
     labels, pixels = _cifar_records(rng, 0)
-    path = _cifar_binary_batch(tmp_path / "cifar-10-batches-bin" / "test_batch.bin", labels, pixels, size)
+    _cifar_binary_batch(tmp_path / "cifar-10-batches-bin" / "test_batch.bin", labels, pixels, size)
     with pytest.raises(ValueError, match=rf"read_cifar_binary: .*test_batch\.bin holds {size} bytes \({found}\); a "
                                          rf"CIFAR-10 binary batch holds exactly 30730000 \(10000 records of 3073 bytes"
                                          rf".*truncated .*download .*cifar-10-binary\.tar\.gz again"):
