@@ -1,10 +1,11 @@
 """Real data sets: LFW faces, MNIST, coloured MNIST, CIFAR-10 and Olivetti faces, from a local folder or
 downloaded.
 
-Every loader first looks in the folder you give (`data_dir`), then in the cache
-(`nnbox.data.default_cache_dir()`, `$NNBOX_CACHE` overrides); only then does it download the
-official archive, check its SHA-256, and extract it safely into the cache. LFW (a 240 MB download)
-is the exception: a `data_dir` you give is the only place it is looked for. Nothing read from disk
+A `data_dir` you give is the only place a loader looks: a folder without the data set's files is a
+FileNotFoundError naming the folder and the files, never a silent switch to another copy. Without
+`data_dir`, a loader looks in the cache (`nnbox.data.default_cache_dir()`, `$NNBOX_CACHE` overrides)
+and only then downloads the official archive, checks its SHA-256, and extracts it safely into the
+cache (Olivetti, which has no official download, needs a `data_dir`). Nothing read from disk
 can execute code: arrays come from raw bytes, the CIFAR-10 "python version" goes through an
 unpickler that refuses every global (`safe_unpickle`), and archives are checked member by member
 (`safe_extract_tar`).
@@ -480,8 +481,10 @@ def _find_file(folders, stem, suffixes=(".gz", "")):
 def load_mnist(data_dir=None, split="train", download=True, cache_dir=None, progress=True):
     """MNIST digits from the four official IDX files (gzipped or not).
 
-    Looks in `data_dir`, `data_dir/mnist`, `data_dir/MNIST/raw`, then `cache_dir/mnist`; downloads the
-    missing files (SHA-256 checked) into `cache_dir/mnist` when `download`.
+    With `data_dir`, reads the split's two files from `data_dir`, `data_dir/mnist` or
+    `data_dir/MNIST/raw` only: a missing file is a FileNotFoundError, never a file taken from the cache
+    or a download. Without it: `cache_dir/mnist`, downloading the missing files (SHA-256 checked) into
+    it when `download`.
 
     Returns:
         images float32 (N, 1, 28, 28) in [-1, 1], labels int64 (N,); N = 60000 (train) or 10000 (test).
@@ -490,19 +493,25 @@ def load_mnist(data_dir=None, split="train", download=True, cache_dir=None, prog
     if prefix is None:
         raise ValueError(f"load_mnist: split must be 'train' or 'test', got {split!r}")
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    folders = []
+    stems = {f"{prefix}-images-idx3-ubyte": MNIST_IMAGES_MAGIC, f"{prefix}-labels-idx1-ubyte": MNIST_LABELS_MAGIC}
     if data_dir is not None:
         d = Path(data_dir).expanduser()
-        folders += [d, d / "mnist", d / "MNIST" / "raw"]
-    folders.append(cache_dir / "mnist")
+        folders = [d, d / "mnist", d / "MNIST" / "raw"]
+    else:
+        folders = [cache_dir / "mnist"]
+    paths = {stem: _find_file(folders, stem) for stem in stems}
+    missing = ", ".join(f"{stem}[.gz]" for stem, path in paths.items() if path is None)
+    if missing and data_dir is not None:
+        raise FileNotFoundError(f"load_mnist: {missing} not found in {d}, {d / 'mnist'} or {d / 'MNIST' / 'raw'}; "
+                                f"pass data_dir=<the folder with MNIST's IDX files>, or data_dir=None for the cache "
+                                f"({cache_dir / 'mnist'}) and a download of what it lacks")
+    if missing and not download:
+        raise FileNotFoundError(f"load_mnist: {missing} not found in {folders[0]}; pass data_dir=<folder with the "
+                                f"four IDX files>, or download=True")
     arrays = []
-    for kind, magic in (("images-idx3-ubyte", MNIST_IMAGES_MAGIC), ("labels-idx1-ubyte", MNIST_LABELS_MAGIC)):
-        stem = f"{prefix}-{kind}"
-        path = _find_file(folders, stem)
+    for stem, magic in stems.items():
+        path = paths[stem]
         if path is None:
-            if not download:
-                raise FileNotFoundError(f"load_mnist: {stem}[.gz] not found in {', '.join(map(str, folders))}; "
-                                        f"pass data_dir=<folder with the four IDX files>, or download=True")
             remote = RemoteFile(f"{stem}.gz", MNIST_MIRROR + stem + ".gz", MNIST_FILES[stem])
             path = _download_file(remote, cache_dir / "mnist", progress)
         arrays.append(read_idx(path, magic))
@@ -609,23 +618,23 @@ def read_cifar_python(path):
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _cifar_folder(folders):
-    for folder in folders:
-        for sub in ("cifar-10-batches-bin", "cifar-10-batches-py", ""):
-            candidate = Path(folder) / sub
-            if (candidate / "test_batch.bin").is_file() or (candidate / "data_batch_1.bin").is_file():
-                return candidate, "binary"
-            if (candidate / "test_batch").is_file() or (candidate / "data_batch_1").is_file():
-                return candidate, "python"
+def _cifar_folder(folder):
+    for sub in ("cifar-10-batches-bin", "cifar-10-batches-py", ""):
+        candidate = Path(folder) / sub
+        if (candidate / "test_batch.bin").is_file() or (candidate / "data_batch_1.bin").is_file():
+            return candidate, "binary"
+        if (candidate / "test_batch").is_file() or (candidate / "data_batch_1").is_file():
+            return candidate, "python"
     return None, None
 
 
 def load_cifar10(data_dir=None, split="train", download=True, cache_dir=None, progress=True):
     """CIFAR-10 from the binary version (or the python version, read safely).
 
-    Looks in `data_dir` and `cache_dir/cifar10` for `cifar-10-batches-bin` (`data_batch_1..5.bin`,
-    `test_batch.bin`) or `cifar-10-batches-py`; downloads and extracts the binary archive (SHA-256
-    checked) into `cache_dir/cifar10` when nothing is found and `download`.
+    Looks for `cifar-10-batches-bin` (`data_batch_1..5.bin`, `test_batch.bin`) or `cifar-10-batches-py`,
+    or those files directly, in `data_dir` only when it is given: a folder without them is a
+    FileNotFoundError, never the cache's copy or a download. Without `data_dir`: in `cache_dir/cifar10`,
+    else (when `download`) the binary archive is downloaded (SHA-256 checked) and extracted there.
 
     Returns:
         images float32 (N, 3, 32, 32) in [-1, 1], labels int64 (N,), class names (list of 10 str).
@@ -633,19 +642,21 @@ def load_cifar10(data_dir=None, split="train", download=True, cache_dir=None, pr
     if split not in ("train", "test"):
         raise ValueError(f"load_cifar10: split must be 'train' or 'test', got {split!r}")
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    folders = ([Path(data_dir).expanduser()] if data_dir is not None else []) + [cache_dir / "cifar10"]
-    folder, kind = _cifar_folder(folders)
+    searched = Path(data_dir).expanduser() if data_dir is not None else cache_dir / "cifar10"
+    folder, kind = _cifar_folder(searched)
+    if folder is None and data_dir is not None:
+        raise FileNotFoundError(_cifar_missing(searched, "pass data_dir=<the folder holding cifar-10-batches-bin>, "
+                                                         f"or data_dir=None for the cache ({cache_dir / 'cifar10'}) "
+                                                         f"and a download"))
     if folder is None:
         if not download:
-            raise FileNotFoundError(f"load_cifar10: no CIFAR-10 batches in {', '.join(map(str, folders))} (looked for "
-                                    f"cifar-10-batches-bin/test_batch.bin or cifar-10-batches-py/test_batch); pass "
-                                    f"data_dir=<folder>, or download=True")
+            raise FileNotFoundError(_cifar_missing(searched, "pass data_dir=<folder>, or download=True"))
         archive = _download_file(CIFAR10_BINARY, cache_dir / "downloads", progress)
         target = cache_dir / "cifar10"
         if target.exists():
             shutil.rmtree(target)
         safe_extract_tar(archive, target)
-        folder, kind = _cifar_folder([target])
+        folder, kind = _cifar_folder(target)
         if folder is None:
             raise FileNotFoundError(f"load_cifar10: the archive {archive} did not contain CIFAR-10 batches")
     suffix = ".bin" if kind == "binary" else ""
@@ -659,6 +670,12 @@ def load_cifar10(data_dir=None, split="train", download=True, cache_dir=None, pr
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     return _uint8_to_float(images), labels, _cifar_classes(folder)
+
+
+def _cifar_missing(searched, advice):
+    return (f"load_cifar10: no CIFAR-10 batches in {searched} (looked for test_batch.bin or data_batch_1.bin, or the "
+            f"python version's test_batch or data_batch_1, in it or in its cifar-10-batches-bin or "
+            f"cifar-10-batches-py folder); {advice}")
 
 
 def _cifar_classes(folder):

@@ -28,18 +28,19 @@ def torch():
     return pytest.importorskip("torch", reason="torch is not installed: `pip install -e .[parity]` runs the parity tests")
 
 
-@pytest.fixture(params=["missing", "empty", "a_file", "loose_images"])
-def not_lfw(request, tmp_path):
-    """A path that holds no LFW, in four kinds: missing, an empty folder, a file, a folder of loose images
-    (LFW has one folder per person)."""
+@pytest.fixture(params=["missing", "empty", "a_file", "unrelated_files"])
+def no_data_set(request, tmp_path):
+    """A path that holds no data set (LFW, MNIST, CIFAR-10), in four kinds: missing, an empty folder, a
+    file, a folder of unrelated files (a loose image and a text file; LFW has one folder per person)."""
     from PIL import Image
     path = tmp_path / request.param
     if request.param == "a_file":
-        path.write_text("not LFW")
+        path.write_text("not a data set")
     elif request.param != "missing":
         path.mkdir()
-    if request.param == "loose_images":
+    if request.param == "unrelated_files":
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path / "face.jpg")
+        (path / "README.txt").write_text("not a data set")
     return path
 
 

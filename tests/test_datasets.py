@@ -69,14 +69,14 @@ def test_load_lfw_downloads_extracts_and_loads(tmp_path, rng, monkeypatch):
     np.testing.assert_array_equal(again.images, ds.images)
 
 
-def test_load_lfw_reads_a_data_dir_given_or_fails_never_the_cache_nor_a_download(tmp_path, rng, not_lfw, recwarn):
+def test_load_lfw_reads_a_data_dir_given_or_fails_never_the_cache_nor_a_download(tmp_path, rng, no_data_set, recwarn):
     cache = tmp_path / "cache"
     safe_extract_tar(_lfw_tgz(tmp_path, rng), cache / "lfw")     # a copy in the cache, that must not be used
     broken = RemoteFile("lfw-funneled.tgz", "file:///nowhere/lfw.tgz", "0" * 64)
     for download in (True, False):
-        with pytest.raises(FileNotFoundError, match=rf"no LFW images found in {not_lfw} .*; pass data_dir=.*"
+        with pytest.raises(FileNotFoundError, match=rf"no LFW images found in {no_data_set} .*; pass data_dir=.*"
                                                     rf"or data_dir=None for the cache$"):
-            load_lfw(not_lfw, image_size=16, cache_dir=cache, remote=broken, download=download, progress=False)
+            load_lfw(no_data_set, image_size=16, cache_dir=cache, remote=broken, download=download, progress=False)
     assert not recwarn.list and not (cache / "downloads").exists()
 
 
@@ -227,7 +227,7 @@ def test_idx_truncated_and_missing_files(tmp_path, rng):
     with pytest.raises(ValueError, match="truncated"):
         read_idx(tmp_path / "short", 2051)
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.*download=True"):
-        load_mnist(tmp_path / "none", download=False, cache_dir=tmp_path / "cache")
+        load_mnist(download=False, cache_dir=tmp_path / "cache")
     with pytest.raises(ValueError, match="split"):
         load_mnist(tmp_path, split="valid")
 
@@ -249,6 +249,29 @@ def test_load_mnist_downloads_missing_files(tmp_path, rng, monkeypatch):
     x, y = load_mnist(split="train", cache_dir=tmp_path / "cache", progress=False)
     np.testing.assert_array_equal(y, labels)
     assert (tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz").is_file()
+
+
+def test_load_mnist_reads_a_data_dir_given_or_fails_never_the_cache_nor_a_download(tmp_path, rng, no_data_set,
+                                                                                   monkeypatch):
+    cache = tmp_path / "cache"
+    _write_mnist(cache / "mnist", rng)                  # a copy in the cache, that must not be used
+    monkeypatch.setattr(datasets, "MNIST_MIRROR", "file:///nowhere/")
+    for may_download in (True, False):
+        with pytest.raises(FileNotFoundError, match=rf"^load_mnist: train-images-idx3-ubyte\[\.gz\], "
+                                                    rf"train-labels-idx1-ubyte\[\.gz\] not found in {no_data_set}, "
+                                                    rf".*; pass data_dir=.*, or data_dir=None for the cache"):
+            load_mnist(no_data_set, download=may_download, cache_dir=cache, progress=False)
+    assert sorted(p.name for p in (cache / "mnist").iterdir()) == ["train-images-idx3-ubyte.gz",
+                                                                    "train-labels-idx1-ubyte.gz"]
+    assert load_mnist(download=False, cache_dir=cache)[0].shape == (6, 1, 28, 28)    # no data_dir: the cache
+
+
+def test_load_mnist_takes_no_file_of_a_data_dir_given_from_the_cache(tmp_path, rng):
+    _write_mnist(tmp_path / "cache" / "mnist", rng)
+    _write_mnist(tmp_path / "data", rng)
+    (tmp_path / "data" / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"^load_mnist: train-labels-idx1-ubyte\[\.gz\] not found in "):
+        load_mnist(tmp_path / "data", cache_dir=tmp_path / "cache", progress=False)
 
 
 def test_colored_mnist_random_and_per_class_colours(rng):
@@ -319,6 +342,20 @@ def test_a_cifar10_binary_batch_of_another_size_is_a_clear_error(tmp_path, rng, 
                                          rf"CIFAR-10 binary batch holds exactly 30730000 \(10000 records of 3073 bytes"
                                          rf".*truncated .*download .*cifar-10-binary\.tar\.gz again"):
         load_cifar10(tmp_path, "test", download=False)
+
+
+def test_load_cifar10_reads_a_data_dir_given_or_fails_never_the_cache_nor_a_download(tmp_path, rng, no_data_set,
+                                                                                     monkeypatch):
+    cache = tmp_path / "cache"
+    _cifar_binary_batch(cache / "cifar10" / "cifar-10-batches-bin" / "test_batch.bin", *_cifar_records(rng, 5))
+    monkeypatch.setattr(datasets, "CIFAR10_BINARY", RemoteFile("c.tar.gz", "file:///nowhere/c.tar.gz", "0" * 64))
+    for may_download in (True, False):
+        with pytest.raises(FileNotFoundError, match=rf"^load_cifar10: no CIFAR-10 batches in {no_data_set} \(looked "
+                                                    rf"for .*test_batch\.bin.*\); pass data_dir=.*, or data_dir=None "
+                                                    rf"for the cache"):
+            load_cifar10(no_data_set, "test", download=may_download, cache_dir=cache, progress=False)
+    assert not (cache / "downloads").exists()
+    assert load_cifar10(split="test", download=False, cache_dir=cache)[0].shape == (10000, 3, 32, 32)
 
 
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])

@@ -21,7 +21,9 @@ HINTS = {"cifar_gan": "--data ../shared/data/cifar-10-batches-bin", "cyclegan_mn
 PROGRAMS = sorted(HINTS)
 # LFW or an error: aegan reads any other folder as a plain image folder, faces_gan falls back to synthetic faces
 EXTRA = {"aegan": ["--dataset", "lfw"], "faces_gan": ["--dataset", "lfw"]}
-LFW_PROGRAMS = ("aegan", "faces_gan")     # a --data given is the only place LFW is looked for
+LFW_PROGRAMS = ("aegan", "faces_gan")
+# the folder of the data cache each program's loader looks in when no --data is given
+CACHE_FOLDERS = {"cifar_gan": "cifar10", "aegan": "lfw", "faces_gan": "lfw"}
 
 
 def _load(name):
@@ -60,12 +62,8 @@ def data_args(program, folder, out):
 
 def missing_data_args(program, tmp_path):
     """Options under which the loader finds nothing it could not download, and the folder its error names:
-    an empty --data, or for LFW no --data (one without LFW is an error of its own, tested below) and the
-    empty cache."""
-    if program in LFW_PROGRAMS:
-        return EXTRA[program], tmp_path / "cache" / "lfw"
-    (tmp_path / "empty").mkdir()
-    return ["--data", str(tmp_path / "empty")], tmp_path / "empty"
+    no --data (a --data without the data is an error of its own, tested below) and the empty cache."""
+    return EXTRA.get(program, []), tmp_path / "cache" / CACHE_FOLDERS.get(program, "mnist")
 
 
 @pytest.mark.parametrize("program", PROGRAMS)
@@ -88,16 +86,29 @@ def test_a_failed_download_says_where_it_looked(programs, program, tmp_path, cap
 
 
 @pytest.mark.parametrize("program, argv", [("faces_gan", []), ("aegan", ["--dataset", "lfw"])])
-def test_a_data_folder_without_lfw_is_an_error_not_a_download(programs, program, argv, not_lfw, tmp_path, monkeypatch,
-                                                              recwarn, capsys):
+def test_a_data_folder_without_lfw_is_an_error_not_a_download(programs, program, argv, no_data_set, tmp_path,
+                                                              monkeypatch, recwarn, capsys):
     """Not a download, nor the cache's copy, nor (faces_gan) synthetic faces: one line naming the folder."""
     out, opened = tmp_path / "run", []
     monkeypatch.setattr(urllib.request, "urlopen", lambda *args, **kwargs: opened.append(args))
-    line = one_line_error(program, programs[program], argv + ["--data", str(not_lfw), "--out", str(out)], capsys)
-    assert line == (f"{program}: load_lfw: no LFW images found in {not_lfw} (looked for one folder per person "
+    line = one_line_error(program, programs[program], argv + ["--data", str(no_data_set), "--out", str(out)], capsys)
+    assert line == (f"{program}: load_lfw: no LFW images found in {no_data_set} (looked for one folder per person "
                     f"holding JPEGs, directly or inside lfw-deepfunneled, lfw_funneled, lfw-funneled, lfw); "
                     f"pass --data <LFW's folder>, e.g. --data ../shared/data/lfw-deepfunneled")
     assert opened == [] and not out.exists() and not recwarn.list
+
+
+@pytest.mark.parametrize("program", sorted(set(PROGRAMS) - set(LFW_PROGRAMS)))
+def test_a_data_folder_without_mnist_or_cifar_is_an_error_not_a_download(programs, program, no_data_set, tmp_path,
+                                                                          monkeypatch, capsys):
+    """Not a download, nor the cache's copy: one line naming the folder and the files it should hold."""
+    out, opened = tmp_path / "run", []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *args, **kwargs: opened.append(args))
+    line = one_line_error(program, programs[program], data_args(program, no_data_set, out), capsys)
+    expected = "no CIFAR-10 batches in" if program == "cifar_gan" else "train-labels-idx1-ubyte[.gz] not found in"
+    assert f"{expected} {no_data_set}" in line and line.endswith(HINTS[program])
+    assert "leave out --no-download" not in line and "data_dir=" not in line
+    assert opened == [] and not out.exists()
 
 
 @pytest.mark.parametrize("program", PROGRAMS)
