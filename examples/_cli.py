@@ -52,7 +52,7 @@ def check_new_run(out, overwrite, checkpoint_name=CHECKPOINT_NAME, resumable=Tru
 def interrupted(program, run_dir, epochs, checkpoint_name=CHECKPOINT_NAME):
     """Ctrl-C: one line on stderr saying what is kept and how to continue, instead of a traceback;
     returns the exit status, 130 (128 + SIGINT, as shells report it). `run_dir`: the run's folder, or
-    None when training had not started."""
+    None when there is nothing to continue from (training had not started, or the program has no --resume)."""
     kept = ""
     if run_dir is not None and (Path(run_dir) / checkpoint_name).exists():   # written atomically: never half a file
         kept = (f"; the checkpoint of the last complete epoch is kept: continue with "

@@ -13,7 +13,8 @@
 class its own fixed colour. Without `--data` MNIST comes from the data cache ($NNBOX_CACHE, default
 ~/.cache/nnbox) or is downloaded (SHA-256 checked).
 
-The run folder (`--out`) receives:
+The run folder (`--out`) receives the files below, all at the end of the run; a folder that already holds a run
+(its checkpoint.npz) is refused unless `--overwrite` is given:
     samples.png          images from the prior (z ~ N(0, I), uniform one-hot codes)
     reconstructions.png  test digits (odd rows) and their reconstructions (even rows)
     losses.png           the loss, its reconstruction and KL parts, and the temperature, per step
@@ -46,7 +47,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from _cli import CLI_ERRORS, MNIST_HINT, UsageError, at_least, check_device, fail, load_dataset, positive  # noqa: E402
+from _cli import (CLI_ERRORS, MNIST_HINT, UsageError, at_least, check_device, check_new_run, fail,  # noqa: E402
+                  interrupted, load_dataset, positive)
 from gan.history import atomic_write_text  # noqa: E402
 from gan.vae import LATENTS, VAE, one_hot  # noqa: E402
 from gan.visualize import moving_average, save_image_grid  # noqa: E402
@@ -90,6 +92,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=backend.DEVICES, default="cpu")
     p.add_argument("--out", default="runs/vae_colored_mnist", help="the run folder")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     return p
 
 
@@ -312,14 +315,18 @@ def check_options(args):
 
 
 def main(argv=None):
-    """The command line: trains and writes the run folder (see run); 0, or 2 after a one-line error."""
+    """The command line: trains and writes the run folder (see run); 0, 2 after a one-line error, or 130 after
+    Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
         check_options(args)
         check_device(args.device)
+        check_new_run(args.out, args.overwrite, resumable=False)
         run(args)
     except CLI_ERRORS as error:
         return fail("vae_colored_mnist", error)
+    except KeyboardInterrupt:   # nothing to continue from: the run folder is written only at the end
+        return interrupted("vae_colored_mnist", None, args.epochs)
     return 0
 
 

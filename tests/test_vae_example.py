@@ -41,6 +41,12 @@ def mnist_dir(tmp_path):
     return tmp_path
 
 
+def tiny_run_args(mnist_dir, out):
+    """A run of a second or two: one epoch of two batches of 32, width 2."""
+    return ["--data", str(mnist_dir), "--no-download", "--max-images", "64", "--batch-size", "32", "--width", "2",
+            "--epochs", "1", "--test-images", "16", "--out", str(out)]
+
+
 def test_load_colored_mnist_both_modes_from_idx_files(mnist_dir):
     x, labels, colors = load_colored_mnist(mnist_dir, "test", mode="class", download=False)
     assert x.shape == (20, 3, 28, 28) and colors.shape == (10, 3)
@@ -97,7 +103,38 @@ def test_a_run_that_ends_with_a_non_finite_loss_writes_no_metrics(mnist_dir, tmp
         return {**parts, "loss": float("nan")}, means, probs
     monkeypatch.setattr(example, "evaluate", broken)
     out = tmp_path / "run"
-    assert example.main(["--data", str(mnist_dir), "--no-download", "--max-images", "64", "--batch-size", "32",
-                         "--width", "2", "--epochs", "1", "--test-images", "16", "--out", str(out)]) == 2
+    assert example.main(tiny_run_args(mnist_dir, out)) == 2
     assert "training ended with a non-finite test loss" in capsys.readouterr().err
     assert not (out / "metrics.json").exists() and not (out / "checkpoint.npz").exists()
+
+
+def test_a_folder_holding_a_run_is_refused_before_the_data_is_read_unless_overwrite(mnist_dir, tmp_path, capsys,
+                                                                                    monkeypatch):
+    # a second run into the same --out replaced the first one's files without a word
+    example = _load_example()
+    out = tmp_path / "run"
+    assert example.main(tiny_run_args(mnist_dir, out)) == 0
+    saved = (out / "checkpoint.npz").read_bytes()
+    capsys.readouterr()
+    real_load_data = example.load_data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded for a run that is refused")
+    monkeypatch.setattr(example, "load_data", no_data)
+    assert example.main(tiny_run_args(mnist_dir, out)) == 2
+    assert capsys.readouterr().err == (f"vae_colored_mnist: {out} already holds a run: pass --overwrite to replace "
+                                       f"it, or choose another --out\n")
+    assert (out / "checkpoint.npz").read_bytes() == saved
+    monkeypatch.setattr(example, "load_data", real_load_data)
+    assert example.main(tiny_run_args(mnist_dir, out) + ["--overwrite", "--seed", "1"]) == 0
+    assert load_checkpoint(out / "checkpoint.npz")["config"]["seed"] == 1
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(mnist_dir, tmp_path, capsys, monkeypatch):
+    example = _load_example()
+
+    def interrupted_training(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(example, "train", interrupted_training)
+    assert example.main(tiny_run_args(mnist_dir, tmp_path / "run")) == 130
+    assert capsys.readouterr().err == "vae_colored_mnist: interrupted\n"
