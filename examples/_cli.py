@@ -14,6 +14,7 @@
         return 0
 """
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -47,6 +48,25 @@ def check_new_run(out, overwrite, checkpoint_name=CHECKPOINT_NAME, resumable=Tru
         fix = f"continue it with --resume {out}, or pass --overwrite" if resumable else \
             "pass --overwrite to replace it, or choose another --out"
         raise UsageError(f"{out} already holds a run: {fix}")
+
+
+EPOCH_FIGURE = r"epoch_[0-9]{3,}\.png"   # the per-epoch figures' names, f"epoch_{epoch:03d}.png"
+
+
+def remove_old_run(out, names, numbered=None):
+    """--overwrite: delete the files an earlier run of the program wrote in `out`, so that none of them outlives
+    the new run (a shorter run would show the old run's later epoch grids): `names`, paths relative to `out`,
+    and in each folder of `numbered` ({folder: regular expression}) the files whose whole name matches.
+    Nothing else is touched: a user's own files in `out` stay. Returns the paths removed."""
+    out = Path(out)
+    old = [out / name for name in names]
+    for folder, pattern in (numbered or {}).items():
+        if (out / folder).is_dir():
+            old += [path for path in (out / folder).iterdir() if re.fullmatch(pattern, path.name)]
+    old = [path for path in old if path.is_file()]
+    for path in old:
+        path.unlink()
+    return old
 
 
 def interrupted(program, run_dir, epochs, checkpoint_name=CHECKPOINT_NAME):

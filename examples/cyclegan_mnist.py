@@ -21,7 +21,8 @@ Without --data it looks in the data cache ($NNBOX_CACHE, default ~/.cache/nnbox)
 The run folder (--out) receives checkpoint.npz (after every epoch), history.csv/.json (every step),
 epochs.json (per epoch: seconds and the test-set measures), samples/epoch_XXX.png (test digits
 translated both ways after each epoch), translations_A_to_B.png and translations_B_to_A.png (rows:
-the input, its translation, the translation back), and losses.png.
+the input, its translation, the translation back), and losses.png. A folder that holds a run is refused
+unless --overwrite is given, which deletes these files of the old run (and no others) before training.
 
 Test-set measures (on --test-images digits of MNIST's test split, coloured as A and as B):
     cycle_l1_a = mean |G_BA(G_AB(a)) - a| (and cycle_l1_b), pixels in [-1, 1];
@@ -45,8 +46,8 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import (CLI_ERRORS, MNIST_HINT, UsageError, at_least, check_device, check_new_run, fail,  # noqa: E402
-                  interrupted, load_dataset, positive)
+from _cli import (CLI_ERRORS, EPOCH_FIGURE, MNIST_HINT, UsageError, at_least, check_device, check_new_run,  # noqa: E402
+                  fail, interrupted, load_dataset, positive, remove_old_run)
 from gan.cyclegan import CycleGANConfig, CycleGANTrainer  # noqa: E402
 from gan.history import atomic_write_text  # noqa: E402
 from gan.trainer import RNG_STREAMS, non_finite_weights  # noqa: E402
@@ -61,6 +62,10 @@ STROKE = 0.5           # a pixel whose value (max of R, G, B in [0, 1]) exceeds 
 MIN_SATURATION = 0.3   # a stroke less saturated than this counts as grey (in no colour band)
 FIGURE_DIGITS = 10     # test digits shown per figure
 CHECKPOINT_NAME = "checkpoint.npz"
+# what a run writes into its folder (the module docstring's list): --overwrite removes these, and only these
+RUN_FILES = (CHECKPOINT_NAME, "history.csv", "history.json", "epochs.json", "losses.png", "translations_A_to_B.png",
+             "translations_B_to_A.png")
+EPOCH_GRIDS = {"samples": EPOCH_FIGURE}
 RESUME_OVERRIDES = ("resume", "epochs", "device", "progress", "download", "lr")   # lr: lowered after a run diverged
 
 
@@ -361,6 +366,8 @@ def main(argv=None):
         seed = trainer.config.seed
         train_a, train_b, test_a, test_b = load_domains(settings, seed, given.get("download", True))
         loaders = _loaders(train_a, train_b, settings, seed, loader_states)
+        if given.get("overwrite"):   # a new run (--resume refuses it): none of the old run's files may stay
+            remove_old_run(out, RUN_FILES, EPOCH_GRIDS)
         out.mkdir(parents=True, exist_ok=True)
         print(f"data: {len(train_a)} digits as A ({settings.domain_a}), {len(train_b)} other digits as B "
               f"({settings.domain_b}), {settings.image_size}x{settings.image_size}; {len(test_a)} test digits; "

@@ -14,7 +14,8 @@ class its own fixed colour. Without `--data` MNIST comes from the data cache ($N
 ~/.cache/nnbox) or is downloaded (SHA-256 checked).
 
 The run folder (`--out`) receives the files below, all at the end of the run; a folder that already holds a run
-(its checkpoint.npz) is refused unless `--overwrite` is given:
+(its checkpoint.npz) is refused unless `--overwrite` is given, which then deletes these files of the old run (and
+no others) just before the new run writes its own:
     samples.png          images from the prior (z ~ N(0, I), uniform one-hot codes)
     reconstructions.png  test digits (odd rows) and their reconstructions (even rows)
     losses.png           the loss, its reconstruction and KL parts, and the temperature, per step
@@ -48,7 +49,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from _cli import (CLI_ERRORS, MNIST_HINT, UsageError, at_least, check_device, check_new_run, fail,  # noqa: E402
-                  interrupted, load_dataset, positive)
+                  interrupted, load_dataset, positive, remove_old_run)
 from gan.history import atomic_write_text  # noqa: E402
 from gan.vae import LATENTS, VAE, one_hot  # noqa: E402
 from gan.visualize import moving_average, save_image_grid  # noqa: E402
@@ -62,6 +63,9 @@ FIGURE_DPI = 90
 TRAVERSAL = np.linspace(-2.5, 2.5, 9)  # z values of the traversals: most of N(0, 1)'s mass
 EVAL_BATCH = 500
 LOSS_PARTS = ("loss", "reconstruction", "kl_gaussian", "kl_categorical")
+# what a run writes into its folder (the module docstring's list): --overwrite removes these, and only these
+RUN_FILES = ("samples.png", "reconstructions.png", "losses.png", "latent_space.png", "categories.png",
+             "category_digits.png", "steering.png", "checkpoint.npz", "metrics.json")
 
 
 def build_parser():
@@ -359,6 +363,8 @@ def run(args):
         # purity: the share of test digits that are their category's most common digit
         metrics["category_purity"] = round(float(counts.max(axis=1).sum() / counts.sum()), 4)
         metrics["categories_used"] = int((counts.sum(axis=1) > 0).sum())
+    if args.overwrite:   # the old run's files go only now, so a run that fails keeps them; some figures are
+        remove_old_run(out, RUN_FILES)   # written for one --latent only and would otherwise stay from the old run
     write_figures(vae, history, test, labels, tints, means, code_probs, out, rng)
     save_checkpoint(out / "checkpoint.npz", model=vae.state_dict(), optimizer=optimizer.state_dict(),
                     config=vars(args), history=history, metrics=metrics)

@@ -123,6 +123,23 @@ def test_an_interrupted_epoch_is_listed_once_and_a_finished_run_trains_nothing(e
                                             f"give --epochs N (N > 2) to train further\n")
 
 
+def test_overwrite_removes_the_old_runs_files_and_only_those(example, mnist_dir, tmp_path, capsys):
+    # a shorter run with --overwrite showed the old run's later grids (samples/epoch_002.png) as its own
+    out = tmp_path / "run"
+    assert example.main(tiny_run_args(mnist_dir, out) + ["--epochs", "2"]) == 0
+    mine = [out / "notes.txt", out / "samples" / "favourite.png", out / "samples" / "epoch_002_copy.png"]
+    for path in mine:
+        path.write_text("the user's")
+    assert example.main(tiny_run_args(mnist_dir, out) + ["--epochs", "1", "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_000.png", "epoch_001.png",
+                                                                   "epoch_002_copy.png", "favourite.png"]
+    assert [e["epoch"] for e in json.loads((out / "epochs.json").read_text())] == [1]
+    assert all(path.read_text() == "the user's" for path in mine)
+    # RUN_FILES and EPOCH_GRIDS name everything a run writes: removing them leaves the user's files alone
+    example.remove_old_run(out, example.RUN_FILES, example.EPOCH_GRIDS)
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted(mine)
+
+
 def test_weights_broken_by_an_epochs_last_update_write_nothing_of_that_epoch(example, mnist_dir, tmp_path,
                                                                              monkeypatch, capsys):
     out = tmp_path / "run"

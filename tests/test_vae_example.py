@@ -130,6 +130,20 @@ def test_a_folder_holding_a_run_is_refused_before_the_data_is_read_unless_overwr
     assert load_checkpoint(out / "checkpoint.npz")["config"]["seed"] == 1
 
 
+def test_overwrite_removes_the_old_runs_files_and_only_those(mnist_dir, tmp_path):
+    # latent_space.png of a Gaussian run stayed beside the categorical run that replaced it
+    example = _load_example()
+    out = tmp_path / "run"
+    assert example.main(tiny_run_args(mnist_dir, out) + ["--latent", "gaussian"]) == 0
+    (out / "notes.txt").write_text("the user's")
+    assert example.main(tiny_run_args(mnist_dir, out) + ["--latent", "categorical", "--overwrite"]) == 0
+    assert not (out / "latent_space.png").exists() and (out / "categories.png").is_file()
+    assert (out / "notes.txt").read_text() == "the user's"
+    # RUN_FILES names everything a run writes: removing them leaves the user's file alone
+    example.remove_old_run(out, example.RUN_FILES)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
 def test_ctrl_c_is_one_line_and_exit_status_130(mnist_dir, tmp_path, capsys, monkeypatch):
     example = _load_example()
 
