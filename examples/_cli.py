@@ -25,10 +25,10 @@ from nnbox import backend
 # What a command line expects to go wrong, shown without a traceback: a bad option or bad data (ValueError:
 # UsageError, nnbox.serialization.SerializationError, nnbox.datasets.ChecksumError), a missing file or no
 # network (OSError: urllib's URLError), a refused pickle (nnbox.datasets.UnsafePickleError), a training run
-# that diverged (NonFiniteLossError; FloatingPointError from gan.cyclegan). TypeError, AttributeError, KeyError
-# and the like keep their traceback; a programming error that raises a ValueError (a layer's shape check)
-# shows as one line too, the price of showing every bad setting as one: set NNBOX_TRACEBACK=1 to see the
-# traceback above that line.
+# that diverged (NonFiniteLossError; FloatingPointError from gan.vae and vae_colored_mnist). TypeError,
+# AttributeError, KeyError and the like keep their traceback; a programming error that raises a ValueError (a
+# layer's shape check) shows as one line too, the price of showing every bad setting as one: set
+# NNBOX_TRACEBACK=1 to see the traceback above that line.
 CLI_ERRORS = (ValueError, OSError, pickle.UnpicklingError, NonFiniteLossError, FloatingPointError)
 
 MNIST_HINT = "pass --data <the folder with MNIST's four IDX files>, e.g. --data ../shared/data/mnist"

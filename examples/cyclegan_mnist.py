@@ -50,7 +50,7 @@ from _cli import (CLI_ERRORS, EPOCH_FIGURE, MNIST_HINT, UsageError, at_least, ch
                   fail, interrupted, load_dataset, positive, remove_old_run)
 from gan.cyclegan import CycleGANConfig, CycleGANTrainer  # noqa: E402
 from gan.history import atomic_write_text  # noqa: E402
-from gan.trainer import RNG_STREAMS, non_finite_weights  # noqa: E402
+from gan.trainer import RNG_STREAMS, NonFiniteLossError, non_finite_weights  # noqa: E402
 from nnbox.data import DataLoader  # noqa: E402
 from nnbox.upload import PinnedUploader  # noqa: E402
 
@@ -332,7 +332,7 @@ def train(trainer, settings, loaders, test_a, test_b, out, progress=True):
         seconds = time.perf_counter() - started
         broken = non_finite_weights(trainer.networks)   # the epoch's last update, after its losses were checked
         if broken:
-            raise FloatingPointError(f"CycleGAN training stopped at the end of epoch {trainer.epoch + 1}: non-finite "
+            raise NonFiniteLossError(f"CycleGAN training stopped at the end of epoch {trainer.epoch + 1}: non-finite "
                                      f"weights in {broken}; nothing of this epoch is written and "
                                      f"{out / CHECKPOINT_NAME} is kept. Resume with --resume {out} --epochs "
                                      f"{settings.epochs} --lr <lower>")

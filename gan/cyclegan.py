@@ -11,7 +11,8 @@ images and D_B on B's. With least-squares adversarial terms (as in the paper) an
 MSE and |.|_1 are means over every entry; a discriminator's output is a map of patch logits
 (`PatchDiscriminator`), and the MSE runs over all of it. One training step (`CycleGANTrainer.step`)
 updates both generators on L_G (discriminators frozen), then both discriminators on their losses,
-with the fakes of that generator step (the paper's 50-image history pool is not used).
+with the fakes of that generator step (the paper's 50-image history pool is not used); all the losses
+are computed and checked before either update, so a non-finite one stops training with the networks unchanged.
 
 There is no autograd: each network is called several times per step (G_AB on a, on G_BA(b), and on
 b for the identity term) and a layer keeps only its last forward's saved arrays, so every call's
@@ -28,6 +29,7 @@ output Tanh saturated at -1 and both generators drew black images whatever the i
     fake_b = trainer.translate(a, "AB")
     trainer.save_checkpoint("run/checkpoint.npz"); trainer = CycleGANTrainer.load("run/checkpoint.npz")
 """
+import contextlib
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -42,7 +44,7 @@ from nnbox.optim import Adam
 
 from .history import History
 from .losses import get_gan_loss
-from .trainer import _restore_saved_state, _saved_state, non_finite_weights, stream_rng
+from .trainer import NonFiniteLossError, _restore_saved_state, _saved_state, non_finite_weights, stream_rng
 
 NORMS = ("batch", "none")
 LEAKY_SLOPE = 0.2             # the discriminator's LeakyReLU slope (the paper's PatchGAN)
@@ -344,6 +346,7 @@ class CycleGANTrainer:
 
     `step(a, b)`: one generator update on L_G (discriminators frozen), then one update of both
     discriminators on the fakes of that step. Returns the step's record (floats, fetched once).
+    A non-finite loss raises NonFiniteLossError before any update.
     """
 
     def __init__(self, config):
@@ -370,43 +373,75 @@ class CycleGANTrainer:
         return {"G_AB": self.G_AB, "G_BA": self.G_BA, "D_A": self.D_A, "D_B": self.D_B}
 
     def step(self, a, b):
-        """One training step on a batch of A images and a batch of B images (unpaired); returns the record."""
+        """One training step on a batch of A images and a batch of B images (unpaired); returns the record.
+
+        Every loss is computed, fetched (once) and checked before any network changes: a NaN or infinite one
+        raises NonFiniteLossError with the weights, the optimisers and BatchNorm's running statistics as the
+        previous step left them. The discriminators' losses do not depend on the generators' update (their
+        fakes are constants made before it), so computing them first changes no number.
+        """
         started = time.perf_counter()
         a, b = (backend.to_device(x, self.config.device) for x in (a, b))
         for net in self.networks.values():
             net.train()
-        # generators: L_G through frozen discriminators (no weight gradients computed for D)
-        self.D_A.requires_grad_(False)
-        self.D_B.requires_grad_(False)
-        self.opt_g.zero_grad()
-        g_loss = self.g_objective(a, b)
-        self.g_objective.backward()
-        self.opt_g.step()
-        self.D_A.requires_grad_(True)
-        self.D_B.requires_grad_(True)
-        # discriminators: the fakes of this step, as constants
+        buffers = [(array, array.copy()) for net in self.networks.values() for array in net.buffers()
+                   if array is not None]   # a training forward moves BatchNorm's running statistics
+        # the losses: L_G through frozen discriminators, then each discriminator's on this step's fakes
+        with self._discriminators_frozen():
+            g_loss = self.g_objective(a, b)
         fake_a, fake_b = self.g_objective.fakes
-        self.opt_d.zero_grad()
         d_a_loss = self.d_a_objective(a, fake_a)
-        self.d_a_objective.backward()
         d_b_loss = self.d_b_objective(b, fake_b)
-        self.d_b_objective.backward()
-        self.opt_d.step()
-        for objective in (self.g_objective, self.d_a_objective, self.d_b_objective):
-            objective.clear_saved()
         names = ["g_loss", *self.g_objective.parts, "d_a_loss", "d_b_loss",
                  "d_a_real", "d_a_fake", "d_b_real", "d_b_fake"]
         values = [g_loss, *self.g_objective.parts.values(), d_a_loss, d_b_loss,
                   *self.d_a_objective.outputs, *self.d_b_objective.outputs]
         fetched = backend.fetch_scalars(values)   # one transfer
-        record = {"step": self.step_count, "epoch": self.epoch, **dict(zip(names, fetched)),
-                  "step_seconds": time.perf_counter() - started}
+        record = {"step": self.step_count, "epoch": self.epoch, **dict(zip(names, fetched))}
         if not np.all(np.isfinite(fetched)):
-            raise FloatingPointError(f"CycleGAN step {self.step_count}: a non-finite loss {record}; lower the "
-                                     f"learning rate or restart from the last checkpoint")
+            for array, before in buffers:
+                array[...] = before
+            self._clear_saved()
+            raise NonFiniteLossError(self._non_finite_message(record, names))
+        # the gradients (no weight gradients for D from L_G), then the updates
+        self.opt_g.zero_grad()
+        with self._discriminators_frozen():
+            self.g_objective.backward()
+        self.opt_d.zero_grad()
+        self.d_a_objective.backward()
+        self.d_b_objective.backward()
+        self.opt_g.step()
+        self.opt_d.step()
+        self._clear_saved()
+        record["step_seconds"] = time.perf_counter() - started   # GPU: the backward and updates may still be queued
         self.history.append(record)
         self.step_count += 1
         return record
+
+    @contextlib.contextmanager
+    def _discriminators_frozen(self):
+        """D_A and D_B frozen inside: their layers neither keep nor compute weight gradients."""
+        for net in (self.D_A, self.D_B):
+            net.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for net in (self.D_A, self.D_B):
+                net.requires_grad_(True)
+
+    def _clear_saved(self):
+        for objective in (self.g_objective, self.d_a_objective, self.d_b_objective):
+            objective.clear_saved()
+
+    def _non_finite_message(self, record, names):
+        kept = "no checkpoint had been written yet"
+        if self._last_checkpoint is not None:
+            path, epoch = self._last_checkpoint
+            kept = f"the last good checkpoint, {path} (after epoch {epoch}), is kept"
+        values = ", ".join(f"{name} {record[name]}" for name in names)
+        return (f"CycleGAN training stopped at step {record['step']} (epoch {record['epoch'] + 1}), before its "
+                f"updates: a non-finite value, {values}; the networks and optimisers are as the previous step left "
+                f"them, and {kept}. Lower the learning rate, then resume from the checkpoint.")
 
     def translate(self, images, direction="AB", batch_size=256, batch_statistics=True):
         """G_AB(images) ("AB") or G_BA(images) ("BA"), as a NumPy float32 array, batch by batch.
@@ -450,19 +485,21 @@ class CycleGANTrainer:
         self.step_count, self.epoch = int(meta["step"]), int(meta["epoch"])
         self.history = History(meta["history"])
 
+    _last_checkpoint = None   # (path, epoch) of the checkpoint this trainer last wrote or was loaded from
+
     def save_checkpoint(self, path, **extra):
         """Write the trainer's state (and `extra` sections, e.g. the data loaders' states) to `path`.
 
-        FloatingPointError, writing nothing, when a weight is NaN or infinite: a step's losses are
-        checked after its updates (its scalars are fetched once, at the end of the step), so a step
-        that raises has already changed the weights in memory, and a checkpoint of broken weights
-        would replace the last good one."""
+        NonFiniteLossError, writing nothing, when a weight is NaN or infinite: a step checks its losses
+        before its updates, not its gradients, so an update can still break a weight, and a checkpoint
+        of broken weights would replace the last good one."""
         from nnbox.serialization import save_checkpoint
         broken = non_finite_weights(self.networks)
         if broken:
-            raise FloatingPointError(f"CycleGAN: not writing {path}: non-finite weights in {broken}; the file "
+            raise NonFiniteLossError(f"CycleGAN: not writing {path}: non-finite weights in {broken}; the file "
                                      f"already there is kept. Lower the learning rate and restart from it")
         save_checkpoint(path, **self.state_dict(), **extra)
+        self._last_checkpoint = (path, self.epoch)
         return path
 
     @classmethod
@@ -479,4 +516,5 @@ class CycleGANTrainer:
             config.device = backend.check_device(device)
         trainer = cls(config)
         trainer.load_state_dict(state)
+        trainer._last_checkpoint = (path, trainer.epoch)
         return trainer, state

@@ -1,11 +1,15 @@
 """gan/cyclegan.py: gradient checks of the networks, the cycle loss and both objectives (float64, tiny
 instances), the trainer step's G_AB gradient against central differences, training lowers the cycle
 loss, checkpoint round trip, errors, GPU."""
+import copy
+import re
+
 import numpy as np
 import pytest
 
 from gan.cyclegan import (CycleGANConfig, CycleGANTrainer, DiscriminatorObjective, GeneratorObjective,
                           ImageTranslator, PatchDiscriminator, cycle_consistency_loss)
+from gan.trainer import NonFiniteLossError
 from nnbox.gradcheck import gradcheck
 from nnbox.module import Module
 
@@ -160,9 +164,34 @@ def test_a_checkpoint_of_broken_weights_is_not_written(tmp_path, rng):
     path = trainer.save_checkpoint(tmp_path / "checkpoint.npz")
     saved = path.read_bytes()
     trainer.networks["G_BA"].parameters()[0].data[...] = np.nan
-    with pytest.raises(FloatingPointError, match=r"not writing .*non-finite weights in 1 arrays \(G_BA "):
+    with pytest.raises(NonFiniteLossError, match=r"not writing .*non-finite weights in 1 arrays \(G_BA "):
         trainer.save_checkpoint(path)
     assert path.read_bytes() == saved
+
+
+def _training_state(trainer):
+    """Copies of every network's weights and buffers and of both optimisers' states."""
+    return copy.deepcopy({**{name: net.state_dict() for name, net in trainer.networks.items()},
+                          "opt_g": trainer.opt_g.state_dict(), "opt_d": trainer.opt_d.state_dict()})
+
+
+def test_a_non_finite_loss_stops_the_step_before_any_update(tmp_path, rng):
+    # the losses were checked after both optimiser steps: the step that raised had already changed the weights
+    a, b = _images(rng, 4).astype(np.float32), _images(rng, 4).astype(np.float32)
+    trainer = CycleGANTrainer(CycleGANConfig(**TINY, seed=3))
+    trainer.step(a, b)                                  # Adam has moments; BatchNorm's statistics have moved
+    path = trainer.save_checkpoint(tmp_path / "checkpoint.npz")
+    trainer.G_AB.parameters()[0].data[...] = 3e38      # finite, but G_AB's first products overflow: NaN losses
+    before = _training_state(trainer)
+    with pytest.raises(NonFiniteLossError, match=r"step 1 \(epoch 1\), before its updates: a non-finite value, "
+                                                 r"g_loss nan, .*the last good checkpoint, "
+                                                 + re.escape(f"{path} (after epoch 0), is kept")):
+        trainer.step(a, b)
+    after = _training_state(trainer)
+    for part, arrays in before.items():
+        for name, value in arrays.items():
+            np.testing.assert_array_equal(after[part][name], value, err_msg=f"{part} {name}")
+    assert trainer.step_count == 1 and len(trainer.history) == 1
 
 
 def test_checkpoint_round_trip_continues_identically(tmp_path, rng):

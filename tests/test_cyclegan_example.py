@@ -140,8 +140,14 @@ def test_overwrite_removes_the_old_runs_files_and_only_those(example, mnist_dir,
     assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted(mine)
 
 
-def test_weights_broken_by_an_epochs_last_update_write_nothing_of_that_epoch(example, mnist_dir, tmp_path,
-                                                                             monkeypatch, capsys):
+@pytest.mark.parametrize("broken_weight, message", [
+    # epoch 2's last update breaks a weight after that step's losses were found finite
+    ("after", "end of epoch 2: non-finite weights in 1 arrays (G_AB "),
+    # a finite weight whose products overflow: the first step of epoch 2 has NaN losses and updates nothing
+    ("before", "step 2 (epoch 2), before its updates: a non-finite value"),
+], ids=["broken_by_an_update", "overflowing_in_a_step"])
+def test_a_diverged_epoch_writes_nothing_and_keeps_the_checkpoint(example, mnist_dir, tmp_path, monkeypatch, capsys,
+                                                                   broken_weight, message):
     out = tmp_path / "run"
     args = tiny_run_args(mnist_dir, out)
     assert example.main(args + ["--epochs", "1"]) == 0
@@ -149,14 +155,18 @@ def test_weights_broken_by_an_epochs_last_update_write_nothing_of_that_epoch(exa
     real_step = example.CycleGANTrainer.step
 
     def step_that_blows_up(trainer, a, b):
+        weight = trainer.networks["G_AB"].parameters()[0].data
+        if broken_weight == "before" and trainer.step_count == 2:
+            weight[...] = 3e38
         record = real_step(trainer, a, b)
-        if trainer.step_count == 4:              # epoch 2's last step: its losses were finite
-            trainer.networks["G_AB"].parameters()[0].data[...] = np.nan
+        if broken_weight == "after" and trainer.step_count == 4:
+            weight[...] = np.nan
         return record
 
     monkeypatch.setattr(example.CycleGANTrainer, "step", step_that_blows_up)
     assert example.main(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 2
-    assert "end of epoch 2: non-finite weights in 1 arrays (G_AB " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1 and str(out / "checkpoint.npz") in err
     assert (out / "checkpoint.npz").read_bytes() == saved and (out / "epochs.json").read_text() == log
     assert not (out / "samples" / "epoch_002.png").exists()
 
