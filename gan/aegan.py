@@ -50,8 +50,8 @@ from .history import History, atomic_write_text
 from .losses import get_gan_loss
 from .models import ARCHITECTURES, MLPDiscriminator, _Network, build_gan
 from .trainer import (CHECKPOINT_NAME, NonFiniteLossError, _restore_saved_state,
-                      _saved_state, non_finite_weights, read_checkpoint_meta, reset_device_generators,
-                      stream_rng)
+                      _saved_state, non_finite_weights, quiet_until_checked, read_checkpoint_meta,
+                      reset_device_generators, stream_rng)
 from .tricks import sample_latent
 
 LOSSES = ("non_saturating", "minimax", "least_squares", "hinge")  # wasserstein needs clipping: not offered
@@ -468,7 +468,8 @@ class AEGANTrainer:
         for net in (Dx, Dz):
             net.requires_grad_(False)
         try:
-            ge_total = self.ge_loss(x, z)
+            with quiet_until_checked():   # the losses are checked at the end of the step
+                ge_total = self.ge_loss(x, z)
             G.zero_grad()
             E.zero_grad()
             self.ge_loss.backward(1.0)
@@ -479,7 +480,8 @@ class AEGANTrainer:
         self.optimizers["encoder"].step()
 
         # 2. D_x and D_z on what G and E made before their update
-        d_total = self.d_loss(x, z, self.ge_loss.images, self.ge_loss.latents)
+        with quiet_until_checked():
+            d_total = self.d_loss(x, z, self.ge_loss.images, self.ge_loss.latents)
         Dx.zero_grad()
         Dz.zero_grad()
         self.d_loss.backward(1.0)

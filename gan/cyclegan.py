@@ -44,7 +44,8 @@ from nnbox.optim import Adam
 
 from .history import History
 from .losses import get_gan_loss
-from .trainer import NonFiniteLossError, _restore_saved_state, _saved_state, non_finite_weights, stream_rng
+from .trainer import (NonFiniteLossError, _restore_saved_state, _saved_state, non_finite_weights,
+                      quiet_until_checked, stream_rng)
 
 NORMS = ("batch", "none")
 LEAKY_SLOPE = 0.2             # the discriminator's LeakyReLU slope (the paper's PatchGAN)
@@ -387,11 +388,12 @@ class CycleGANTrainer:
         buffers = [(array, array.copy()) for net in self.networks.values() for array in net.buffers()
                    if array is not None]   # a training forward moves BatchNorm's running statistics
         # the losses: L_G through frozen discriminators, then each discriminator's on this step's fakes
-        with self._discriminators_frozen():
-            g_loss = self.g_objective(a, b)
-        fake_a, fake_b = self.g_objective.fakes
-        d_a_loss = self.d_a_objective(a, fake_a)
-        d_b_loss = self.d_b_objective(b, fake_b)
+        with quiet_until_checked():   # NumPy's warnings of a step going non-finite: the check below says it
+            with self._discriminators_frozen():
+                g_loss = self.g_objective(a, b)
+            fake_a, fake_b = self.g_objective.fakes
+            d_a_loss = self.d_a_objective(a, fake_a)
+            d_b_loss = self.d_b_objective(b, fake_b)
         names = ["g_loss", *self.g_objective.parts, "d_a_loss", "d_b_loss",
                  "d_a_real", "d_a_fake", "d_b_real", "d_b_fake"]
         values = [g_loss, *self.g_objective.parts.values(), d_a_loss, d_b_loss,

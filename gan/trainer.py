@@ -204,6 +204,16 @@ def non_finite_weights(networks):
     return f"{len(broken)} arrays ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''})"
 
 
+def quiet_until_checked():
+    """np.errstate that silences NumPy's overflow and invalid-value warnings, for the arithmetic of a step whose
+    results the trainer checks right after (its forward passes and losses): an overflow or a NaN there ends, in
+    practice, in a non-finite loss, which the trainer reports in one clear error (NonFiniteLossError; the VAE's
+    FloatingPointError), instead of RuntimeWarnings printed ahead of it. Nowhere else (backward passes, updates):
+    there a warning may be the only sign. Context-local in NumPy 2 (nnbox.parallel's workers run in their
+    caller's context), so nothing outside the block changes."""
+    return np.errstate(over="ignore", invalid="ignore")
+
+
 def _check_critic(discriminator):
     """ValueError unless the gradient penalty can go through every layer of the critic (a BatchNorm
     or a SpectralNorm cannot: layers.second_order), said before any training or file is made."""
@@ -350,7 +360,9 @@ class GANTrainer:
         On the GPU, pass the batch already on the device (`fit` does, through a PinnedUploader): then
         the step copies nothing between host and device but its logged scalars, fetched once at the end.
         A NumPy batch still works; it is uploaded here, and the host waits for that copy.
-        Raises NonFiniteLossError when a loss or a statistic is NaN or infinite.
+        Raises NonFiniteLossError when a loss or a statistic is NaN or infinite; NumPy's overflow and
+        invalid-value warnings of the forward passes that made them are silenced (quiet_until_checked), those
+        of the backward passes and the updates are not.
         """
         xp = self.xp
         started = time.perf_counter()
@@ -361,18 +373,19 @@ class GANTrainer:
         self.G.train()
         self.D.train()
 
-        z = self._latent(n)
-        fake = self.G(z)
-
-        # D on the real and the fake batch, in separate passes (separate BatchNorm statistics).
-        d_real_input = self.instance_noise(real, self.global_step)
-        real_logits = self.D(d_real_input)
-        real_pass = _saved_state(self.D)
-        d_fake_input = self.instance_noise(fake, self.global_step)
-        fake_logits = self.D(d_fake_input)
-        real_targets, fake_targets = self._targets(n, xp)
-        d_loss, d_real_grad, d_fake_grad = self.loss.discriminator_loss(real_logits, fake_logits,
-                                                                       real_targets, fake_targets)
+        # D on the real and the fake batch, in separate passes (separate BatchNorm statistics). The losses and
+        # D's outputs are checked at the end of the step: NumPy's warnings of their arithmetic are left to that.
+        with quiet_until_checked():
+            z = self._latent(n)
+            fake = self.G(z)
+            d_real_input = self.instance_noise(real, self.global_step)
+            real_logits = self.D(d_real_input)
+            real_pass = _saved_state(self.D)
+            d_fake_input = self.instance_noise(fake, self.global_step)
+            fake_logits = self.D(d_fake_input)
+            real_targets, fake_targets = self._targets(n, xp)
+            d_loss, d_real_grad, d_fake_grad = self.loss.discriminator_loss(real_logits, fake_logits,
+                                                                           real_targets, fake_targets)
         if decision.train_d:
             self.D.zero_grad()                   # D's inputs are data here: no input gradients
             self.D.backward_parameters(d_fake_grad)   # D still holds the fake pass
@@ -391,11 +404,12 @@ class GANTrainer:
             frozen = [p.requires_grad for p in self.D.parameters()]
             self.D.requires_grad_(False)
             try:
-                if decision.train_d:         # D changed: look at the fakes again
-                    g_logits = self.D(self.instance_noise(fake, self.global_step))
-                else:                        # D unchanged and still holds its pass on the fakes
-                    g_logits = fake_logits
-                g_loss, g_logits_grad = self.loss.generator_loss(g_logits)
+                with quiet_until_checked():
+                    if decision.train_d:         # D changed: look at the fakes again
+                        g_logits = self.D(self.instance_noise(fake, self.global_step))
+                    else:                        # D unchanged and still holds its pass on the fakes
+                        g_logits = fake_logits
+                    g_loss, g_logits_grad = self.loss.generator_loss(g_logits)
                 self.G.zero_grad()
                 self.G.backward(self.D.backward(g_logits_grad))
                 self.opt_g.step()
@@ -403,19 +417,21 @@ class GANTrainer:
                 for param, flag in zip(self.D.parameters(), frozen):
                     param.requires_grad = flag
         else:
-            if decision.train_d:   # D changed: measure G against it as a G turn would, leaving no trace
-                with self.D.without_side_effects(train=True):
-                    g_logits = self.D(d_fake_input)
-            else:
-                g_logits = fake_logits
-            g_loss, _ = self.loss.generator_loss(g_logits)
+            with quiet_until_checked():
+                if decision.train_d:   # D changed: measure G against it as a G turn would, leaving no trace
+                    with self.D.without_side_effects(train=True):
+                        g_logits = self.D(d_fake_input)
+                else:
+                    g_logits = fake_logits
+                g_loss, _ = self.loss.generator_loss(g_logits)
 
         # Every logged scalar in one array, fetched once.
         thr = real_logits.dtype.type(self.threshold)
-        if self.config.loss in PROBABILITY_LOSSES:
-            d_real, d_fake = sigmoid(real_logits).mean(), sigmoid(fake_logits).mean()
-        else:
-            d_real, d_fake = real_logits.mean(), fake_logits.mean()
+        with quiet_until_checked():
+            if self.config.loss in PROBABILITY_LOSSES:
+                d_real, d_fake = sigmoid(real_logits).mean(), sigmoid(fake_logits).mean()
+            else:
+                d_real, d_fake = real_logits.mean(), fake_logits.mean()
         scalars = [d_real, d_fake, (real_logits > thr).mean(), (fake_logits < thr).mean(), (g_logits > thr).mean(),
                    d_loss, g_loss]           # the losses: Python floats or 0-d arrays, whichever the loss returns
         if self.penalty_rng is not None:     # NaN on turns where D did not train (no penalty computed)

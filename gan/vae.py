@@ -34,6 +34,8 @@ from nnbox.backend import get_array_module
 from nnbox.losses import bce_with_logits, categorical_kl, gaussian_kl, sigmoid
 from nnbox.module import Module, Sequential
 
+from .trainer import quiet_until_checked
+
 LATENTS = ("gaussian", "categorical", "both")
 LEAKY_SLOPE = 0.2
 
@@ -240,7 +242,8 @@ class VAE(Module):
         """
         self.train()
         self.zero_grad()
-        total, parts = self.loss(self(x), x)
+        with quiet_until_checked():
+            total, parts = self.loss(self(x), x)
         if not np.isfinite(parts["loss"]):
             raise FloatingPointError(f"VAE.step: the loss is {parts['loss']} ({parts}); lower the learning rate")
         self.backward()

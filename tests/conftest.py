@@ -1,6 +1,7 @@
 """Shared fixtures: a seeded generator, the optional torch oracle, GPU skipping, a watch on
-host-device copies for the GPU step tests, and paths that hold no LFW."""
+host-device copies for the GPU step tests, paths that hold no LFW, and pytest.raises that allows no warning."""
 import contextlib
+import warnings
 
 import numpy as np
 import pytest
@@ -42,6 +43,22 @@ def no_data_set(request, tmp_path):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path / "face.jpg")
         (path / "README.txt").write_text("not a data set")
     return path
+
+
+@pytest.fixture
+def raises_quietly():
+    """raises_quietly(error, match): pytest.raises(error, match=match) that also fails on any warning inside
+    (it becomes the exception instead), and checks that NumPy's error settings are the same after it: the
+    trainers silence NumPy's overflow and invalid-value warnings inside their steps only."""
+    @contextlib.contextmanager
+    def raises(error, match):
+        settings = np.geterr()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(error, match=match):
+                yield
+        assert np.geterr() == settings
+    return raises
 
 
 @pytest.fixture

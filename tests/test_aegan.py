@@ -175,6 +175,16 @@ def test_resume_continues_exactly_and_writes_the_epoch_figures(tmp_path):
     # write_figures (plots, interpolations) runs in tests/test_aegan_example.py
 
 
+def test_a_diverging_step_shows_the_trainers_error_and_no_numpy_warning(tmp_path, raises_quietly):
+    # NumPy's "overflow encountered in matmul" and "invalid value encountered in matmul" came ahead of it.
+    # The first step's updates make the weights huge: the second step's losses are NaN.
+    trainer = AEGANTrainer.from_config(small_config(lr=1e20, lr_d=1e20), tmp_path)
+    x = smooth_images(8)
+    trainer.step(x)
+    with raises_quietly(NonFiniteLossError, match=r"step 1: a non-finite loss \(L_GE nan"):
+        trainer.step(x)
+
+
 def test_weights_broken_by_an_epochs_last_update_are_not_checkpointed(tmp_path):
     images = smooth_images(8)
     trainer = AEGANTrainer.from_config(small_config(steps_per_epoch=2, seed=3), tmp_path)

@@ -175,13 +175,20 @@ def _training_state(trainer):
                           "opt_g": trainer.opt_g.state_dict(), "opt_d": trainer.opt_d.state_dict()})
 
 
-def test_a_non_finite_loss_stops_the_step_before_any_update(tmp_path, rng):
-    # the losses were checked after both optimiser steps: the step that raised had already changed the weights
+def _overflowing_trainer(rng):
+    """(trainer, a, b) after one step, with a G_AB weight that is finite but whose products overflow: the next
+    step's losses are NaN."""
     a, b = _images(rng, 4).astype(np.float32), _images(rng, 4).astype(np.float32)
     trainer = CycleGANTrainer(CycleGANConfig(**TINY, seed=3))
     trainer.step(a, b)                                  # Adam has moments; BatchNorm's statistics have moved
+    trainer.G_AB.parameters()[0].data[...] = 3e38
+    return trainer, a, b
+
+
+def test_a_non_finite_loss_stops_the_step_before_any_update(tmp_path, rng):
+    # the losses were checked after both optimiser steps: the step that raised had already changed the weights
+    trainer, a, b = _overflowing_trainer(rng)
     path = trainer.save_checkpoint(tmp_path / "checkpoint.npz")
-    trainer.G_AB.parameters()[0].data[...] = 3e38      # finite, but G_AB's first products overflow: NaN losses
     before = _training_state(trainer)
     with pytest.raises(NonFiniteLossError, match=r"step 1 \(epoch 1\), before its updates: a non-finite value, "
                                                  r"g_loss nan, .*the last good checkpoint, "
@@ -192,6 +199,15 @@ def test_a_non_finite_loss_stops_the_step_before_any_update(tmp_path, rng):
         for name, value in arrays.items():
             np.testing.assert_array_equal(after[part][name], value, err_msg=f"{part} {name}")
     assert trainer.step_count == 1 and len(trainer.history) == 1
+
+
+def test_a_non_finite_step_shows_the_trainers_error_and_no_numpy_warning(rng, raises_quietly):
+    # NumPy's "overflow encountered in matmul" and "invalid value encountered in reduce" came ahead of it
+    trainer, a, b = _overflowing_trainer(rng)
+    with raises_quietly(NonFiniteLossError, match="a non-finite value"):
+        trainer.step(a, b)
+    with pytest.warns(RuntimeWarning, match="overflow"):   # outside the step NumPy warns as before
+        np.float32(3e38) * np.float32(10)
 
 
 def test_checkpoint_round_trip_continues_identically(tmp_path, rng):

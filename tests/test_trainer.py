@@ -122,6 +122,14 @@ def test_a_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, faces
         np.testing.assert_array_equal(value, good_weights[key])
 
 
+def test_a_diverging_step_shows_the_trainers_error_and_no_numpy_warning(tmp_path, faces, raises_quietly):
+    # NumPy's "overflow encountered in matmul" and "invalid value encountered in matmul" came ahead of it.
+    # D's first update makes its weights huge, and G's turn, which looks at the fakes through the new D, is NaN.
+    trainer = GANTrainer.from_config(tiny_config(arch="mlp", balance="alternate", lr_d=1e20), tmp_path / "run")
+    with raises_quietly(NonFiniteLossError, match=r"step 0 \(epoch 1\): a non-finite value, D loss [0-9.]+, G loss nan"):
+        trainer.step(ToFloat()(faces[:BATCH]))
+
+
 def test_weights_broken_by_an_epochs_last_update_are_not_checkpointed(tmp_path, faces):
     # the last step's losses are finite (computed before its update), but the update breaks G
     run = tmp_path / "run"

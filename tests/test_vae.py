@@ -81,6 +81,19 @@ def test_training_steps_lower_the_loss(latent):
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
 
 
+def test_a_diverging_step_raises_before_its_update_and_shows_no_numpy_warning(raises_quietly):
+    # NumPy's "overflow encountered in matmul" and "invalid value encountered in reduce" came ahead of the error
+    vae = VAE("both", rng=2, **TINY)
+    x = _squares()
+    optimizer = Adam(vae.parameters(), lr=1e20)
+    vae.step(x, optimizer)                   # the update makes the weights huge: the next loss is not finite
+    weights = {name: value.copy() for name, value in vae.state_dict().items()}
+    with raises_quietly(FloatingPointError, match="VAE.step: the loss is"):
+        vae.step(x, optimizer)
+    for name, parameter in vae.named_parameters():
+        np.testing.assert_array_equal(parameter.data, weights[name], err_msg=name)
+
+
 def test_shapes_and_straight_through_codes(rng):
     vae = VAE("both", hard=True, rng=3, **TINY)
     x = _images(rng, n=5).astype(np.float32)
