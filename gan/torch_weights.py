@@ -29,8 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from nnbox.serialization import MAX_NPZ_BYTES, SerializationError, check_unpacked_sizes
+
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
+# a state dict's pickle holds ~100-200 bytes per tensor (names, shapes, storage ids): 64 MiB is far above
+# any real one, and a zip member declared larger (a compressed "bomb") is refused before it is inflated
+MAX_PICKLE_BYTES = 64 * 2**20
 
 # torch storage type name -> the NumPy dtype of its bytes (bfloat16 is widened after reading)
 STORAGE_DTYPES = {
@@ -226,14 +231,22 @@ def _fill(storage, raw, byteorder):
     object.__setattr__(storage, "array", np.frombuffer(raw[:expected], dtype=dtype).astype(dtype.newbyteorder("=")))
 
 
-def _load_zip(path):
+def _load_zip(path, max_bytes):
     storages = {}
     with zipfile.ZipFile(path) as archive:
+        try:   # the declared unpacked sizes, checked before anything is inflated
+            check_unpacked_sizes(archive, str(path), max_bytes, "load_torch_state_dict")
+        except SerializationError as error:
+            raise UnsafeTorchFileError(str(error)) from error
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pickles) != 1:
             raise ValueError(f"{path} is a zip but not a torch.save file: expected one data.pkl, found {pickles}")
         root = pickles[0][: -len("data.pkl")]
+        for member, limit in ((pickles[0], MAX_PICKLE_BYTES), (root + "byteorder", 16)):
+            if member in names and archive.getinfo(member).file_size > limit:
+                raise UnsafeTorchFileError(f"{path}: {member} declares {archive.getinfo(member).file_size} bytes, "
+                                           f"more than the {limit} a state dict needs: the file is corrupt or forged")
         byteorder = "little"
         if root + "byteorder" in names:
             byteorder = archive.read(root + "byteorder").decode("ascii").strip()
@@ -275,17 +288,18 @@ def _load_legacy(path):
     return obj
 
 
-def load_torch_state_dict(path):
+def load_torch_state_dict(path, max_bytes=MAX_NPZ_BYTES):
     """An OrderedDict {name: np.ndarray} from a torch.save'd state dict, without torch or code execution.
 
     Raises FileNotFoundError when `path` does not exist, UnsafeTorchFileError for anything that is not
-    plain tensors in (ordered) dicts, ValueError for a file that is not a torch.save file at all.
+    plain tensors in (ordered) dicts (or a zip-layout file whose members declare more than `max_bytes`
+    unpacked bytes in all, 4 GiB by default), ValueError for a file that is not a torch.save file at all.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such PyTorch weights file: {path}")
     try:
-        obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+        obj = _load_zip(path, max_bytes) if zipfile.is_zipfile(path) else _load_legacy(path)
     except (UnsafeTorchFileError, FileNotFoundError):
         raise
     except (pickle.UnpicklingError, EOFError, struct.error, zipfile.BadZipFile, KeyError) as error:

@@ -225,7 +225,7 @@ def _fsync_folder(folder):
 
 
 def _read_npz(path, max_bytes=MAX_NPZ_BYTES):
-    """Every entry of an .npz file, read with allow_pickle=False after `_check_unpacked_sizes`; clear
+    """Every entry of an .npz file, read with allow_pickle=False after `check_unpacked_sizes`; clear
     errors naming the file."""
     shown = str(os.fspath(path))
     if not os.path.exists(path):
@@ -235,7 +235,7 @@ def _read_npz(path, max_bytes=MAX_NPZ_BYTES):
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise SerializationError(f"{shown!r} holds a single .npy array, not an .npz archive of named arrays")
         with npz:
-            _check_unpacked_sizes(npz.zip, shown, max_bytes)
+            check_unpacked_sizes(npz.zip, shown, max_bytes, "load_state or load_checkpoint")
             out = OrderedDict()
             for name in npz.files:
                 try:
@@ -257,9 +257,11 @@ def _read_npz(path, max_bytes=MAX_NPZ_BYTES):
                                  f"({_unreadable_reason(error)})") from error
 
 
-def _check_unpacked_sizes(archive, shown, max_bytes):
-    """Refuse (SerializationError) a zip archive whose entries declare more than `max_bytes` unpacked
-    bytes in all, or are compressed other than by deflate, before any entry is read.
+def check_unpacked_sizes(archive, shown, max_bytes, loader):
+    """Refuse (SerializationError) a zip archive (a zipfile.ZipFile named `shown`) whose entries declare
+    more than `max_bytes` unpacked bytes in all, or are compressed other than by deflate, before any entry
+    is read; `loader` names the functions whose max_bytes= raises the limit. Also used for PyTorch files
+    (gan/torch_weights.py).
 
     A compressed entry can inflate a thousandfold (a "deflate bomb"). zipfile never returns more of an
     entry than the size it declares and inflates deflate no further than it is asked to, so checking the
@@ -278,7 +280,7 @@ def _check_unpacked_sizes(archive, shown, max_bytes):
             f"{shown!r}: its entries declare {total} unpacked bytes in all (the largest, {largest.filename!r}, "
             f"{largest.file_size}), more than the {max_bytes} allowed; refusing to read it (the file is corrupt, "
             f"or a small file made to inflate until the memory is full). For a file you trust, pass a larger "
-            f"max_bytes= to load_state or load_checkpoint")
+            f"max_bytes= to {loader}")
 
 
 def _unreadable_reason(error):

@@ -148,6 +148,28 @@ def test_a_tensor_the_pickle_names_many_times_is_read_once(tmp_path):
     assert state["a"] is state["b"] and state["a"].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+def test_reader_refuses_members_that_declare_too_many_bytes(tmp_path):
+    # a deflated member inflates a thousandfold: the declared sizes are checked before any is read
+    data = np.arange(4, dtype=np.float32).tobytes()
+    path = tmp_path / "big_storage.pth"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as out:
+        out.writestr("archive/data.pkl", _forged_tensor_pickle(4, 0, (4,), (1,)))
+        out.writestr("archive/data/0", data)
+        out.writestr("archive/data/1", bytes(2**20))     # 1 MiB of zeros, about 1 KiB compressed
+    assert path.stat().st_size < 8192
+    with pytest.raises(UnsafeTorchFileError, match=r"declare \d+ unpacked bytes in all.*load_torch_state_dict"):
+        load_torch_state_dict(path, max_bytes=2**19)
+    assert load_torch_state_dict(path)["w"].tolist() == [0.0, 1.0, 2.0, 3.0]   # under the default 4 GiB
+    # the pickle itself: a state dict's is small, so a large one is refused before it is inflated
+    padded = _forged_tensor_pickle(4, 0, (4,), (1,))[:-1] + b"N" * (65 * 2**20) + b"."   # NONE opcodes
+    with zipfile.ZipFile(tmp_path / "big_pickle.pth", "w", compression=zipfile.ZIP_DEFLATED) as out:
+        out.writestr("archive/data.pkl", padded)
+        out.writestr("archive/data/0", data)
+    refused = r"data.pkl declares \d+ bytes, more than the 67108864 a state dict needs"
+    with pytest.raises(UnsafeTorchFileError, match=refused):
+        load_torch_state_dict(tmp_path / "big_pickle.pth")
+
+
 def test_reader_errors_for_missing_and_non_torch_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such PyTorch weights file"):
         load_torch_state_dict(tmp_path / "absent.pth")
