@@ -16,6 +16,8 @@ Two levels:
   Each array is an npz entry named by its path joined with "/" ("generator/conv1.weight");
   everything else (the nesting, numbers of any size, strings, lists) is one JSON document
   stored as a string entry, "__checkpoint__.json". Tuples come back as lists.
+- `load_npy(path)`: one .npy array (a data cache, a run's images), with the same rules and clear
+  errors.
 
 Files are read with `allow_pickle=False`: an object array in a file is refused, so loading a
 file cannot run code. Nor can a small file fill the memory: before any entry is read, the unpacked
@@ -255,6 +257,42 @@ def _read_npz(path, max_bytes=MAX_NPZ_BYTES):
     except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as error:
         raise SerializationError(f"cannot read {shown!r}: the file is corrupt or truncated, or not an .npz file "
                                  f"({_unreadable_reason(error)})") from error
+
+
+def load_npy(path):
+    """The one array in the .npy file `path`, read with allow_pickle=False.
+
+    Raises FileNotFoundError when there is no such file, and SerializationError naming the file and what
+    it holds instead when that is not an .npy array of plain values: an .npz archive, an object array, an
+    empty, truncated or corrupt file, or another format (a pickle, say).
+    """
+    shown = str(os.fspath(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {shown!r}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except MemoryError as error:   # a header that asks for more memory than there is (a forged shape)
+        raise SerializationError(f"cannot read {shown!r}: its header asks for more memory than is available; the "
+                                 f"file is corrupt or forged") from error
+    except (ValueError, EOFError) as error:
+        raise SerializationError(f"cannot read {shown!r} as an .npy array: {_npy_problem(error)}") from error
+    if not isinstance(array, np.ndarray):
+        with array:
+            count = len(array.files)
+        raise SerializationError(f"{shown!r} is an .npz archive of {count} named array(s), not the single .npy "
+                                 f"array expected")
+    return array
+
+
+def _npy_problem(error):
+    """What is wrong with a file that np.load(allow_pickle=False) refused as an .npy array."""
+    if isinstance(error, EOFError):
+        return "the file is empty"
+    if str(error).startswith("Object arrays"):
+        return "it holds an object array, which only pickle could load (nnbox never loads pickles)"
+    if "allow_pickle" in str(error):
+        return _unreadable_reason(error)
+    return f"the file is truncated or corrupt ({error})"
 
 
 def check_unpacked_sizes(archive, shown, max_bytes, loader):

@@ -12,7 +12,8 @@ from layers import Linear
 from nnbox import backend, serialization
 from nnbox.module import Sequential
 from nnbox.optim import Adam
-from nnbox.serialization import SerializationError, load_checkpoint, load_state, save_checkpoint, save_state
+from nnbox.serialization import (SerializationError, load_checkpoint, load_npy, load_state, save_checkpoint,
+                                 save_state)
 
 
 def test_state_round_trip(tmp_path, rng):
@@ -250,6 +251,49 @@ def test_load_state_file_is_not_a_checkpoint(tmp_path):
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.npz"):
         load_state(tmp_path / "nothing.npz")
+
+
+def test_load_npy_reads_an_array_and_names_a_missing_file(tmp_path):
+    np.save(tmp_path / "images.npy", np.arange(6, dtype=np.uint8).reshape(2, 3))
+    np.testing.assert_array_equal(load_npy(tmp_path / "images.npy"), np.arange(6).reshape(2, 3))
+    with pytest.raises(FileNotFoundError, match="nothing.npy"):
+        load_npy(tmp_path / "nothing.npy")
+
+
+def _write_damaged_npy(path, damage):
+    """`path` holding something other than a plain .npy array, as `damage` names."""
+    good = np.arange(240, dtype=np.uint8).reshape(2, 3, 40)
+    with open(path, "wb") as f:
+        if damage == "npz":
+            np.savez(f, images=good)
+        elif damage == "object":
+            np.save(f, np.array([{"x": 1}, None], dtype=object), allow_pickle=True)
+        elif damage == "forged":    # a header declaring 10^18 bytes
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (10**9,) * 2})
+        else:
+            np.save(f, good)
+    data = path.read_bytes()
+    if damage in ("empty", "truncated", "header"):
+        path.write_bytes({"empty": b"", "truncated": data[:-7], "header": data[:30]}[damage])
+    elif damage == "pickle":
+        path.write_bytes(pickle.dumps([1, 2]))
+
+
+@pytest.mark.parametrize("damage, found", [
+    ("npz", r"is an \.npz archive of 1 named array\(s\), not the single \.npy array expected"),
+    ("object", r"holds an object array, which only pickle could load"),
+    ("empty", r"the file is empty"),
+    ("truncated", r"the file is truncated or corrupt"),
+    ("header", r"the file is truncated or corrupt"),
+    ("pickle", r"starts like neither a zip archive nor an \.npy array"),
+    ("forged", r"its header asks for more memory than is available"),
+])
+def test_load_npy_says_what_the_file_holds_instead(tmp_path, damage, found):
+    path = tmp_path / "images.npy"
+    _write_damaged_npy(path, damage)
+    with pytest.raises(SerializationError, match=rf"images\.npy.*{found}") as caught:
+        load_npy(path)
+    assert "allow_pickle=" not in str(caught.value)
 
 
 def test_a_failure_mid_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
