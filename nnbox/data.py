@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .serialization import atomic_write
+from .serialization import atomic_write, load_npy
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 CACHE_FORMAT_VERSION = 3    # 2: 16-bit greyscale PNGs scaled to 8 bits (version 1 clipped them to white);
@@ -371,7 +371,8 @@ class ImageFolder:
         transform: a transform, a list, or a `Compose`. Its leading deterministic part (`CenterCrop`,
             `Resize`) is applied once and cached; the rest (flip, jitter) runs per batch. A `ToFloat`
             is added at the end if missing: `get_batch` returns float32 NCHW in [-1, 1].
-        cache_dir: where the .npy goes (default `default_cache_dir()`); `cache=False` keeps nothing.
+        cache_dir: where the .npy goes (default `default_cache_dir()`); `cache=False` keeps nothing. A
+            cache that cannot be read (corrupt, or another file in its place) is rebuilt, with a warning.
         augment_copies: k > 0 enlarges the set to (k + 1) times its size with randomly flipped and
             colour-jittered copies (made once, in memory, with `augment_rng`).
         workers: threads decoding images when the cache is built (PIL releases the GIL while decoding).
@@ -473,14 +474,15 @@ class ImageFolder:
                 raise ValueError(f"{meta_path.name} is not an ImageFolder cache description")
             if meta["key"] != key:
                 return None
-            images = np.load(path, allow_pickle=False)
             paths, skipped = list(meta["paths"]), list(meta["skipped"])
-        except (OSError, ValueError, TypeError) as error:
-            warnings.warn(f"ImageFolder: ignoring the unreadable cache {path} ({error}); rebuilding it",
-                          RuntimeWarning, stacklevel=3)
-            return None
-        if (images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(paths)
-                or list(images.shape) != list(meta.get("shape", images.shape))):   # another file in its place
+            images = load_npy(path)
+            shape = list(meta.get("shape", images.shape))
+            if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(paths) or list(images.shape) != shape:
+                raise ValueError(f"it holds {images.dtype} {images.shape}, not the {len(paths)} uint8 images of "
+                                 f"{shape} its description lists")
+        except (OSError, ValueError, TypeError) as error:   # a corrupt file, or another one in the cache's place
+            warnings.warn(f"ImageFolder: ignoring the cache {path} ({error}); rebuilding it", RuntimeWarning,
+                          stacklevel=3)
             return None
         return images, paths, skipped, str(meta.get("skip_reason", ""))
 

@@ -161,9 +161,34 @@ def test_a_cache_array_of_another_shape_is_rebuilt(tree, cache):
     # another .npy with as many images put in the cache's place was accepted as it was
     first = _folder(tree, cache)
     np.save(first.cache_path, np.zeros((9, 3, 3, 3), np.uint8))
-    again = _folder(tree, cache)
+    with pytest.warns(RuntimeWarning, match=r"ignoring the cache .* \(it holds uint8 \(9, 3, 3, 3\), not the 9 uint8 "
+                                            r"images of \[9, 16, 16, 3\] its description lists\); rebuilding it"):
+        again = _folder(tree, cache)
     assert not again.cache_hit and again.images.shape == (9, 16, 16, 3)
     np.testing.assert_array_equal(again.images, first.images)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("npz", r"is an \.npz archive"),                # an AttributeError escaped
+    ("empty", r"the file is empty"),                # an EOFError escaped
+    ("truncated", r"truncated or corrupt"),
+    ("object", r"holds an object array"),
+])
+def test_a_corrupt_or_foreign_cache_array_is_rebuilt_with_a_warning(tree, cache, damage, reason):
+    first = _folder(tree, cache)
+    path = first.cache_path
+    if damage == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, images=first.images)
+    elif damage == "object":
+        np.save(path, np.array([None] * 9, dtype=object), allow_pickle=True)
+    else:
+        path.write_bytes(b"" if damage == "empty" else path.read_bytes()[:-100])
+    with pytest.warns(RuntimeWarning, match=rf"ignoring the cache .*{path.name}.*{reason}.*; rebuilding it"):
+        again = _folder(tree, cache)
+    assert not again.cache_hit
+    np.testing.assert_array_equal(again.images, first.images)
+    assert _folder(tree, cache).cache_hit        # rewritten
 
 
 def test_missing_and_empty_folders_say_what_was_searched(tmp_path, cache):
