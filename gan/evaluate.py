@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from nnbox.backend import to_device, to_numpy
+from nnbox.serialization import SerializationError, load_npy
 
 from . import metrics
 from .cli import fail
@@ -135,7 +136,7 @@ def load_real_images(spec, image_size, channels, seed=0):
     else:
         path = Path(spec).expanduser()
         if path.is_file() and path.suffix == ".npy":
-            raw, what = np.load(path, allow_pickle=False), f"the array {path}"
+            raw, what = _read_real_npy(path), f"the array {path}"
         elif not path.is_dir():
             raise FileNotFoundError(f"--real {spec}: not a folder, a .npy file or 'synthetic'")
         elif any(path.glob("train-images-idx3-ubyte*")) or any(path.glob("mnist/train-images-idx3-ubyte*")):
@@ -152,6 +153,16 @@ def load_real_images(spec, image_size, channels, seed=0):
             raw = folder.images
     images = _fit(_to_float_nchw(raw), image_size, channels)
     return images, f"{len(images)} images: {what}"
+
+
+def _read_real_npy(path):
+    """The array in the --real .npy file; a ValueError that says what it holds instead, and what to do."""
+    try:
+        return load_npy(path)
+    except SerializationError as error:
+        raise ValueError(f"--real: {error}; delete it and re-run the program that wrote it (examples/faces_gan.py "
+                         f"and examples/compare_runs.py write a run's {REAL_IMAGES_NAME}), or give --real the "
+                         f"training data's folder") from None
 
 
 # --------------------------------------------------------------------------- features

@@ -1,5 +1,6 @@
 """`python -m gan.evaluate` on a tiny run folder made by the trainer, and the MNIST classifier features."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -133,6 +134,32 @@ def test_real_images_are_fitted_to_the_generator(tmp_path):
     assert images.shape == (2, 3, 16, 16) and "2 images" in what
     expected = (grey.astype(np.float32) / 127.5 - 1).reshape(2, 16, 2, 16, 2).mean(axis=(2, 4))
     np.testing.assert_allclose(images[:, 1], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("damage, found", [
+    ("npz", r"is an \.npz archive"),              # was "real images must be uint8 ..., got object ()"
+    ("empty", r"the file is empty"),              # was an uncaught EOFError
+    ("truncated", r"truncated or corrupt"),
+    ("object", r"holds an object array"),
+])
+def test_a_real_npy_that_is_not_an_image_array_is_one_line_naming_the_file_and_the_fix(tiny_run, tmp_path, capsys,
+                                                                                       damage, found):
+    run, _, faces = tiny_run
+    path = tmp_path / "real_images.npy"
+    with open(path, "wb") as f:
+        if damage == "npz":
+            np.savez(f, images=faces)
+        elif damage == "object":
+            np.save(f, np.array([None, 1], dtype=object), allow_pickle=True)
+        elif damage == "truncated":
+            np.save(f, faces[:2])
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-10])
+    assert evaluate.main([str(run), "--real", str(path), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert re.match(rf"gan\.evaluate: --real: .*real_images\.npy.*{found}.*; delete it and re-run the program that "
+                    rf"wrote it", err), err
 
 
 @pytest.mark.parametrize("shape", [(4, 48, 64, 3), (4, 16, 24, 3)])
