@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import CenterCrop, ColorJitter, ImageFolder, RandomHorizontalFlip, Resize, default_cache_dir
+from .serialization import SerializationError, load_npy
 
 RemoteFile = namedtuple("RemoteFile", "filename url sha256")
 
@@ -735,11 +736,6 @@ def _read_npy(path, what):
     if not path.is_file():
         raise FileNotFoundError(f"load_olivetti: {path} is missing (it holds the {what})")
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError, OSError) as error:
-        raise ValueError(f"load_olivetti: {path} is not a readable .npy array of plain numbers (an empty, "
-                         f"truncated or pickled file, or another format): {type(error).__name__}") from None
-    if not isinstance(array, np.ndarray):   # a .npz archive under a .npy name
-        array.close()
-        raise ValueError(f"load_olivetti: {path} is a .npz archive, not a .npy array")
-    return array
+        return load_npy(path)
+    except SerializationError as error:
+        raise ValueError(f"load_olivetti: {error}") from None
