@@ -67,7 +67,8 @@ CIFAR10_PYTHON = RemoteFile(
     "cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR10_RECORD = 1 + 3 * 32 * 32
+CIFAR10_PIXELS = 3 * 32 * 32
+CIFAR10_RECORD = 1 + CIFAR10_PIXELS
 CIFAR10_BATCH_RECORDS = 10_000    # in each of data_batch_1..5.bin and test_batch.bin
 
 # Fixed colours for the class-coloured MNIST (matplotlib's tab10), RGB in [0, 1].
@@ -589,8 +590,7 @@ def read_cifar_binary(path):
         whole = "not a whole number of records" if size % CIFAR10_RECORD else f"{size // CIFAR10_RECORD} whole records"
         raise ValueError(f"read_cifar_binary: {path} holds {size} bytes ({whole}); a CIFAR-10 binary batch holds "
                          f"exactly {expected} ({CIFAR10_BATCH_RECORDS} records of {CIFAR10_RECORD} bytes: 1 label + "
-                         f"3072 pixels). The file is truncated or is not a CIFAR-10 .bin batch: download "
-                         f"{CIFAR10_BINARY.filename} again ({CIFAR10_BINARY.url}) and extract it afresh")
+                         f"{CIFAR10_PIXELS} pixels). {_cifar_fetch_again('.bin batch', CIFAR10_BINARY)}")
     records = np.fromfile(path, dtype=np.uint8).reshape(-1, CIFAR10_RECORD)
     labels = records[:, 0].astype(np.int64)
     if labels.max() > 9:
@@ -600,7 +600,11 @@ def read_cifar_binary(path):
 
 
 def read_cifar_python(path):
-    """One CIFAR-10 "python version" batch, through `safe_unpickle` (no code can run)."""
+    """One CIFAR-10 "python version" batch, through `safe_unpickle` (no code can run).
+
+    A batch of any other size than 10,000 records of 3072 pixels, with as many labels, is a ValueError.
+    Returns uint8 images (10000, 3, 32, 32) and int64 labels.
+    """
     with open(path, "rb") as f:
         try:
             batch = safe_unpickle(f)
@@ -613,10 +617,17 @@ def read_cifar_python(path):
         raise ValueError(f"read_cifar_python: {path} is not a CIFAR-10 batch (a dict with b'data' and b'labels')")
     data = np.asarray(batch[b"data"], dtype=np.uint8)
     labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise ValueError(f"read_cifar_python: {path} has data {data.shape} and {len(labels)} labels; "
-                         f"expected (N, 3072) and N")
+    n = CIFAR10_BATCH_RECORDS
+    if data.shape != (n, CIFAR10_PIXELS) or labels.shape != (n,):
+        raise ValueError(f"read_cifar_python: {path} holds data {data.shape} and labels {labels.shape}; a CIFAR-10 "
+                         f"python batch holds exactly {n} records: data ({n}, {CIFAR10_PIXELS}) (R, G, B planes of "
+                         f"32x32) and labels ({n},). {_cifar_fetch_again('python batch', CIFAR10_PYTHON)}")
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_fetch_again(what, remote):
+    return (f"The file is truncated or is not a CIFAR-10 {what}: download {remote.filename} again ({remote.url}) "
+            f"and extract it afresh")
 
 
 def _cifar_folder(folder):

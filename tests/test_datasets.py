@@ -358,18 +358,45 @@ def test_load_cifar10_reads_a_data_dir_given_or_fails_never_the_cache_nor_a_down
     assert load_cifar10(split="test", download=False, cache_dir=cache)[0].shape == (10000, 3, 32, 32)
 
 
+def _cifar_python_batch(path, labels, pixels, n_data=10000, n_labels=10000, protocol=2):
+    """A python-version batch whose first records are (labels, pixels) and the rest zeros: `n_data` rows of
+    data, `n_labels` labels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.zeros((n_data, pixels.shape[1]), np.uint8)
+    data[:len(pixels)] = pixels
+    all_labels = [int(v) for v in labels] + [0] * (n_labels - len(labels))
+    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": all_labels, b"data": data,
+             b"filenames": [b"%d.png" % i for i in range(n_labels)]}
+    path.write_bytes(pickle.dumps(batch, protocol=protocol))
+    return path
+
+
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_load_cifar10_python_version_through_safe_unpickler(tmp_path, rng, protocol):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
     labels, pixels = _cifar_records(rng, 4)
-    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in labels], b"data": pixels,
-             b"filenames": [b"a.png", b"b.png", b"c.png", b"d.png"]}
-    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+    _cifar_python_batch(tmp_path / "cifar-10-batches-py" / "test_batch", labels, pixels, protocol=protocol)
     x, y, classes = load_cifar10(tmp_path, "test", download=False, cache_dir=tmp_path / "cache")
-    assert classes == list(datasets.CIFAR10_CLASSES)
-    np.testing.assert_array_equal(y, labels)
-    np.testing.assert_allclose((x.reshape(4, -1) + 1) * 127.5, pixels, atol=1e-3)
+    assert classes == list(datasets.CIFAR10_CLASSES) and x.shape == (10000, 3, 32, 32)
+    np.testing.assert_array_equal(y[:4], labels)
+    np.testing.assert_allclose((x[:4].reshape(4, -1) + 1) * 127.5, pixels, atol=1e-3)
+    np.testing.assert_array_equal(x[4:], -1.0)
+
+
+@pytest.mark.parametrize("n_data, n_labels, width, found", [
+    (9999, 9999, 3072, r"data \(9999, 3072\) and labels \(9999,\)"),       # one record short, data and labels alike
+    (10001, 10001, 3072, r"data \(10001, 3072\) and labels \(10001,\)"),
+    (10000, 9999, 3072, r"data \(10000, 3072\) and labels \(9999,\)"),
+    (10000, 10000, 3073, r"data \(10000, 3073\) and labels \(10000,\)"),
+])
+def test_a_cifar10_python_batch_of_another_size_is_a_clear_error(tmp_path, rng, n_data, n_labels, width, found):
+    labels, pixels = _cifar_records(rng, 2)
+    pixels = np.pad(pixels, ((0, 0), (0, width - 3072)))
+    _cifar_python_batch(tmp_path / "cifar-10-batches-py" / "test_batch", labels, pixels, n_data, n_labels)
+    with pytest.raises(ValueError, match=rf"read_cifar_python: .*test_batch holds {found}; a CIFAR-10 python batch "
+                                         rf"holds exactly 10000 records: data \(10000, 3072\) .* and labels "
+                                         rf"\(10000,\)\. The file is truncated or is not a CIFAR-10 python batch: "
+                                         rf"download cifar-10-python\.tar\.gz again"):
+        load_cifar10(tmp_path, "test", download=False)
 
 
 class _Exploit:
