@@ -70,6 +70,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 CIFAR10_PIXELS = 3 * 32 * 32
 CIFAR10_RECORD = 1 + CIFAR10_PIXELS
 CIFAR10_BATCH_RECORDS = 10_000    # in each of data_batch_1..5.bin and test_batch.bin
+CIFAR100_RECORD = 2 + CIFAR10_PIXELS          # coarse and fine label: recognised only to say it is not CIFAR-10
+CIFAR100_FILE_RECORDS = (50_000, 10_000)      # its train.bin and test.bin
 
 # Fixed colours for the class-coloured MNIST (matplotlib's tab10), RGB in [0, 1].
 CLASS_COLORS = np.array([
@@ -582,20 +584,27 @@ def load_colored_mnist(data_dir=None, split="train", mode="random", rng=None, **
 def read_cifar_binary(path):
     """One CIFAR-10 binary batch: 10,000 records of 1 label byte + 3072 pixel bytes (R, G, B planes of 32x32).
 
-    A file of any other size (truncated, even at a record boundary, or not a batch) is a ValueError.
+    A file of any other size (truncated, even at a record boundary, or not a batch) is a ValueError; one
+    of the size of CIFAR-100's train.bin or test.bin says so.
     Returns uint8 images (10000, 3, 32, 32) and int64 labels.
     """
     size, expected = Path(path).stat().st_size, CIFAR10_BATCH_RECORDS * CIFAR10_RECORD
+    if size in [n * CIFAR100_RECORD for n in CIFAR100_FILE_RECORDS]:
+        raise ValueError(f"read_cifar_binary: {path} holds {size} bytes: {size // CIFAR100_RECORD} records of "
+                         f"{CIFAR100_RECORD} bytes (2 labels + {CIFAR10_PIXELS} pixels), the layout of CIFAR-100, "
+                         f"which nnbox does not load; for CIFAR-10 use {CIFAR10_BINARY.filename} "
+                         f"({CIFAR10_BINARY.url})")
     if size != expected:
         whole = "not a whole number of records" if size % CIFAR10_RECORD else f"{size // CIFAR10_RECORD} whole records"
         raise ValueError(f"read_cifar_binary: {path} holds {size} bytes ({whole}); a CIFAR-10 binary batch holds "
                          f"exactly {expected} ({CIFAR10_BATCH_RECORDS} records of {CIFAR10_RECORD} bytes: 1 label + "
-                         f"{CIFAR10_PIXELS} pixels). {_cifar_fetch_again('.bin batch', CIFAR10_BINARY)}")
+                         f"{CIFAR10_PIXELS} pixels). The file is truncated or is not a CIFAR-10 .bin batch: "
+                         f"{_cifar_fetch_again(CIFAR10_BINARY)}")
     records = np.fromfile(path, dtype=np.uint8).reshape(-1, CIFAR10_RECORD)
     labels = records[:, 0].astype(np.int64)
     if labels.max() > 9:
-        raise ValueError(f"read_cifar_binary: {path} has label {labels.max()} > 9; is it CIFAR-100 "
-                         f"(2 label bytes per record) rather than CIFAR-10?")
+        raise ValueError(f"read_cifar_binary: {path} has label {labels.max()} > 9 (CIFAR-10's classes are 0..9), so "
+                         f"the file is corrupt: {_cifar_fetch_again(CIFAR10_BINARY)}")
     return records[:, 1:].reshape(-1, 3, 32, 32), labels
 
 
@@ -621,13 +630,13 @@ def read_cifar_python(path):
     if data.shape != (n, CIFAR10_PIXELS) or labels.shape != (n,):
         raise ValueError(f"read_cifar_python: {path} holds data {data.shape} and labels {labels.shape}; a CIFAR-10 "
                          f"python batch holds exactly {n} records: data ({n}, {CIFAR10_PIXELS}) (R, G, B planes of "
-                         f"32x32) and labels ({n},). {_cifar_fetch_again('python batch', CIFAR10_PYTHON)}")
+                         f"32x32) and labels ({n},). The file is truncated or is not a CIFAR-10 python batch: "
+                         f"{_cifar_fetch_again(CIFAR10_PYTHON)}")
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _cifar_fetch_again(what, remote):
-    return (f"The file is truncated or is not a CIFAR-10 {what}: download {remote.filename} again ({remote.url}) "
-            f"and extract it afresh")
+def _cifar_fetch_again(remote):
+    return f"download {remote.filename} again ({remote.url}) and extract it afresh"
 
 
 def _cifar_folder(folder):

@@ -334,6 +334,7 @@ def test_load_cifar10_binary(tmp_path, rng):
     (10001 * 3073, "10001 whole records"),
     (3000, "not a whole number of records"),
     (0, "0 whole records"),
+    (9000 * 3074, "not a whole number of records"),     # CIFAR-100's record size, but not its record count
 ])
 def test_a_cifar10_binary_batch_of_another_size_is_a_clear_error(tmp_path, rng, size, found):
     labels, pixels = _cifar_records(rng, 0)
@@ -342,6 +343,26 @@ def test_a_cifar10_binary_batch_of_another_size_is_a_clear_error(tmp_path, rng, 
                                          rf"CIFAR-10 binary batch holds exactly 30730000 \(10000 records of 3073 bytes"
                                          rf".*truncated .*download .*cifar-10-binary\.tar\.gz again"):
         load_cifar10(tmp_path, "test", download=False)
+
+
+@pytest.mark.parametrize("name, records", [("train.bin", 50000), ("test.bin", 10000)])
+def test_a_cifar100_binary_file_is_recognised_by_its_size(tmp_path, name, records):
+    # its size error named CIFAR-10's layout only; the label > 9 hint below it was never reached
+    path = _cifar_binary_batch(tmp_path / name, *_cifar_records(np.random.default_rng(0), 0), size=records * 3074)
+    with pytest.raises(ValueError, match=rf"read_cifar_binary: .*{name} holds {records * 3074} bytes: {records} "
+                                         rf"records of 3074 bytes \(2 labels \+ 3072 pixels\), the layout of "
+                                         rf"CIFAR-100, which nnbox does not load; for CIFAR-10 use "
+                                         rf"cifar-10-binary\.tar\.gz \(https://"):
+        datasets.read_cifar_binary(path)
+
+
+def test_a_cifar10_binary_batch_with_a_label_over_9_is_called_corrupt(tmp_path, rng):
+    labels, pixels = _cifar_records(rng, 3)
+    labels[1] = 10
+    path = _cifar_binary_batch(tmp_path / "test_batch.bin", labels, pixels)
+    with pytest.raises(ValueError, match=r"read_cifar_binary: .*test_batch\.bin has label 10 > 9 .*corrupt: "
+                                         r"download cifar-10-binary\.tar\.gz again"):
+        datasets.read_cifar_binary(path)
 
 
 def test_load_cifar10_reads_a_data_dir_given_or_fails_never_the_cache_nor_a_download(tmp_path, rng, no_data_set,
