@@ -622,10 +622,19 @@ def read_cifar_python(path):
                 raise
             raise ValueError(f"read_cifar_python: cannot read {path} ({type(error).__name__}: {error}); "
                              f"is it a complete CIFAR-10 python batch?") from error
+    if isinstance(batch, dict) and b"fine_labels" in batch:
+        raise ValueError(f"read_cifar_python: {path} has b'fine_labels': it is a CIFAR-100 batch, which nnbox does "
+                         f"not load; for CIFAR-10 {_cifar_fetch_again(CIFAR10_PYTHON)}")
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"read_cifar_python: {path} is not a CIFAR-10 batch (a dict with b'data' and b'labels')")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    for name, values, low, high in (("pixel", data, 0, 255), ("label", labels, 0, 9)):
+        if values.dtype.kind not in "iub" or (values.size and (values.min() < low or values.max() > high)):
+            found = (f"{values.dtype} values" if values.dtype.kind not in "iub"
+                     else f"values from {values.min()} to {values.max()}")
+            raise ValueError(f"read_cifar_python: {path} has {name}s of {found}, not integers in {low}..{high}; the "
+                             f"file is corrupt or is not a CIFAR-10 python batch: {_cifar_fetch_again(CIFAR10_PYTHON)}")
+    data, labels = data.astype(np.uint8), labels.astype(np.int64)
     n = CIFAR10_BATCH_RECORDS
     if data.shape != (n, CIFAR10_PIXELS) or labels.shape != (n,):
         raise ValueError(f"read_cifar_python: {path} holds data {data.shape} and labels {labels.shape}; a CIFAR-10 "

@@ -420,6 +420,22 @@ def test_a_cifar10_python_batch_of_another_size_is_a_clear_error(tmp_path, rng, 
         load_cifar10(tmp_path, "test", download=False)
 
 
+def test_a_cifar10_python_batch_with_values_out_of_range_or_cifar100_is_a_clear_error(tmp_path, rng):
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    labels, pixels = _cifar_records(rng, 2)
+    _cifar_python_batch(path, [3, 10], pixels)                        # a label above 9
+    with pytest.raises(ValueError, match=r"test_batch has labels of values from 0 to 10, not integers in 0\.\.9"):
+        load_cifar10(tmp_path, "test", download=False)
+    wide = {b"labels": [0] * 10000, b"data": np.full((10000, 3072), 256, np.int32)}   # would wrap to 0 as uint8
+    path.write_bytes(pickle.dumps(wide, protocol=2))
+    with pytest.raises(ValueError, match=r"has pixels of values from 256 to 256, not integers in 0\.\.255"):
+        load_cifar10(tmp_path, "test", download=False)
+    cifar100 = {b"fine_labels": [0] * 10000, b"coarse_labels": [0] * 10000, b"data": np.zeros((10000, 3072), np.uint8)}
+    path.write_bytes(pickle.dumps(cifar100, protocol=2))
+    with pytest.raises(ValueError, match=r"has b'fine_labels': it is a CIFAR-100 batch, which nnbox does not load"):
+        load_cifar10(tmp_path, "test", download=False)
+
+
 class _Exploit:
     def __init__(self, marker):
         self.marker = marker
