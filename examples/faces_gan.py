@@ -225,15 +225,18 @@ def load_faces(cfg):
     return images, f"{len(images)} images of {size}x{size}: {source}", lfw_root
 
 
-def evaluation_data(cfg, images, lfw_root, run_dir):
+def evaluation_data(cfg, images, lfw_root, run_dir, resuming):
     """What `python -m gan.evaluate RUN --real ...` should compare this run's faces with: LFW's folder
     when all of it trained, else the training images themselves (a subset, or synthetic faces, before
-    any augmented copies), written once as RUN_DIR/real_images.npy. Returns that --real argument."""
+    any augmented copies), written as RUN_DIR/real_images.npy by a new run (an --overwrite replaces
+    the old run's) and kept by --resume. Returns that --real argument."""
     from gan.evaluate import REAL_IMAGES_NAME, save_real_images
-    if lfw_root is not None and cfg.max_images is None:
-        return str(lfw_root)
     path = Path(run_dir) / REAL_IMAGES_NAME
-    if not path.exists():     # on --resume the same images: the data settings cannot change
+    if lfw_root is not None and cfg.max_images is None:
+        if not resuming:
+            path.unlink(missing_ok=True)    # an overwritten run's subset, which this run did not train on
+        return str(lfw_root)
+    if not (resuming and path.exists()):    # on --resume the same images: the data settings cannot change
         save_real_images(images[:len(images) // (cfg.augment_copies + 1)], path)
     return str(path)
 
@@ -276,7 +279,7 @@ def main(argv=None):
         if trainer is None:
             trainer = GANTrainer.from_config(cfg.train, cfg.out, overwrite=cfg.overwrite,
                                              extra_config={"example": cfg.data_settings(), "epochs": cfg.epochs})
-        real = evaluation_data(cfg, images, lfw_root, trainer.run_dir)
+        real = evaluation_data(cfg, images, lfw_root, trainer.run_dir, resuming="resume" in given)
         print(f"run folder: {trainer.run_dir}; {cfg.train.arch} GAN, {cfg.train.loss} loss, "
               f"{cfg.train.balance} balancing, {len(loader)} batches of {loader.batch_size} per epoch, "
               f"device {cfg.train.device}", flush=True)

@@ -176,6 +176,20 @@ def test_an_out_folder_holding_a_run_is_refused_before_the_data_is_loaded(faces_
                                        f"or pass --overwrite\n")
 
 
+def test_overwrite_replaces_the_old_runs_real_images(faces_gan, tmp_path, capsys):
+    # gan.evaluate compares a run's faces with real_images.npy: after --overwrite on other images it must
+    # hold the new run's training images, not the old run's
+    out = tmp_path / "run"
+    small = [option for option in SMALL if option not in ("--max-images", "64")]
+    assert faces_gan.main(small + ["--max-images", "64", "--epochs", "1", "--out", str(out), "--no-report"]) == 0
+    assert load_real_images(str(out / "real_images.npy"), 32, 3)[0].shape[0] == 64
+    assert faces_gan.main(small + ["--max-images", "32", "--epochs", "1", "--out", str(out), "--no-report",
+                                   "--overwrite"]) == 0
+    real, _ = load_real_images(str(out / "real_images.npy"), 32, 3)
+    trained, _, _ = faces_gan.load_faces(faces_gan.config_from_args({"dataset": "synthetic", "max_images": 32}))
+    np.testing.assert_array_equal(real, trained.transpose(0, 3, 1, 2) / np.float32(127.5) - 1)
+
+
 def test_ctrl_c_is_one_line_with_the_resume_command_and_the_checkpoint_kept(faces_gan, tmp_path, capsys,
                                                                            monkeypatch):
     from gan.trainer import GANTrainer
