@@ -80,7 +80,7 @@ def generate(generator, config, n, seed=0, batch_size=64, device="cpu"):
 # --------------------------------------------------------------------------- the real data
 def _to_float_nchw(images):
     images = np.asarray(images)
-    if images.dtype == np.uint8:
+    if images.dtype == np.uint8 and images.ndim in (3, 4):
         if images.ndim == 3:
             images = images[..., None]
         return (images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
@@ -151,7 +151,10 @@ def load_real_images(spec, image_size, channels, seed=0):
                 folder = ImageFolder(path, transform=[Resize(image_size)], progress=False)
                 what = f"the images under {path}"
             raw = folder.images
-    images = _fit(_to_float_nchw(raw), image_size, channels)
+    try:
+        images = _fit(_to_float_nchw(raw), image_size, channels)
+    except ValueError as error:
+        raise ValueError(f"--real {spec}: {error}") from None
     return images, f"{len(images)} images: {what}"
 
 

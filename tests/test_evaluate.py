@@ -162,6 +162,20 @@ def test_a_real_npy_that_is_not_an_image_array_is_one_line_naming_the_file_and_t
                     rf"wrote it", err), err
 
 
+@pytest.mark.parametrize("array, found", [
+    (np.zeros((2, 16, 16), np.int32), r"int32 \(2, 16, 16\)"),                 # neither uint8 nor float
+    (np.zeros((16, 16), np.uint8), r"uint8 \(16, 16\)"),                       # one image, no batch axis
+])
+def test_a_real_array_of_the_wrong_kind_names_the_file(tiny_run, tmp_path, capsys, array, found):
+    run, _, _ = tiny_run
+    path = tmp_path / "mine.npy"
+    np.save(path, array)
+    assert evaluate.main([str(run), "--real", str(path), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert re.match(rf"gan\.evaluate: --real .*mine\.npy: real images must be uint8 .*got {found}", err), err
+
+
 @pytest.mark.parametrize("shape", [(4, 48, 64, 3), (4, 16, 24, 3)])
 def test_non_square_real_images_are_stretched_to_the_square(tmp_path, shape):
     """A horizontal ramp from 0 to 255: stretched (not cropped) to 16x16 it still runs from about -1
