@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from gan.cli import fail  # noqa: F401  (the examples import it from here, with the rest)
-from gan.trainer import CHECKPOINT_NAME, NonFiniteLossError
+from gan.trainer import CHECKPOINT_NAME, EPOCH_GRID, NonFiniteLossError
 from nnbox import backend
 
 # What a command line expects to go wrong, shown without a traceback: a bad option or bad data (ValueError:
@@ -50,7 +50,7 @@ def check_new_run(out, overwrite, checkpoint_name=CHECKPOINT_NAME, resumable=Tru
         raise UsageError(f"{out} already holds a run: {fix}")
 
 
-EPOCH_FIGURE = r"epoch_[0-9]{3,}\.png"   # the per-epoch figures' names, f"epoch_{epoch:03d}.png"
+EPOCH_FIGURE = EPOCH_GRID   # the per-epoch figures' names, f"epoch_{epoch:03d}.png", as gan.trainer's grids
 
 
 def remove_old_run(out, names, numbered=None):

@@ -51,7 +51,7 @@ from .losses import get_gan_loss
 from .models import ARCHITECTURES, MLPDiscriminator, _Network, build_gan
 from .trainer import (CHECKPOINT_NAME, NonFiniteLossError, _restore_saved_state,
                       _saved_state, non_finite_weights, quiet_until_checked, read_checkpoint_meta,
-                      reset_device_generators, stream_rng)
+                      remove_epoch_grids, reset_device_generators, stream_rng)
 from .tricks import sample_latent
 
 LOSSES = ("non_saturating", "minimax", "least_squares", "hinge")  # wasserstein needs clipping: not offered
@@ -392,8 +392,7 @@ class AEGANTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if overwrite and not _resuming:
             for folder in FIGURE_DIRS:
-                for old in (self.run_dir / folder).glob("epoch_*.png"):
-                    old.unlink()
+                remove_epoch_grids(self.run_dir / folder)
             self.checkpoint_path.unlink(missing_ok=True)
         self.networks = AEGANNetworks(*(net.to(config.device) for net in networks))
         self.ge_loss = GeneratorEncoderLoss(self.networks, config.loss, LossWeights(**config.weights))

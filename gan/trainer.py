@@ -42,6 +42,7 @@ losses were logged): they are checked before the epoch's grid and checkpoint are
 """
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -62,10 +63,19 @@ from .tricks import InstanceNoise, LabelPolicy, sample_latent
 CHECKPOINT_NAME = "checkpoint.npz"
 CHECKPOINT_FORMAT = 1
 SAMPLES_DIR = "samples"
+EPOCH_GRID = r"epoch_[0-9]{3,}\.png"   # the sample grids' names, f"epoch_{epoch:03d}.png" (a regular expression)
 # Independent random streams derived from TrainConfig.seed: np.random.default_rng([seed, stream]).
 RNG_STREAMS = {"model": 0, "latent": 1, "labels": 2, "noise": 3, "fixed_noise": 4, "data": 5, "penalty": 6}
 PROBABILITY_LOSSES = ("minimax", "non_saturating")  # losses whose logits mean a probability via sigmoid
 WGAN_GP = "wgan_gp"  # the Wasserstein loss with the gradient penalty (Gulrajani et al. 2017) instead of clipping
+
+
+def remove_epoch_grids(folder):
+    """Delete the old run's sample grids in `folder` (overwrite=True): the files named as EPOCH_GRID, and no
+    others (a user's epoch_001_copy.png stays)."""
+    for old in Path(folder).glob("epoch_*.png"):
+        if re.fullmatch(EPOCH_GRID, old.name):
+            old.unlink()
 
 
 def stream_rng(seed, stream):
@@ -289,8 +299,7 @@ class GANTrainer:
         self.threshold = 0.5 if config.loss == "least_squares" else 0.0  # D calls x real when output > it
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if overwrite and not _resuming:
-            for old in (self.run_dir / SAMPLES_DIR).glob("epoch_*.png"):
-                old.unlink()
+            remove_epoch_grids(self.run_dir / SAMPLES_DIR)
             self.checkpoint_path.unlink(missing_ok=True)
         self.history = History()
         self.epoch_log = []          # per epoch: {"epoch", "seconds", "images", "images_per_sec"}

@@ -148,6 +148,17 @@ def test_training_lowers_the_reconstruction_error(tmp_path):
     assert 0.0 <= records[-1]["dz_acc_encoded"] <= 1.0 and 0.0 <= records[-1]["dz_acc_generated"] <= 1.0
 
 
+def test_overwrite_deletes_the_old_epoch_figures_and_no_other_file(tmp_path):
+    # the old glob epoch_*.png also deleted a user's epoch_001_copy.png
+    for folder in ("samples", "reconstructions"):
+        (tmp_path / folder).mkdir()
+        for name in ("epoch_000.png", "epoch_001_copy.png"):
+            (tmp_path / folder / name).write_text("a picture")
+    AEGANTrainer.from_config(small_config(), tmp_path, overwrite=True)
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*.png")) == [
+        "reconstructions/epoch_001_copy.png", "samples/epoch_001_copy.png"]
+
+
 def loader(images, seed=0):
     return DataLoader(images, batch_size=4, shuffle=True, drop_last=True, rng=seed, prefetch=False)
 

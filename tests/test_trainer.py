@@ -258,6 +258,16 @@ def test_a_run_folder_is_not_overwritten_by_accident(tmp_path, faces):
         GANTrainer.resume(tmp_path / "nothing")
 
 
+def test_overwrite_deletes_the_old_grids_and_no_other_file(tmp_path):
+    # the old glob epoch_*.png also deleted a user's epoch_001_copy.png
+    samples = tmp_path / "run" / "samples"
+    samples.mkdir(parents=True)
+    for name in ("epoch_000.png", "epoch_012.png", "epoch_001_copy.png", "epoch_best.png"):
+        (samples / name).write_text("a picture")
+    GANTrainer.from_config(tiny_config(), tmp_path / "run", overwrite=True)
+    assert sorted(path.name for path in samples.iterdir()) == ["epoch_001_copy.png", "epoch_best.png"]
+
+
 def test_steps_per_epoch_cuts_epochs_and_resume_still_matches(tmp_path, faces):
     config = dict(steps_per_epoch=3)
     straight = GANTrainer.from_config(tiny_config(**config), tmp_path / "a")
