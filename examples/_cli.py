@@ -56,8 +56,9 @@ EPOCH_FIGURE = EPOCH_GRID   # the per-epoch figures' names, f"epoch_{epoch:03d}.
 def remove_old_run(out, names, numbered=None):
     """--overwrite: delete the files an earlier run of the program wrote in `out`, so that none of them outlives
     the new run (a shorter run would show the old run's later epoch grids): `names`, paths relative to `out`,
-    and in each folder of `numbered` ({folder: regular expression}) the files whose whole name matches.
-    Nothing else is touched: a user's own files in `out` stay. Returns the paths removed."""
+    and in each folder of `numbered` ({folder: regular expression}) the files whose whole name matches; then
+    the folders below `out` that this left empty. Nothing else is touched: a user's own files in `out` stay.
+    Returns the files removed."""
     out = Path(out)
     old = [out / name for name in names]
     for folder, pattern in (numbered or {}).items():
@@ -66,6 +67,9 @@ def remove_old_run(out, names, numbered=None):
     old = [path for path in old if path.is_file()]
     for path in old:
         path.unlink()
+    for folder in {path.parent for path in old} - {out}:   # an old run's evaluation/ must not stay, even empty
+        if not any(folder.iterdir()):
+            folder.rmdir()
     return old
 
 

@@ -21,7 +21,8 @@ checkpoint.npz, history, plots, report.html) and is then evaluated by gan.evalua
 images it trained on (OUT/<arch>/metrics.json, evaluation/: nearest neighbours, linear and slerp
 interpolations; SWD and FID on pixel features). With two architectures, OUT/compare/ holds the
 figures side by side (losses.png, samples_per_epoch.png, throughput.png); OUT/summary.json sums up
-every architecture's run and measures.
+every architecture's run and measures. A folder OUT/<arch>/ that holds a run is refused unless --overwrite is
+given, which deletes these files of the old run (and no others) once the data is read.
 """
 import argparse
 import os
@@ -38,9 +39,9 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; compare
 
 from _cli import (CIFAR10_HINT, CLI_ERRORS, UsageError, at_least, check_device, check_new_run, fail,  # noqa: E402
                   load_dataset, probability)
-from compare_runs import (add_run_arguments, evaluate_variant, plot_epoch_grids,  # noqa: E402
-                          plot_loss_comparison, plot_throughput_comparison, recipe_config, subset, summarize,
-                          train_variant)
+from compare_runs import (COMPARISON_FILES, add_run_arguments, evaluate_variant, plot_epoch_grids,  # noqa: E402
+                          plot_loss_comparison, plot_throughput_comparison, recipe_config, remove_old_study, subset,
+                          summarize, train_variant)
 
 ARCHS = ("mlp", "dcgan")
 LATENT_DIM = 128
@@ -111,6 +112,8 @@ def main(argv=None):
         images, labels = subset(images, args.max_images, args.seed, labels)
         print(f"data: {len(images)} images of 32x32 from the {what}", flush=True)
         out = Path(args.out)
+        if args.overwrite:   # only now, with the data read: a run refused before keeps the old one
+            remove_old_study(out, archs, COMPARISON_FILES)
         trainers, metrics = {}, {}
         for arch in archs:
             started = time.perf_counter()

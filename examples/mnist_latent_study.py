@@ -18,7 +18,8 @@ features with `--classifier-weights`, trained by examples/train_mnist_classifier
 neighbours; linear and slerp interpolations in OUT/<kind>/evaluation/). OUT/compare/ holds the
 figures side by side: losses.png, samples_per_epoch.png, throughput.png, noise.png (histograms of
 the two laws: one coordinate, and the norm ||z||) and, with a classifier, classes.png (which digits
-each generator draws).
+each generator draws). A folder OUT/<kind>/ that holds a run is refused unless --overwrite is given,
+which deletes these files of the old run (and no others) once the data is read.
 """
 import argparse
 import os
@@ -36,13 +37,15 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; compare
 
 from _cli import (CLI_ERRORS, MNIST_HINT, at_least, check_device, check_new_run, fail, load_dataset,  # noqa: E402
                   probability)
-from compare_runs import (add_run_arguments, evaluate_variant, grouped_bars,  # noqa: E402
+from compare_runs import (COMPARISON_FILES, add_run_arguments, evaluate_variant, grouped_bars,  # noqa: E402
                           plot_epoch_grids, plot_loss_comparison, plot_throughput_comparison, pyplot, recipe_config,
-                          save_figure, subset, summarize, train_variant)
+                          remove_old_study, save_figure, subset, summarize, train_variant)
 from gan.tricks import LATENT_KINDS, sample_latent  # noqa: E402
 
 PAD = 2           # 28 + 2 * 2 = 32, the DCGAN's smallest size
 IMAGE_SIZE = 32
+# what the study writes beside the variants' folders: --overwrite removes these (and the variants' files)
+STUDY_FILES = COMPARISON_FILES + ("compare/noise.png", "compare/classes.png")
 
 
 def build_parser():
@@ -153,6 +156,8 @@ def main(argv=None):
         images, labels = subset(pad_digits(images), args.max_images, args.seed, labels)
         print(f"data: {len(images)} MNIST training digits padded to {IMAGE_SIZE}x{IMAGE_SIZE}", flush=True)
         out = Path(args.out)
+        if args.overwrite:   # only now, with the data read: a run refused before keeps the old one
+            remove_old_study(out, kinds, STUDY_FILES)
         features = "mnist" if args.classifier_weights else "pixels"
         trainers, metrics, fractions = {}, {}, {}
         for kind in kinds:

@@ -113,3 +113,35 @@ def test_main_on_the_gpu(cifar_gan, tmp_path):
         history = json.loads((out / arch / "history.json").read_text())
         assert len(history) == 2 and np.isfinite([r["d_loss"] for r in history]).all()
         assert np.isfinite(json.loads((out / arch / "metrics.json").read_text())["swd"])
+
+
+def test_overwrite_removes_the_old_studys_files_and_only_those(cifar_gan, tmp_path):
+    # a rerun with --eval-images 0 kept the old run's metrics.json and evaluation/ (and report.html its
+    # Evaluation section); one architecture kept the old comparison of two in compare/
+    data = write_cifar_test_batch(tmp_path / "data")
+    out = tmp_path / "runs"
+    with_report = [option for option in TINY if option != "--no-report"]
+    assert cifar_gan.main(with_report + ["--data", str(data), "--arch", "mlp", "dcgan", "--eval-images", "16",
+                                         "--out", str(out)]) == 0
+    assert (out / "dcgan" / "metrics.json").is_file() and (out / "compare" / "losses.png").is_file()
+    mine = [out / "notes.txt", out / "dcgan" / "evaluation" / "my_figure.png",
+            out / "dcgan" / "samples" / "epoch_001_copy.png"]
+    for path in mine:
+        path.write_text("the user's")
+    old_run = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    # refused before it starts writing (no data): the old run stays whole
+    assert cifar_gan.main(TINY + ["--data", str(tmp_path / "empty"), "--arch", "dcgan", "--overwrite",
+                                  "--out", str(out)]) == 2
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == old_run
+    assert cifar_gan.main(TINY + ["--data", str(data), "--arch", "dcgan", "--eval-images", "0", "--overwrite",
+                                  "--out", str(out)]) == 0
+    assert not (out / "compare").exists()
+    dcgan = out / "dcgan"
+    assert not any((dcgan / name).exists() for name in ("metrics.json", "real_images.npy", "report.html", "plots"))
+    assert [path.name for path in (dcgan / "evaluation").iterdir()] == ["my_figure.png"]
+    assert (out / "mlp" / "metrics.json").read_bytes() == old_run[out / "mlp" / "metrics.json"]   # not rerun
+    assert all(path.read_text() == "the user's" for path in mine)
+    # VARIANT_FILES and COMPARISON_FILES name everything a study writes: removing them leaves the user's files
+    from compare_runs import COMPARISON_FILES, remove_old_study
+    remove_old_study(out, cifar_gan.ARCHS, COMPARISON_FILES)
+    assert sorted(path for path in out.rglob("*") if path.is_file()) == sorted(mine)

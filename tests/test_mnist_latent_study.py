@@ -155,3 +155,29 @@ def test_balance_and_label_smoothing_reach_both_configs(study, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
         assert study.main(options + ["--label-smoothing", "1.5", "--out", str(tmp_path / "bad")]) == 2
     assert "--label-smoothing must be in [0, 1), got 1.5" in errors.getvalue()
+
+
+def test_overwrite_removes_the_old_studys_files_and_only_those(study, tmp_path, classifier_weights):
+    # a rerun of one law without evaluation kept the old comparison (losses.png, classes.png, ...) in compare/
+    # and the old run's metrics.json and evaluation/ in normal/
+    data = write_mnist_train(tmp_path / "data", 40)
+    out = tmp_path / "runs"
+    with_report = [option for option in TINY if option != "--no-report"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert study.main(with_report + ["--data", str(data), "--eval-images", "16", "--classifier-weights",
+                                         str(classifier_weights), "--out", str(out)]) == 0
+        mine = [out / "notes.txt", out / "compare" / "my_figure.png", out / "normal" / "plots" / "mine.png"]
+        for path in mine:
+            path.write_text("the user's")
+        assert study.main(TINY + ["--data", str(data), "--noise", "normal", "--eval-images", "0", "--overwrite",
+                                  "--out", str(out)]) == 0
+    assert sorted(path.name for path in (out / "compare").iterdir()) == ["my_figure.png", "noise.png"]
+    normal = out / "normal"
+    assert not any((normal / name).exists() for name in ("metrics.json", "evaluation", "report.html", "samples.gif"))
+    assert [path.name for path in (normal / "plots").iterdir()] == ["mine.png"]
+    assert (out / "uniform" / "metrics.json").is_file()          # not rerun: the other law's run stays
+    assert all(path.read_text() == "the user's" for path in mine)
+    # VARIANT_FILES and STUDY_FILES name everything a study writes: removing them leaves the user's files
+    from compare_runs import remove_old_study
+    remove_old_study(out, ["uniform", "normal"], study.STUDY_FILES)
+    assert sorted(path for path in out.rglob("*") if path.is_file()) == sorted(mine)
