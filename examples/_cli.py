@@ -73,14 +73,17 @@ def remove_old_run(out, names, numbered=None):
     return old
 
 
-def interrupted(program, run_dir, epochs, checkpoint_name=CHECKPOINT_NAME):
+def interrupted(program, run_dir, epochs, checkpoint_name=CHECKPOINT_NAME, resumable=True):
     """Ctrl-C: one line on stderr saying what is kept and how to continue, instead of a traceback;
     returns the exit status, 130 (128 + SIGINT, as shells report it). `run_dir`: the run's folder, or
-    None when there is nothing to continue from (training had not started, or the program has no --resume)."""
-    kept = ""
+    None when there is nothing to continue from (training had not started, or the program has no --resume).
+    `resumable` False, for a program without --resume: the line says which folder keeps the checkpoint
+    instead, or, with none there, that nothing was written."""
+    kept = "" if resumable else "; nothing was written"
     if run_dir is not None and (Path(run_dir) / checkpoint_name).exists():   # written atomically: never half a file
-        kept = (f"; the checkpoint of the last complete epoch is kept: continue with "
-                f"python examples/{program}.py --resume {run_dir} --epochs {epochs}")
+        kept = "; the checkpoint of the last complete epoch is kept" + (
+            f": continue with python examples/{program}.py --resume {run_dir} --epochs {epochs}" if resumable
+            else f" in {run_dir}")
     print(f"{program}: interrupted{kept}", file=sys.stderr)
     return 130
 

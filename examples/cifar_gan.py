@@ -39,9 +39,9 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; compare
 
 from _cli import (CIFAR10_HINT, CLI_ERRORS, UsageError, at_least, check_device, check_new_run, fail,  # noqa: E402
                   load_dataset, probability)
-from compare_runs import (COMPARISON_FILES, add_run_arguments, evaluate_variant, plot_epoch_grids,  # noqa: E402
-                          plot_loss_comparison, plot_throughput_comparison, recipe_config, remove_old_study, subset,
-                          summarize, train_variant)
+from compare_runs import (COMPARISON_FILES, add_run_arguments, evaluate_variant, interrupted_study,  # noqa: E402
+                          plot_epoch_grids, plot_loss_comparison, plot_throughput_comparison, recipe_config,
+                          remove_old_study, subset, summarize, train_variant)
 
 ARCHS = ("mlp", "dcgan")
 LATENT_DIM = 128
@@ -100,22 +100,25 @@ def check_options(args):
 
 
 def main(argv=None):
+    """The command line: trains and evaluates each architecture, then compares them; 0, 2 after a one-line
+    error, or 130 after Ctrl-C."""
     args = build_parser().parse_args(argv)
+    archs, out = list(dict.fromkeys(args.arch)), Path(args.out)
+    begun = []   # the folders of the architectures whose training began (Ctrl-C's line names what is kept)
     try:
         check_options(args)
         check_device(args.device)
-        archs = list(dict.fromkeys(args.arch))
         for arch in archs:   # every variant's folder, before any data is read or variant trained
-            check_new_run(Path(args.out) / arch, args.overwrite, resumable=False)
+            check_new_run(out / arch, args.overwrite, resumable=False)
         images, labels, what = load_dataset(load_cifar, args.data, args.split, download=args.download,
                                             hint=CIFAR10_HINT)
         images, labels = subset(images, args.max_images, args.seed, labels)
         print(f"data: {len(images)} images of 32x32 from the {what}", flush=True)
-        out = Path(args.out)
         if args.overwrite:   # only now, with the data read: a run refused before keeps the old one
             remove_old_study(out, archs, COMPARISON_FILES)
         trainers, metrics = {}, {}
         for arch in archs:
+            begun.append(out / arch)
             started = time.perf_counter()
             trainers[arch] = train_variant(train_config(args, arch), images, out / arch, args.epochs,
                                            args.batch_size, overwrite=args.overwrite,
@@ -125,15 +128,17 @@ def main(argv=None):
             if args.eval_images > 0:
                 metrics[arch] = evaluate_variant(out / arch, images, n=args.eval_images, seed=args.seed,
                                                  device=args.device, report=args.report)
+        if len(archs) > 1:
+            compare = out / "compare"
+            plot_loss_comparison({a: t.history for a, t in trainers.items()}, compare / "losses.png")
+            plot_epoch_grids({a: out / a for a in archs}, compare / "samples_per_epoch.png")
+            plot_throughput_comparison({a: t.epoch_log for a, t in trainers.items()}, compare / "throughput.png")
+            print(f"comparison: {compare}", flush=True)
+        summarize(trainers, metrics, out / "summary.json")
     except CLI_ERRORS as error:
         return fail("cifar_gan", error)
-    if len(archs) > 1:
-        compare = out / "compare"
-        plot_loss_comparison({a: t.history for a, t in trainers.items()}, compare / "losses.png")
-        plot_epoch_grids({a: out / a for a in archs}, compare / "samples_per_epoch.png")
-        plot_throughput_comparison({a: t.epoch_log for a, t in trainers.items()}, compare / "throughput.png")
-        print(f"comparison: {compare}", flush=True)
-    summarize(trainers, metrics, out / "summary.json")
+    except KeyboardInterrupt:
+        return interrupted_study("cifar_gan", begun, args.epochs)
     return 0
 
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:   # run as a script (to ask what it is): this checkout's gan and nnbox
     sys.path.insert(0, str(ROOT))
 
-from _cli import EPOCH_FIGURE, UsageError, fail, remove_old_run  # noqa: E402
+from _cli import EPOCH_FIGURE, UsageError, fail, interrupted, remove_old_run  # noqa: E402
 from gan.balance import BALANCE_RULES  # noqa: E402
 from gan.evaluate import EVAL_DIR, METRICS_NAME, REAL_IMAGES_NAME, evaluate  # noqa: E402
 from gan.evaluate import save_real_images as write_real_images  # noqa: E402
@@ -127,6 +127,14 @@ def remove_old_study(out, variants, names):
     for variant in variants:
         removed += remove_old_run(Path(out) / variant, VARIANT_FILES, {SAMPLES_DIR: EPOCH_FIGURE})
     return removed
+
+
+def interrupted_study(program, run_dirs, epochs):
+    """Ctrl-C (the studies have no --resume): one line naming the folder of the last variant that holds a
+    checkpoint (the one being trained; those before it are complete), or saying that nothing was written;
+    returns 130. `run_dirs`: the folders of the variants whose training began, in order."""
+    saved = [run_dir for run_dir in run_dirs if (Path(run_dir) / CHECKPOINT_NAME).exists()]
+    return interrupted(program, saved[-1] if saved else None, epochs, resumable=False)
 
 
 def save_real_images(images, run_dir):

@@ -38,8 +38,8 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; compare
 from _cli import (CLI_ERRORS, MNIST_HINT, at_least, check_device, check_new_run, fail, load_dataset,  # noqa: E402
                   probability)
 from compare_runs import (COMPARISON_FILES, add_run_arguments, evaluate_variant, grouped_bars,  # noqa: E402
-                          plot_epoch_grids, plot_loss_comparison, plot_throughput_comparison, pyplot, recipe_config,
-                          remove_old_study, save_figure, subset, summarize, train_variant)
+                          interrupted_study, plot_epoch_grids, plot_loss_comparison, plot_throughput_comparison,
+                          pyplot, recipe_config, remove_old_study, save_figure, subset, summarize, train_variant)
 from gan.tricks import LATENT_KINDS, sample_latent  # noqa: E402
 
 PAD = 2           # 28 + 2 * 2 = 32, the DCGAN's smallest size
@@ -141,26 +141,29 @@ def check_options(args):
 
 
 def main(argv=None):
+    """The command line: trains and evaluates each latent law, then compares them; 0, 2 after a one-line
+    error, or 130 after Ctrl-C."""
     args = build_parser().parse_args(argv)
     from gan.classifier import ClassifierFeatures
     from nnbox.datasets import load_mnist
-    kinds = list(dict.fromkeys(args.noise))
+    kinds, out = list(dict.fromkeys(args.noise)), Path(args.out)
+    begun = []   # the folders of the laws whose training began (Ctrl-C's line names what is kept)
     try:
         check_options(args)
         check_device(args.device)
         for kind in kinds:   # every variant's folder, before any data is read or variant trained
-            check_new_run(Path(args.out) / kind, args.overwrite, resumable=False)
+            check_new_run(out / kind, args.overwrite, resumable=False)
         if args.classifier_weights:     # a missing or unreadable file: said now, not after training a variant
             ClassifierFeatures.from_file(args.classifier_weights)
         images, labels = load_dataset(load_mnist, args.data, split="train", download=args.download, hint=MNIST_HINT)
         images, labels = subset(pad_digits(images), args.max_images, args.seed, labels)
         print(f"data: {len(images)} MNIST training digits padded to {IMAGE_SIZE}x{IMAGE_SIZE}", flush=True)
-        out = Path(args.out)
         if args.overwrite:   # only now, with the data read: a run refused before keeps the old one
             remove_old_study(out, kinds, STUDY_FILES)
         features = "mnist" if args.classifier_weights else "pixels"
         trainers, metrics, fractions = {}, {}, {}
         for kind in kinds:
+            begun.append(out / kind)
             started = time.perf_counter()
             trainers[kind] = train_variant(train_config(args, kind), images, out / kind, args.epochs, args.batch_size,
                                            overwrite=args.overwrite,
@@ -178,18 +181,20 @@ def main(argv=None):
                                                     classifier_confidence=confidence)
                 print(f"{kind}: digits drawn {np.round(fractions[kind], 3).tolist()}, "
                       f"mean classifier confidence {confidence:.3f}", flush=True)
+        compare = out / "compare"
+        plot_noise_histograms(args.latent_dim, compare / "noise.png", seed=args.seed)
+        if len(kinds) > 1:
+            plot_loss_comparison({k: t.history for k, t in trainers.items()}, compare / "losses.png")
+            plot_epoch_grids({k: out / k for k in kinds}, compare / "samples_per_epoch.png")
+            plot_throughput_comparison({k: t.epoch_log for k, t in trainers.items()}, compare / "throughput.png")
+        if fractions:
+            plot_class_histograms(fractions, compare / "classes.png")
+        summarize(trainers, metrics, out / "summary.json")
+        print(f"comparison: {compare}", flush=True)
     except CLI_ERRORS as error:
         return fail("mnist_latent_study", error)
-    compare = out / "compare"
-    plot_noise_histograms(args.latent_dim, compare / "noise.png", seed=args.seed)
-    if len(kinds) > 1:
-        plot_loss_comparison({k: t.history for k, t in trainers.items()}, compare / "losses.png")
-        plot_epoch_grids({k: out / k for k in kinds}, compare / "samples_per_epoch.png")
-        plot_throughput_comparison({k: t.epoch_log for k, t in trainers.items()}, compare / "throughput.png")
-    if fractions:
-        plot_class_histograms(fractions, compare / "classes.png")
-    summarize(trainers, metrics, out / "summary.json")
-    print(f"comparison: {compare}", flush=True)
+    except KeyboardInterrupt:
+        return interrupted_study("mnist_latent_study", begun, args.epochs)
     return 0
 
 

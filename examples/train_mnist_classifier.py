@@ -21,7 +21,8 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import CLI_ERRORS, MNIST_HINT, UsageError, at_least, fail, load_dataset, positive  # noqa: E402
+from _cli import (CLI_ERRORS, MNIST_HINT, UsageError, at_least, fail, interrupted, load_dataset,  # noqa: E402
+                  positive)
 from gan.classifier import MNISTClassifier  # noqa: E402
 from nnbox.datasets import load_mnist  # noqa: E402
 from nnbox.losses import CrossEntropyLoss  # noqa: E402
@@ -81,6 +82,7 @@ def check_out_file(out):
 
 
 def main(argv=None):
+    """The command line: trains and writes --out; 0, 2 after a one-line error, or 130 after Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
         at_least(1, epochs=args.epochs, batch_size=args.batch_size, max_images=args.max_images)
@@ -96,6 +98,8 @@ def main(argv=None):
         train(args, train_x, train_y, test_x, test_y)
     except CLI_ERRORS as error:
         return fail("train_mnist_classifier", error)
+    except KeyboardInterrupt:   # the weights are written (atomically) only after the last epoch
+        return interrupted("train_mnist_classifier", None, args.epochs, resumable=False)
     print(f"wrote {args.out}")
     return 0
 

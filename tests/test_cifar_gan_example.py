@@ -145,3 +145,30 @@ def test_overwrite_removes_the_old_studys_files_and_only_those(cifar_gan, tmp_pa
     from compare_runs import COMPARISON_FILES, remove_old_study
     remove_old_study(out, cifar_gan.ARCHS, COMPARISON_FILES)
     assert sorted(path for path in out.rglob("*") if path.is_file()) == sorted(mine)
+
+
+def test_ctrl_c_is_one_line_saying_what_is_kept(cifar_gan, tmp_path, capsys, monkeypatch):
+    # Ctrl-C printed a traceback; the program has no --resume, so the line says what it keeps
+    from gan.trainer import GANTrainer
+    data, out = write_cifar_test_batch(tmp_path / "data"), tmp_path / "runs"
+    argv = TINY + ["--data", str(data), "--arch", "mlp", "dcgan", "--eval-images", "0", "--out", str(out)]
+    load_dataset = cifar_gan.load_dataset
+
+    def interrupted_while_loading(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cifar_gan, "load_dataset", interrupted_while_loading)
+    assert cifar_gan.main(argv) == 130
+    assert capsys.readouterr().err == "cifar_gan: interrupted; nothing was written\n" and not out.exists()
+    monkeypatch.setattr(cifar_gan, "load_dataset", load_dataset)
+    step, calls = GANTrainer.step, []
+
+    def interrupted_in_the_second_architecture(self, batch):   # 32 images in batches of 16: two steps each
+        calls.append(batch)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step(self, batch)
+    monkeypatch.setattr(GANTrainer, "step", interrupted_in_the_second_architecture)
+    assert cifar_gan.main(argv) == 130
+    assert capsys.readouterr().err == (f"cifar_gan: interrupted; the checkpoint of the last complete epoch is kept "
+                                       f"in {out / 'dcgan'}\n")
+    assert (out / "mlp" / "checkpoint.npz").is_file() and not (out / "summary.json").exists()

@@ -203,6 +203,19 @@ def test_classifier_with_fewer_images_than_a_batch(programs, tmp_path, capsys):
     assert "8 training images is less than one batch of 16" in line and not (tmp_path / "w.npz").exists()
 
 
+def test_classifier_ctrl_c_is_one_line_and_writes_nothing(programs, tmp_path, capsys, monkeypatch):
+    # Ctrl-C printed a traceback; the weights are written only at the end, so nothing was
+    classifier = programs["train_mnist_classifier"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(classifier, "accuracy", interrupted)   # measured after each epoch's training steps
+    data, out = _write_mnist(tmp_path / "mnist", 8, 4), tmp_path / "w.npz"
+    assert classifier.main(["--data", str(data), "--no-download", "--batch-size", "4", "--out", str(out)]) == 130
+    assert capsys.readouterr().err == "train_mnist_classifier: interrupted; nothing was written\n"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("program, variant", [("cifar_gan", "dcgan"), ("mnist_latent_study", "normal")])
 def test_a_variant_folder_holding_a_run_is_refused_before_any_data_or_training(programs, program, variant, tmp_path,
                                                                                 capsys):

@@ -181,3 +181,17 @@ def test_overwrite_removes_the_old_studys_files_and_only_those(study, tmp_path, 
     from compare_runs import remove_old_study
     remove_old_study(out, ["uniform", "normal"], study.STUDY_FILES)
     assert sorted(path for path in out.rglob("*") if path.is_file()) == sorted(mine)
+
+
+def test_ctrl_c_is_one_line_saying_what_is_kept(study, tmp_path, monkeypatch):
+    # Ctrl-C printed a traceback, also while the comparison figures were drawn after training
+    def interrupted_drawing(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(study, "plot_noise_histograms", interrupted_drawing)
+    data, out = write_mnist_train(tmp_path / "data", 40), tmp_path / "runs"
+    errors = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+        assert study.main(TINY + ["--data", str(data), "--eval-images", "0", "--out", str(out)]) == 130
+    assert errors.getvalue() == (f"mnist_latent_study: interrupted; the checkpoint of the last complete epoch is "
+                                 f"kept in {out / 'normal'}\n")
+    assert (out / "uniform" / "checkpoint.npz").is_file() and not (out / "summary.json").exists()
