@@ -119,14 +119,18 @@ def check_device(device):
 
 
 def load_dataset(load, *args, download, hint, **kwargs):
-    """`load(*args, download=download, **kwargs)`, where data that is missing (with --no-download, or where
-    the loader would not download: LFW under an explicit --data) or that cannot be downloaded is a
-    UsageError saying where the loader looked and `hint`, how to fix it."""
+    """`load(*args, download=download, **kwargs)`, where data that is missing (with --no-download, or in a
+    folder given with --data, where the loaders never download) or that cannot be downloaded is a
+    UsageError saying where the loader looked and `hint`, how to fix it, with the loader's other way out
+    in flags: leave out --no-download, or leave out --data to use the cache (or a download)."""
     try:
         return load(*args, download=download, **kwargs)
     except FileNotFoundError as missing:
-        would_download = "download=True" in str(missing)     # the loader's advice: a download would find it
-        fix = f"{hint}, or leave out --no-download" if would_download else hint
+        advice, fix = str(missing), hint      # the loader's advice to Python callers, to say in flags
+        if "download=True" in advice:         # not in the cache: a download would fetch it
+            fix += ", or leave out --no-download"
+        elif "data_dir=None" in advice:       # not in the --data folder: the cache would be tried
+            fix += ", or leave out --data to use the cache" + (" (or a download)" if download else "")
         raise UsageError(f"{_looked(missing)}; {fix}") from missing
     except OSError as error:          # the download failed: no network (URLError), refused, timed out
         try:

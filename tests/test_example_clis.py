@@ -94,19 +94,23 @@ def test_a_data_folder_without_lfw_is_an_error_not_a_download(programs, program,
     line = one_line_error(program, programs[program], argv + ["--data", str(no_data_set), "--out", str(out)], capsys)
     assert line == (f"{program}: load_lfw: no LFW images found in {no_data_set} (looked for one folder per person "
                     f"holding JPEGs, directly or inside lfw-deepfunneled, lfw_funneled, lfw-funneled, lfw); "
-                    f"pass --data <LFW's folder>, e.g. --data ../shared/data/lfw-deepfunneled")
+                    f"pass --data <LFW's folder>, e.g. --data ../shared/data/lfw-deepfunneled, or leave out --data "
+                    f"to use the cache (or a download)")
     assert opened == [] and not out.exists() and not recwarn.list
 
 
+@pytest.mark.parametrize("no_download, cache", [([], "the cache (or a download)"), (["--no-download"], "the cache")])
 @pytest.mark.parametrize("program", sorted(set(PROGRAMS) - set(LFW_PROGRAMS)))
-def test_a_data_folder_without_mnist_or_cifar_is_an_error_not_a_download(programs, program, no_data_set, tmp_path,
-                                                                          monkeypatch, capsys):
-    """Not a download, nor the cache's copy: one line naming the folder and the files it should hold."""
+def test_a_data_folder_without_mnist_or_cifar_is_an_error_not_a_download(programs, program, no_data_set, no_download,
+                                                                          cache, tmp_path, monkeypatch, capsys):
+    """Not a download, nor the cache's copy: one line naming the folder and the files it should hold, and
+    both ways out: the right --data, or none (the message named only the first)."""
     out, opened = tmp_path / "run", []
     monkeypatch.setattr(urllib.request, "urlopen", lambda *args, **kwargs: opened.append(args))
-    line = one_line_error(program, programs[program], data_args(program, no_data_set, out), capsys)
+    line = one_line_error(program, programs[program], data_args(program, no_data_set, out) + no_download, capsys)
     expected = "no CIFAR-10 batches in" if program == "cifar_gan" else "train-labels-idx1-ubyte[.gz] not found in"
-    assert f"{expected} {no_data_set}" in line and line.endswith(HINTS[program])
+    assert f"{expected} {no_data_set}" in line
+    assert line.endswith(f"{HINTS[program]}, or leave out --data to use {cache}")
     assert "leave out --no-download" not in line and "data_dir=" not in line
     assert opened == [] and not out.exists()
 
