@@ -25,25 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:   # run as a script (to ask what it is): this checkout's gan and nnbox
     sys.path.insert(0, str(ROOT))
 
-from _cli import EPOCH_FIGURE, UsageError, fail, interrupted, remove_old_run  # noqa: E402
+from _cli import GAN_RUN_FILES, GAN_RUN_GRIDS, UsageError, fail, interrupted, remove_old_run  # noqa: E402
 from gan.balance import BALANCE_RULES  # noqa: E402
-from gan.evaluate import EVAL_DIR, METRICS_NAME, REAL_IMAGES_NAME, evaluate  # noqa: E402
+from gan.evaluate import REAL_IMAGES_NAME, evaluate  # noqa: E402
 from gan.evaluate import save_real_images as write_real_images  # noqa: E402
 from gan.history import atomic_write_bytes, atomic_write_text  # noqa: E402
-from gan.report import GIF_NAME, PLOTS_DIR, REPORT_NAME  # noqa: E402
 from gan.trainer import CHECKPOINT_NAME, SAMPLES_DIR, GANTrainer, TrainConfig, stream_rng  # noqa: E402
-from gan.visualize import D_COLOR, G_COLOR, PLOTS, moving_average  # noqa: E402
+from gan.visualize import D_COLOR, G_COLOR, moving_average  # noqa: E402
 from nnbox.data import DataLoader  # noqa: E402
 
 ABOUT = ("the helpers that examples/cifar_gan.py and examples/mnist_latent_study.py import to train GAN variants "
          "and compare them; it trains nothing itself: run one of those two (with --help for its options)")
 FIGURE_DPI = 100
-EVALUATION_FIGURES = ("nearest_l2", "nearest_ssim", "interp_linear", "interp_slerp")   # gan.evaluate's .png
 # what train_variant and evaluate_variant write into a variant's folder (gan.trainer's run, gan.evaluate's
-# measures and figures): --overwrite removes these, and only these
-VARIANT_FILES = (CHECKPOINT_NAME, "config.json", "history.csv", "history.json", "epochs.json", GIF_NAME, REPORT_NAME,
-                 METRICS_NAME, REAL_IMAGES_NAME, *(f"{PLOTS_DIR}/{name}.png" for name in PLOTS),
-                 *(f"{EVAL_DIR}/{name}.png" for name in EVALUATION_FIGURES))
+# measures and figures): _cli.GAN_RUN_FILES and the epoch grids, which --overwrite removes, and only those
 # and what both examples write beside the variants' folders (the comparison figures only with two variants)
 COMPARISON_FILES = ("summary.json", "compare/losses.png", "compare/samples_per_epoch.png", "compare/throughput.png")
 
@@ -118,14 +113,14 @@ def train_variant(config, images, run_dir, epochs, batch_size, overwrite=False, 
 
 def remove_old_study(out, variants, names):
     """--overwrite: delete what an earlier run of the study wrote: `names` (paths relative to `out`, e.g.
-    COMPARISON_FILES) and, in each folder OUT/<variant> of `variants`, VARIANT_FILES and the epoch grids.
+    COMPARISON_FILES) and, in each folder OUT/<variant> of `variants`, GAN_RUN_FILES and the epoch grids.
     A user's own files stay, and so do the folders of variants not named. Returns the files removed.
 
     Called once the data is read, before the first variant trains: a run refused or failing before
     that keeps the old one; a study of fewer variants or without evaluation leaves none of its figures."""
     removed = remove_old_run(out, names)
     for variant in variants:
-        removed += remove_old_run(Path(out) / variant, VARIANT_FILES, {SAMPLES_DIR: EPOCH_FIGURE})
+        removed += remove_old_run(Path(out) / variant, GAN_RUN_FILES, GAN_RUN_GRIDS)
     return removed
 
 

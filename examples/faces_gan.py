@@ -41,8 +41,8 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import (CLI_ERRORS, LFW_HINT, UsageError, at_least, check_device, check_new_run, fail,  # noqa: E402
-                  interrupted, load_dataset)
+from _cli import (CLI_ERRORS, GAN_RUN_FILES, GAN_RUN_GRIDS, LFW_HINT, UsageError, at_least,  # noqa: E402
+                  check_device, check_new_run, fail, interrupted, load_dataset, remove_old_run)
 from gan.trainer import GANTrainer, NonFiniteLossError, TrainConfig, stream_rng  # noqa: E402
 from nnbox.data import ColorJitter, Compose, DataLoader, RandomHorizontalFlip, with_augmented_copies  # noqa: E402
 
@@ -277,6 +277,8 @@ def main(argv=None):
         print(f"data: {description}", flush=True)
         loader = make_loader(cfg, images)
         if trainer is None:
+            if cfg.overwrite:   # the old run's files go now that the data is read; a user's own files stay
+                remove_old_run(cfg.out, GAN_RUN_FILES, GAN_RUN_GRIDS)
             trainer = GANTrainer.from_config(cfg.train, cfg.out, overwrite=cfg.overwrite,
                                              extra_config={"example": cfg.data_settings(), "epochs": cfg.epochs})
         real = evaluation_data(cfg, images, lfw_root, trainer.run_dir, resuming="resume" in given)

@@ -176,15 +176,27 @@ def test_an_out_folder_holding_a_run_is_refused_before_the_data_is_loaded(faces_
                                        f"or pass --overwrite\n")
 
 
-def test_overwrite_replaces_the_old_runs_real_images(faces_gan, tmp_path, capsys):
+def test_overwrite_replaces_the_old_runs_files_and_keeps_the_users(faces_gan, tmp_path, capsys):
     # gan.evaluate compares a run's faces with real_images.npy: after --overwrite on other images it must
-    # hold the new run's training images, not the old run's
+    # hold the new run's training images, not the old run's; and no measure, figure or report of the old
+    # run may outlive it (a report carries metrics.json's measures over)
     out = tmp_path / "run"
     small = [option for option in SMALL if option not in ("--max-images", "64")]
     assert faces_gan.main(small + ["--max-images", "64", "--epochs", "1", "--out", str(out), "--no-report"]) == 0
     assert load_real_images(str(out / "real_images.npy"), 32, 3)[0].shape[0] == 64
+    (out / "metrics.json").write_text('{"fid": 1.0}')                   # as gan.evaluate would leave them
+    (out / "evaluation").mkdir()
+    (out / "evaluation" / "nearest_l2.png").write_bytes(b"old figure")
+    (out / "report.html").write_text("the old run's report")
+    (out / "samples" / "epoch_007.png").write_bytes(b"a later epoch's grid")
+    mine = [out / "notes.txt", out / "samples" / "epoch_001_copy.png"]
+    for path in mine:
+        path.write_text("the user's")
     assert faces_gan.main(small + ["--max-images", "32", "--epochs", "1", "--out", str(out), "--no-report",
                                    "--overwrite"]) == 0
+    for name in ("metrics.json", "evaluation", "report.html", "samples/epoch_007.png"):
+        assert not (out / name).exists(), name
+    assert all(path.read_text() == "the user's" for path in mine)
     real, _ = load_real_images(str(out / "real_images.npy"), 32, 3)
     trained, _, _ = faces_gan.load_faces(faces_gan.config_from_args({"dataset": "synthetic", "max_images": 32}))
     np.testing.assert_array_equal(real, trained.transpose(0, 3, 1, 2) / np.float32(127.5) - 1)
