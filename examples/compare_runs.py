@@ -30,7 +30,8 @@ from gan.balance import BALANCE_RULES  # noqa: E402
 from gan.evaluate import REAL_IMAGES_NAME, evaluate  # noqa: E402
 from gan.evaluate import save_real_images as write_real_images  # noqa: E402
 from gan.history import atomic_write_bytes, atomic_write_text  # noqa: E402
-from gan.trainer import CHECKPOINT_NAME, SAMPLES_DIR, GANTrainer, TrainConfig, stream_rng  # noqa: E402
+from gan.report import sample_frames  # noqa: E402
+from gan.trainer import CHECKPOINT_NAME, GANTrainer, TrainConfig, stream_rng  # noqa: E402
 from gan.visualize import D_COLOR, G_COLOR, moving_average  # noqa: E402
 from nnbox.data import DataLoader  # noqa: E402
 
@@ -226,7 +227,7 @@ def plot_epoch_grids(run_dirs, path, epochs=None, rows=2):
     samples improving.
     """
     plt = pyplot()
-    frames = {label: sorted((Path(d) / SAMPLES_DIR).glob("epoch_*.png")) for label, d in run_dirs.items()}
+    frames = {label: sample_frames(d) for label, d in run_dirs.items()}
     count = min(len(f) for f in frames.values())
     chosen = list(range(count)) if epochs is None else [e for e in epochs if e < count]
     pictures = {label: [_grid_rows(f[e], rows, _grid_columns(run_dirs[label])) for e in chosen]

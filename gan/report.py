@@ -22,9 +22,9 @@ from pathlib import Path
 
 from .cli import fail
 from .history import History, atomic_write_text
+from .trainer import SAMPLES_DIR, epoch_grids
 from .visualize import make_gif, plot_all
 
-SAMPLES_DIR = "samples"
 PLOTS_DIR = "plots"
 GIF_NAME = "samples.gif"
 REPORT_NAME = "report.html"
@@ -35,8 +35,8 @@ MAX_GRIDS_SHOWN = 6  # evenly spaced epochs, the first and the last included
 
 
 def sample_frames(run_dir):
-    """The sample grids of a run, in epoch order: RUN_DIR/samples/epoch_XXX.png."""
-    return sorted((Path(run_dir) / SAMPLES_DIR).glob("epoch_*.png"))
+    """The sample grids of a run, in epoch order: RUN_DIR/samples/epoch_XXX.png (not a user's copies there)."""
+    return epoch_grids(Path(run_dir) / SAMPLES_DIR)
 
 
 def load_history(run_dir):

@@ -70,12 +70,17 @@ PROBABILITY_LOSSES = ("minimax", "non_saturating")  # losses whose logits mean a
 WGAN_GP = "wgan_gp"  # the Wasserstein loss with the gradient penalty (Gulrajani et al. 2017) instead of clipping
 
 
+def epoch_grids(folder):
+    """The sample grids in `folder` in epoch order: the files named as EPOCH_GRID, and no others (a user's
+    epoch_001_copy.png is not one)."""
+    grids = [path for path in Path(folder).glob("epoch_*.png") if re.fullmatch(EPOCH_GRID, path.name)]
+    return sorted(grids, key=lambda path: int(path.stem[len("epoch_"):]))
+
+
 def remove_epoch_grids(folder):
-    """Delete the old run's sample grids in `folder` (overwrite=True): the files named as EPOCH_GRID, and no
-    others (a user's epoch_001_copy.png stays)."""
-    for old in Path(folder).glob("epoch_*.png"):
-        if re.fullmatch(EPOCH_GRID, old.name):
-            old.unlink()
+    """Delete the old run's sample grids in `folder` (overwrite=True), and no other file."""
+    for old in epoch_grids(folder):
+        old.unlink()
 
 
 def stream_rng(seed, stream):

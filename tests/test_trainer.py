@@ -268,6 +268,17 @@ def test_overwrite_deletes_the_old_grids_and_no_other_file(tmp_path):
     assert sorted(path.name for path in samples.iterdir()) == ["epoch_001_copy.png", "epoch_best.png"]
 
 
+def test_the_report_shows_only_the_runs_own_grids_in_epoch_order(tmp_path):
+    # a user's epoch_001_copy.png (here not even a picture) is not a frame of the run; epoch 1000 follows 999
+    from gan.report import sample_frames
+    samples = tmp_path / "run" / "samples"
+    samples.mkdir(parents=True)
+    for name in ("epoch_1000.png", "epoch_999.png", "epoch_001_copy.png", "epoch_000.png", "epoch_best.png"):
+        (samples / name).write_text("a picture")
+    assert [path.name for path in sample_frames(tmp_path / "run")] == ["epoch_000.png", "epoch_999.png",
+                                                                      "epoch_1000.png"]
+
+
 def test_steps_per_epoch_cuts_epochs_and_resume_still_matches(tmp_path, faces):
     config = dict(steps_per_epoch=3)
     straight = GANTrainer.from_config(tiny_config(**config), tmp_path / "a")
