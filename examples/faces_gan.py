@@ -277,10 +277,10 @@ def main(argv=None):
         print(f"data: {description}", flush=True)
         loader = make_loader(cfg, images)
         if trainer is None:
-            if cfg.overwrite:   # the old run's files go now that the data is read; a user's own files stay
-                remove_old_run(cfg.out, GAN_RUN_FILES, GAN_RUN_GRIDS)
             trainer = GANTrainer.from_config(cfg.train, cfg.out, overwrite=cfg.overwrite,
                                              extra_config={"example": cfg.data_settings(), "epochs": cfg.epochs})
+            if cfg.overwrite:   # the data read and the settings accepted: the old run's files go, a user's stay
+                remove_old_run(cfg.out, GAN_RUN_FILES, GAN_RUN_GRIDS)
         real = evaluation_data(cfg, images, lfw_root, trainer.run_dir, resuming="resume" in given)
         print(f"run folder: {trainer.run_dir}; {cfg.train.arch} GAN, {cfg.train.loss} loss, "
               f"{cfg.train.balance} balancing, {len(loader)} batches of {loader.batch_size} per epoch, "

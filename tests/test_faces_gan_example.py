@@ -192,14 +192,27 @@ def test_overwrite_replaces_the_old_runs_files_and_keeps_the_users(faces_gan, tm
     mine = [out / "notes.txt", out / "samples" / "epoch_001_copy.png"]
     for path in mine:
         path.write_text("the user's")
-    assert faces_gan.main(small + ["--max-images", "32", "--epochs", "1", "--out", str(out), "--no-report",
-                                   "--overwrite"]) == 0
-    for name in ("metrics.json", "evaluation", "report.html", "samples/epoch_007.png"):
+    assert faces_gan.main(small + ["--max-images", "32", "--epochs", "1", "--out", str(out), "--overwrite"]) == 0
+    for name in ("metrics.json", "evaluation", "samples/epoch_007.png"):
         assert not (out / name).exists(), name
+    assert "the old run's report" not in (out / "report.html").read_text()     # the new run's, without the copy
+    with Image.open(out / "samples.gif") as gif:
+        assert gif.n_frames == 2                                              # epochs 0 and 1, not the user's copy
     assert all(path.read_text() == "the user's" for path in mine)
     real, _ = load_real_images(str(out / "real_images.npy"), 32, 3)
     trained, _, _ = faces_gan.load_faces(faces_gan.config_from_args({"dataset": "synthetic", "max_images": 32}))
     np.testing.assert_array_equal(real, trained.transpose(0, 3, 1, 2) / np.float32(127.5) - 1)
+
+
+def test_overwrite_with_settings_the_trainer_refuses_keeps_the_old_run(faces_gan, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert faces_gan.main(SMALL + ["--epochs", "1", "--out", str(out), "--no-report"]) == 0
+    before = sorted(path for path in out.rglob("*") if path.is_file())
+    # a critic with spectral norm cannot take the gradient penalty: refused when the networks are built
+    assert faces_gan.main(SMALL + ["--epochs", "1", "--out", str(out), "--overwrite", "--loss", "wgan_gp",
+                                   "--spectral-norm"]) == 2
+    assert "SpectralNorm" in capsys.readouterr().err
+    assert sorted(path for path in out.rglob("*") if path.is_file()) == before
 
 
 def test_ctrl_c_is_one_line_with_the_resume_command_and_the_checkpoint_kept(faces_gan, tmp_path, capsys,
