@@ -49,8 +49,8 @@ from nnbox.upload import PinnedUploader
 from .history import History, atomic_write_text
 from .losses import get_gan_loss
 from .models import ARCHITECTURES, MLPDiscriminator, _Network, build_gan
-from .trainer import (CHECKPOINT_NAME, NonFiniteLossError, _restore_saved_state,
-                      _saved_state, non_finite_weights, quiet_until_checked, read_checkpoint_meta,
+from .trainer import (CHECKPOINT_NAME, CheckedWarnings, NonFiniteLossError, _restore_saved_state,
+                      _saved_state, non_finite_weights, read_checkpoint_meta,
                       remove_epoch_grids, reset_device_generators, stream_rng)
 from .tricks import sample_latent
 
@@ -466,8 +466,9 @@ class AEGANTrainer:
         # 1. G and E, through the frozen discriminators
         for net in (Dx, Dz):
             net.requires_grad_(False)
+        caught = CheckedWarnings()
         try:
-            with quiet_until_checked():   # the losses are checked at the end of the step
+            with caught.held():   # the losses are checked at the end of the step
                 ge_total = self.ge_loss(x, z)
             G.zero_grad()
             E.zero_grad()
@@ -479,7 +480,7 @@ class AEGANTrainer:
         self.optimizers["encoder"].step()
 
         # 2. D_x and D_z on what G and E made before their update
-        with quiet_until_checked():
+        with caught.held():
             d_total = self.d_loss(x, z, self.ge_loss.images, self.ge_loss.latents)
         Dx.zero_grad()
         Dz.zero_grad()
@@ -505,6 +506,7 @@ class AEGANTrainer:
             raise NonFiniteLossError(f"AEGAN training stopped at step {self.global_step}: a non-finite loss "
                                      f"(L_GE {ge_total}, L_D {d_total}); the checkpoint of the last completed "
                                      f"epoch is kept. Lower the learning rates and resume.")
+        caught.release(f"the forward passes of step {self.global_step}")
         self.global_step += 1
         return record
 

@@ -44,8 +44,8 @@ from nnbox.optim import Adam
 
 from .history import History
 from .losses import get_gan_loss
-from .trainer import (NonFiniteLossError, _restore_saved_state, _saved_state, non_finite_weights,
-                      quiet_until_checked, stream_rng)
+from .trainer import (CheckedWarnings, NonFiniteLossError, _restore_saved_state, _saved_state,
+                      non_finite_weights, stream_rng)
 
 NORMS = ("batch", "none")
 LEAKY_SLOPE = 0.2             # the discriminator's LeakyReLU slope (the paper's PatchGAN)
@@ -388,7 +388,8 @@ class CycleGANTrainer:
         buffers = [(array, array.copy()) for net in self.networks.values() for array in net.buffers()
                    if array is not None]   # a training forward moves BatchNorm's running statistics
         # the losses: L_G through frozen discriminators, then each discriminator's on this step's fakes
-        with quiet_until_checked():   # NumPy's warnings of a step going non-finite: the check below says it
+        caught = CheckedWarnings()
+        with caught.held():   # NumPy's warnings of a step going non-finite: the check below says it
             with self._discriminators_frozen():
                 g_loss = self.g_objective(a, b)
             fake_a, fake_b = self.g_objective.fakes
@@ -405,6 +406,7 @@ class CycleGANTrainer:
                 array[...] = before
             self._clear_saved()
             raise NonFiniteLossError(self._non_finite_message(record, names))
+        caught.release(f"the forward passes of step {self.step_count}")
         # the gradients (no weight gradients for D from L_G), then the updates
         self.opt_g.zero_grad()
         with self._discriminators_frozen():

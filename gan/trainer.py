@@ -44,6 +44,7 @@ import json
 import math
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
@@ -219,14 +220,37 @@ def non_finite_weights(networks):
     return f"{len(broken)} arrays ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''})"
 
 
-def quiet_until_checked():
-    """np.errstate that silences NumPy's overflow and invalid-value warnings, for the arithmetic of a step whose
-    results the trainer checks right after (its forward passes and losses): an overflow or a NaN there ends, in
-    practice, in a non-finite loss, which the trainer reports in one clear error (NonFiniteLossError; the VAE's
-    FloatingPointError), instead of RuntimeWarnings printed ahead of it. Nowhere else (backward passes, updates):
-    there a warning may be the only sign. Context-local in NumPy 2 (nnbox.parallel's workers run in their
-    caller's context), so nothing outside the block changes."""
-    return np.errstate(over="ignore", invalid="ignore")
+class CheckedWarnings:
+    """NumPy's overflow and invalid-value warnings of a step's forward passes, held until the step's check.
+
+        caught = CheckedWarnings()
+        with caught.held():          # the forward passes and losses
+            ...
+        if not finite: raise NonFiniteLossError(...)   # the error says it all: the warnings are dropped
+        caught.release("the forward passes")           # finite: each kind of warning, once
+
+    An overflow or a NaN in a forward pass usually ends in a non-finite loss, which the trainer reports in one
+    clear error (NonFiniteLossError; the VAE's FloatingPointError) instead of RuntimeWarnings printed ahead of
+    it. But not always (a Tanh turns an overflow into +-1, and the losses stay finite): then the warning is the
+    only sign, so it is given after the check. Backward passes and updates are not held. np.errstate is
+    context-local in NumPy 2, and nnbox.parallel's workers run in their caller's context.
+    """
+
+    def __init__(self):
+        self.counts = {}
+
+    def _count(self, kind, flag):
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def held(self):
+        return np.errstate(over="call", invalid="call", call=self._count)
+
+    def release(self, where):
+        """One RuntimeWarning per kind held (overflow, invalid value), naming `where`; then nothing is held."""
+        for kind, count in self.counts.items():
+            warnings.warn(f"{kind} encountered in {where} ({count} operation{'s' * (count > 1)}); the step's "
+                          f"losses stayed finite", RuntimeWarning, stacklevel=3)
+        self.counts.clear()
 
 
 def _check_critic(discriminator):
@@ -375,8 +399,8 @@ class GANTrainer:
         the step copies nothing between host and device but its logged scalars, fetched once at the end.
         A NumPy batch still works; it is uploaded here, and the host waits for that copy.
         Raises NonFiniteLossError when a loss or a statistic is NaN or infinite; NumPy's overflow and
-        invalid-value warnings of the forward passes that made them are silenced (quiet_until_checked), those
-        of the backward passes and the updates are not.
+        invalid-value warnings of the forward passes are held until then (CheckedWarnings): dropped when the
+        step raises, given after the check when it does not. Those of the backward passes and updates are not held.
         """
         xp = self.xp
         started = time.perf_counter()
@@ -386,10 +410,11 @@ class GANTrainer:
         noise_std = self.instance_noise.current_std(self.global_step)
         self.G.train()
         self.D.train()
+        caught = CheckedWarnings()
 
         # D on the real and the fake batch, in separate passes (separate BatchNorm statistics). The losses and
         # D's outputs are checked at the end of the step: NumPy's warnings of their arithmetic are left to that.
-        with quiet_until_checked():
+        with caught.held():
             z = self._latent(n)
             fake = self.G(z)
             d_real_input = self.instance_noise(real, self.global_step)
@@ -418,7 +443,7 @@ class GANTrainer:
             frozen = [p.requires_grad for p in self.D.parameters()]
             self.D.requires_grad_(False)
             try:
-                with quiet_until_checked():
+                with caught.held():
                     if decision.train_d:         # D changed: look at the fakes again
                         g_logits = self.D(self.instance_noise(fake, self.global_step))
                     else:                        # D unchanged and still holds its pass on the fakes
@@ -431,7 +456,7 @@ class GANTrainer:
                 for param, flag in zip(self.D.parameters(), frozen):
                     param.requires_grad = flag
         else:
-            with quiet_until_checked():
+            with caught.held():
                 if decision.train_d:   # D changed: measure G against it as a G turn would, leaving no trace
                     with self.D.without_side_effects(train=True):
                         g_logits = self.D(d_fake_input)
@@ -441,7 +466,7 @@ class GANTrainer:
 
         # Every logged scalar in one array, fetched once.
         thr = real_logits.dtype.type(self.threshold)
-        with quiet_until_checked():
+        with caught.held():
             if self.config.loss in PROBABILITY_LOSSES:
                 d_real, d_fake = sigmoid(real_logits).mean(), sigmoid(fake_logits).mean()
             else:
@@ -464,6 +489,7 @@ class GANTrainer:
         self.history.append(record)
         if not all(math.isfinite(v) for v in (d_loss, g_loss, d_real, d_fake)):
             raise NonFiniteLossError(self._non_finite_message(record))
+        caught.release(f"the forward passes of step {record['step']}")
         self.last_stats = StepStats(d_acc_real=acc_real, d_acc_fake=acc_fake, g_success=g_success)
         self.global_step += 1
         return record

@@ -34,7 +34,7 @@ from nnbox.backend import get_array_module
 from nnbox.losses import bce_with_logits, categorical_kl, gaussian_kl, sigmoid
 from nnbox.module import Module, Sequential
 
-from .trainer import quiet_until_checked
+from .trainer import CheckedWarnings
 
 LATENTS = ("gaussian", "categorical", "both")
 LEAKY_SLOPE = 0.2
@@ -242,10 +242,12 @@ class VAE(Module):
         """
         self.train()
         self.zero_grad()
-        with quiet_until_checked():
+        caught = CheckedWarnings()
+        with caught.held():
             total, parts = self.loss(self(x), x)
         if not np.isfinite(parts["loss"]):
             raise FloatingPointError(f"VAE.step: the loss is {parts['loss']} ({parts}); lower the learning rate")
+        caught.release("VAE.step's forward pass")
         self.backward()
         optimizer.step()
         return parts

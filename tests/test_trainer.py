@@ -130,6 +130,17 @@ def test_a_diverging_step_shows_the_trainers_error_and_no_numpy_warning(tmp_path
         trainer.step(ToFloat()(faces[:BATCH]))
 
 
+def test_an_overflow_that_leaves_the_step_finite_is_still_warned_after_the_step(tmp_path, faces):
+    # G's output Tanh turns an overflow into +-1: the losses stay finite, so the held warning is the only sign
+    trainer = GANTrainer.from_config(tiny_config(arch="mlp"), tmp_path / "run")
+    last_linear = [p for name, p in trainer.G.named_parameters() if name.endswith("weight")][-1]
+    last_linear.data[...] = 3e38
+    with pytest.warns(RuntimeWarning, match=r"overflow encountered in the forward passes of step 0 \(\d+ "
+                                            r"operations?\); the step's losses stayed finite"):
+        record = trainer.step(ToFloat()(faces[:BATCH]))
+    assert np.isfinite(record["d_loss"]) and np.isfinite(record["g_loss"])
+
+
 def test_weights_broken_by_an_epochs_last_update_are_not_checkpointed(tmp_path, faces):
     # the last step's losses are finite (computed before its update), but the update breaks G
     run = tmp_path / "run"
