@@ -438,14 +438,14 @@ class CycleGANTrainer:
             objective.clear_saved()
 
     def _non_finite_message(self, record, names):
-        kept = "no checkpoint had been written yet"
+        kept, then = "no checkpoint had been written yet", "start again"
         if self._last_checkpoint is not None:
             path, epoch = self._last_checkpoint
-            kept = f"the last good checkpoint, {path} (after epoch {epoch}), is kept"
+            kept, then = f"the last good checkpoint, {path} (after epoch {epoch}), is kept", "resume from it"
         values = ", ".join(f"{name} {record[name]}" for name in names)
         return (f"CycleGAN training stopped at step {record['step']} (epoch {record['epoch'] + 1}), before its "
                 f"updates: a non-finite value, {values}; the networks and optimisers are as the previous step left "
-                f"them, and {kept}. Lower the learning rate, then resume from the checkpoint.")
+                f"them, and {kept}. Lower the learning rate, then {then}.")
 
     def translate(self, images, direction="AB", batch_size=256, batch_statistics=True):
         """G_AB(images) ("AB") or G_BA(images) ("BA"), as a NumPy float32 array, batch by batch.

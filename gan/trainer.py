@@ -552,11 +552,13 @@ class GANTrainer:
             f"{record['d_loss']}, G loss {record['g_loss']}, D(x) {record['d_real']}, D(G(z)) {record['d_fake']}")
 
     def _stopped_message(self, what):
-        kept = (f"the last good checkpoint, {self.checkpoint_path} (after epoch {self._saved_epoch}), is kept"
-                if self._saved_epoch is not None else "no checkpoint had been written yet")
+        if self._saved_epoch is not None:
+            kept = f"the last good checkpoint, {self.checkpoint_path} (after epoch {self._saved_epoch}), is kept"
+            then = "then resume from the checkpoint"
+        else:
+            kept, then = "no checkpoint had been written yet", "then start again"
         return (f"training stopped {what}; {kept}. The history up to then is in {self.run_dir / 'history.csv'}. "
-                f"Lower the learning rates, or try another loss or balancing rule, then resume from the "
-                f"checkpoint.")
+                f"Lower the learning rates, or try another loss or balancing rule, {then}.")
 
     def _check_weights_finite(self):
         """NonFiniteLossError, before anything of this epoch is written, if a weight is NaN or infinite."""

@@ -185,6 +185,14 @@ def _overflowing_trainer(rng):
     return trainer, a, b
 
 
+def test_a_non_finite_loss_before_any_checkpoint_says_to_start_again(rng):
+    # there is nothing to resume from before the first checkpoint (cyclegan_mnist writes none before epoch 1)
+    trainer, a, b = _overflowing_trainer(rng)
+    with pytest.raises(NonFiniteLossError, match=r"no checkpoint had been written yet\. Lower the learning rate, "
+                                                 r"then start again\.$"):
+        trainer.step(a, b)
+
+
 def test_a_non_finite_loss_stops_the_step_before_any_update(tmp_path, rng):
     # the losses were checked after both optimiser steps: the step that raised had already changed the weights
     trainer, a, b = _overflowing_trainer(rng)
@@ -192,7 +200,8 @@ def test_a_non_finite_loss_stops_the_step_before_any_update(tmp_path, rng):
     before = _training_state(trainer)
     with pytest.raises(NonFiniteLossError, match=r"step 1 \(epoch 1\), before its updates: a non-finite value, "
                                                  r"g_loss nan, .*the last good checkpoint, "
-                                                 + re.escape(f"{path} (after epoch 0), is kept")):
+                                                 + re.escape(f"{path} (after epoch 0), is kept. Lower the learning "
+                                                             f"rate, then resume from it.")):
         trainer.step(a, b)
     after = _training_state(trainer)
     for part, arrays in before.items():
