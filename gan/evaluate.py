@@ -140,7 +140,12 @@ def load_real_images(spec, image_size, channels, seed=0):
         elif not path.is_dir():
             raise FileNotFoundError(f"--real {spec}: not a folder, a .npy file or 'synthetic'")
         elif any(path.glob("train-images-idx3-ubyte*")) or any(path.glob("mnist/train-images-idx3-ubyte*")):
-            raw, _ = datasets.load_mnist(path, split="train", download=False, progress=False)
+            try:
+                raw, _ = datasets.load_mnist(path, split="train", download=False, progress=False)
+            except FileNotFoundError:   # load_mnist's advice is for Python callers (data_dir=...)
+                raise FileNotFoundError(f"--real {spec}: MNIST's training images are there, but not its training "
+                                        f"labels (train-labels-idx1-ubyte[.gz]), which the MNIST reader needs "
+                                        f"too: copy that file beside them") from None
             what = f"MNIST train from {path}"
         else:
             try:
@@ -163,8 +168,9 @@ def _read_real_npy(path):
     try:
         return load_npy(path)
     except SerializationError as error:
-        raise ValueError(f"--real: {error}; delete it and re-run the program that wrote it (examples/faces_gan.py "
-                         f"and examples/compare_runs.py write a run's {REAL_IMAGES_NAME}), or give --real the "
+        raise ValueError(f"--real: {error}; a run's {REAL_IMAGES_NAME} is written by examples/faces_gan.py, "
+                         f"cifar_gan.py or mnist_latent_study.py: delete it and run that program again; your own "
+                         f"images: save them as one uint8 (N, H, W[, C]) array with np.save; or give --real the "
                          f"training data's folder") from None
 
 

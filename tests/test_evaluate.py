@@ -158,8 +158,9 @@ def test_a_real_npy_that_is_not_an_image_array_is_one_line_naming_the_file_and_t
     assert evaluate.main([str(run), "--real", str(path), "--no-report"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert re.match(rf"gan\.evaluate: --real: .*real_images\.npy.*{found}.*; delete it and re-run the program that "
-                    rf"wrote it", err), err
+    assert re.match(rf"gan\.evaluate: --real: .*real_images\.npy.*{found}.*; a run's real_images\.npy is written by "
+                    rf"examples/faces_gan\.py, cifar_gan\.py or mnist_latent_study\.py: delete it and run that program "
+                    rf"again; your own images: save them as one uint8 \(N, H, W\[, C\]\) array with np\.save", err), err
 
 
 @pytest.mark.parametrize("array, found", [
@@ -174,6 +175,13 @@ def test_a_real_array_of_the_wrong_kind_names_the_file(tiny_run, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert re.match(rf"gan\.evaluate: --real .*mine\.npy: real images must be uint8 .*got {found}", err), err
+
+
+def test_an_mnist_folder_without_its_labels_says_which_file_to_add(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"")     # found by its name; never read
+    with pytest.raises(FileNotFoundError, match=r"--real .*: MNIST's training images are there, but not its "
+                                                r"training labels \(train-labels-idx1-ubyte\[\.gz\]\)"):
+        evaluate.load_real_images(str(tmp_path), 28, 1)
 
 
 @pytest.mark.parametrize("shape", [(4, 48, 64, 3), (4, 16, 24, 3)])
