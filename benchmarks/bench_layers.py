@@ -1,15 +1,16 @@
-"""Time forward and backward of every layer of the standard 64x64 DCGAN, nnbox against torch.
+"""Time forward and backward of every convolution of a DCGAN, nnbox against torch.
 
-    python benchmarks/bench_layers.py                       # CPU, batch 64, float32
+    python benchmarks/bench_layers.py                       # CPU, batch 64, float32, the 64x64 DCGAN
+    python benchmarks/bench_layers.py --model dcgan32       # the 32x32 DCGAN (widths 32) of bench_train
     python benchmarks/bench_layers.py --repeats 20 --json bench.json
     python benchmarks/bench_layers.py --device gpu          # cupy against torch.cuda
 
 Each layer is timed after a warm-up; nnbox and torch repeats alternate so that both see the same
 machine noise, and the median of the repeats is reported. Each timed call follows an untimed call of
 the same framework: torch's OpenMP worker threads spin for about 5 ms after each parallel region
-(measured on the 2-core VM), about as long as a layer call, so a call timed right after torch's
-shares its cores with those spinning threads (the 32x32 DCGAN's layers measured 55 ms in all that
-way against 35 ms like this). Pausing instead does not work on a VM: an idle virtual CPU is slow to
+(measured on the 2-core VM), as long as many a layer call (0.1-50 ms), so a call timed right after
+torch's shares its cores with those spinning threads (`--model dcgan32`: nnbox's layers measured
+55 ms in all that way against 35 ms like this). Pausing instead does not work on a VM: an idle virtual CPU is slow to
 wake, and both frameworks' calls after a 20 ms sleep took 2-10x longer. torch runs with the thread count that
 NumPy's BLAS uses. Backward times include the input gradient in both (the torch input requires
 grad). The table gives ms per layer and nnbox/torch ratios; the summary gives the ratio of the sums
@@ -19,6 +20,7 @@ import argparse
 import ctypes
 import glob
 import json
+import math
 import os
 import platform
 import statistics
@@ -33,19 +35,29 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from layers.conv import Conv2d, ConvTranspose2d  # noqa: E402
 from nnbox import backend  # noqa: E402
 
-# (name, class, in_channels, out_channels, kernel, stride, padding, input size)
-DCGAN_LAYERS = [
-    ("G.convT1 100->512 1->4", ConvTranspose2d, 100, 512, 4, 1, 0, 1),
-    ("G.convT2 512->256 4->8", ConvTranspose2d, 512, 256, 4, 2, 1, 4),
-    ("G.convT3 256->128 8->16", ConvTranspose2d, 256, 128, 4, 2, 1, 8),
-    ("G.convT4 128->64 16->32", ConvTranspose2d, 128, 64, 4, 2, 1, 16),
-    ("G.convT5 64->3 32->64", ConvTranspose2d, 64, 3, 4, 2, 1, 32),
-    ("D.conv1 3->64 64->32", Conv2d, 3, 64, 4, 2, 1, 64),
-    ("D.conv2 64->128 32->16", Conv2d, 64, 128, 4, 2, 1, 32),
-    ("D.conv3 128->256 16->8", Conv2d, 128, 256, 4, 2, 1, 16),
-    ("D.conv4 256->512 8->4", Conv2d, 256, 512, 4, 2, 1, 8),
-    ("D.conv5 512->1 4->1", Conv2d, 512, 1, 4, 1, 0, 4),
-]
+def dcgan_layers(size, width, latent=100):
+    """The convolutions of build_gan("dcgan", image_size=size, width=width): (name, class, in_channels,
+    out_channels, kernel, stride, padding, input size). D's widths are width * 1, 2, 4, ... up to 4x4
+    maps; G mirrors them from a 1x1 latent."""
+    steps = int(math.log2(size)) - 2                    # stride-2 layers between 4x4 and size x size
+    widths = [width * 2 ** k for k in range(steps)]
+    g = [(latent, widths[-1], 4, 1, 0, 1)]
+    g += [(widths[k], widths[k - 1] if k else 3, 4, 2, 1, size // 2 ** (k + 1)) for k in range(steps - 1, -1, -1)]
+    d = [(widths[k - 1] if k else 3, widths[k], 4, 2, 1, size // 2 ** k) for k in range(steps)] + \
+        [(widths[-1], 1, 4, 1, 0, 4)]
+    layers = []
+    for prefix, cls, specs in (("G.convT", ConvTranspose2d, g), ("D.conv", Conv2d, d)):
+        for index, (cin, cout, k, stride, pad, inside) in enumerate(specs, 1):
+            if cls is ConvTranspose2d:
+                outside = (inside - 1) * stride - 2 * pad + k
+            else:
+                outside = (inside + 2 * pad - k) // stride + 1
+            name = f"{prefix}{index} {cin}->{cout} {inside}->{outside}"
+            layers.append((name, cls, cin, cout, k, stride, pad, inside))
+    return layers
+
+
+MODELS = {"dcgan64": dcgan_layers(64, 64), "dcgan32": dcgan_layers(32, 32)}   # bench_train's dcgan64 and dcgan32
 
 
 def blas_threads():
@@ -109,7 +121,7 @@ def bench(args):
 
     rng = np.random.default_rng(0)
     rows = []
-    for spec in DCGAN_LAYERS:
+    for spec in MODELS[args.model]:
         name, cls, cin, cout, k, s, p, size = spec
         layer = cls(cin, cout, k, s, p, bias=args.bias, rng=rng)
         if args.device == "gpu":
@@ -178,7 +190,8 @@ def print_row(row, with_torch, header):
 
 def summarise(rows, with_torch, args, threads):
     total_nnbox = sum(row["nnbox_fwd"] + row["nnbox_bwd"] for row in rows)
-    summary = {"device": args.device, "batch": args.batch, "repeats": args.repeats, "bias": args.bias,
+    summary = {"model": args.model, "device": args.device, "batch": args.batch, "repeats": args.repeats,
+               "bias": args.bias,
                "threads": threads, "numpy": np.__version__, "python": platform.python_version(),
                "machine": platform.processor() or platform.machine(), "layers": rows,
                "nnbox_total_ms": total_nnbox}
@@ -203,6 +216,8 @@ def summarise(rows, with_torch, args, threads):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="dcgan64",
+                        help="whose convolutions: the 64x64 DCGAN (default) or bench_train's 32x32 one")
     parser.add_argument("--batch", type=int, default=64, help="batch size (64)")
     parser.add_argument("--repeats", type=int, default=10, help="timed repeats per layer, median reported (10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repeats first (2)")

@@ -36,7 +36,8 @@ FIELD_DOCS = {
     "reason": "the balancing rule's reason for this turn's decision",
     "noise_std": "instance-noise std used this turn (0 without instance noise)",
     "images_per_sec": "real images per second of this step's computation (data loading excluded)",
-    "step_seconds": "seconds this step took (forward, backward, updates, one fetch of the scalars)",
+    "step_seconds": "seconds this step took (forward, backward, updates, one fetch of the scalars; on a GPU, "
+                    "CycleGAN fetches before its backward and updates, whose queued work counts in the next step)",
 }
 FIELDS = tuple(FIELD_DOCS)
 INT_FIELDS = ("step", "epoch", "train_d", "train_g")

@@ -1,5 +1,5 @@
 """Shared fixtures: a seeded generator, the optional torch oracle, GPU skipping, a watch on
-host-device copies for the GPU step tests, paths that hold no LFW, and pytest.raises that allows no warning."""
+host-device copies for the GPU step tests, paths that hold no data set, and pytest.raises that allows no warning."""
 import contextlib
 import warnings
 
