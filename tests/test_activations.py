@@ -53,6 +53,32 @@ def test_torch_parity(name, rng, torch):
     assert y.dtype == np.float64 and dx.dtype == np.float64
 
 
+# LeakyReLU's other slopes take other code paths: 0 is ReLU's maximum, above 1 a minimum, below 0
+# (an unusual but valid choice, as in torch) the masked multiply
+OTHER_SLOPES = [0.0, 1.0, 2.0, -0.5]
+
+
+@pytest.mark.parametrize("slope", OTHER_SLOPES)
+def test_leaky_relu_other_slopes_gradcheck(slope, rng):
+    report = gradcheck(LeakyReLU(slope), away_from_zero(rng, (2, 3, 4, 5)), rng=rng)
+    assert report.checked_entries["input 0"] == 120
+
+
+@pytest.mark.parametrize("slope", OTHER_SLOPES)
+def test_leaky_relu_other_slopes_torch_parity(slope, rng, torch):
+    x = away_from_zero(rng, (4, 3, 5))
+    x[0, 0, :3] = [-40.0, 40.0, 0.0]   # saturated values and the kink itself
+    dy = rng.standard_normal(x.shape)
+    layer = LeakyReLU(slope)
+    y = layer(x)
+    dx = layer.backward(dy)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.leaky_relu(xt, slope)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-14, atol=0)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-14, atol=1e-300)
+
+
 @pytest.mark.parametrize("name", ACTIVATIONS)
 def test_float32_stays_float32(name, rng):
     x = rng.standard_normal((3, 4)).astype(np.float32)
