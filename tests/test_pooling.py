@@ -164,27 +164,35 @@ def test_avg_pool_matches_torch(case, count_include_pad, rng, torch):
     np.testing.assert_allclose(layer.backward(dy), x_t.grad.numpy(), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("mode, torch_mode", [("nearest", "nearest")])
-def test_unpool_nearest_matches_torch_upsample(mode, torch_mode, rng, torch):
+@pytest.mark.parametrize("kernel", [2, (2, 3), (1, 2)], ids=str)
+def test_unpool_nearest_matches_torch_upsample(kernel, rng, torch):
     x = rng.standard_normal((2, 3, 4, 5))
-    layer = Unpool2d(2, mode=mode)
+    layer = Unpool2d(kernel, mode="nearest")
     y = layer(x)
     x_t = torch.from_numpy(x).requires_grad_(True)
-    y_t = torch.nn.functional.interpolate(x_t, scale_factor=2, mode=torch_mode)
+    y_t = torch.nn.functional.interpolate(x_t, scale_factor=layer.kernel_size, mode="nearest")
     np.testing.assert_array_equal(y, y_t.detach().numpy())
     dy = rng.standard_normal(y.shape)
     y_t.backward(torch.from_numpy(dy))
     np.testing.assert_allclose(layer.backward(dy), x_t.grad.numpy(), rtol=1e-12, atol=1e-14)
 
 
-def test_unpool_zeros_matches_torch_max_unpool_with_top_left_indices(rng, torch):
+@pytest.mark.parametrize("kernel, stride", [(2, None), ((2, 3), None), (2, 3), ((1, 2), (2, 2))], ids=str)
+def test_unpool_zeros_matches_torch_max_unpool_with_top_left_indices(kernel, stride, rng, torch):
+    """mode="zeros" is max_unpool2d with every value at the top-left of its block: forward and backward."""
     x = rng.standard_normal((2, 3, 4, 5))
-    y = Unpool2d(2, mode="zeros")(x)
-    rows = np.arange(4).reshape(-1, 1) * 2 * 10
-    cols = np.arange(5).reshape(1, -1) * 2
+    layer = Unpool2d(kernel, stride, mode="zeros")
+    y = layer(x)
+    (sh, sw), out_w = layer.stride, y.shape[3]
+    rows = np.arange(4).reshape(-1, 1) * sh * out_w
+    cols = np.arange(5).reshape(1, -1) * sw
     indices = torch.from_numpy(np.broadcast_to(rows + cols, x.shape).copy())
-    y_t = torch.nn.functional.max_unpool2d(torch.from_numpy(x), indices, 2)
-    np.testing.assert_array_equal(y, y_t.numpy())
+    x_t = torch.from_numpy(x).requires_grad_(True)
+    y_t = torch.nn.functional.max_unpool2d(x_t, indices, layer.kernel_size, layer.stride, output_size=y.shape[2:])
+    np.testing.assert_array_equal(y, y_t.detach().numpy())
+    dy = rng.standard_normal(y.shape)
+    y_t.backward(torch.from_numpy(dy))
+    np.testing.assert_array_equal(layer.backward(dy), x_t.grad.numpy())
 
 
 # ---------------------------------------------------------------- worked examples and round trips
