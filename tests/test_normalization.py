@@ -49,6 +49,25 @@ def torch_twin(torch, layer):
     return twin
 
 
+def compare_step(torch, layer, twin, x, dy, dx_rtol=1e-10):
+    """One forward and backward of the layer and of its torch twin: the same output and dx."""
+    xt = torch.tensor(x, requires_grad=True)
+    yt = twin(xt)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(layer(x), yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.backward(dy), xt.grad.numpy(), rtol=dx_rtol, atol=1e-12)
+
+
+def compare_state(layer, twin):
+    """The accumulated parameter gradients and the running statistics, those the layer has."""
+    if layer.affine:
+        np.testing.assert_allclose(layer.weight.grad, twin.weight.grad.numpy(), rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(layer.bias.grad, twin.bias.grad.numpy(), rtol=1e-11, atol=1e-12)
+    if layer.track_running_stats:
+        np.testing.assert_allclose(layer.running_mean, twin.running_mean.numpy(), rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(layer.running_var, twin.running_var.numpy(), rtol=1e-13)
+
+
 # ---------------------------------------------------------------- gradient checks
 @pytest.mark.parametrize("layer_class, shape", TRAIN_CASES, ids=str)
 @pytest.mark.parametrize("affine", [True, False])
@@ -92,38 +111,36 @@ def test_torch_parity_training_steps_then_eval(layer_class, shape, affine, rng, 
     layer = randomised(layer_class(shape[1], momentum=0.3, affine=affine), rng).to(np.float64)
     twin = torch_twin(torch, layer).train()
     for _ in range(4):     # several steps: running statistics must follow PyTorch's update exactly
-        x, dy = data(rng, shape), rng.standard_normal(shape)
-        y, dx = layer(x), layer.backward(dy)
-        xt = torch.tensor(x, requires_grad=True)
-        yt = twin(xt)
-        yt.backward(torch.tensor(dy))
-        np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(layer.running_mean, twin.running_mean.numpy(), rtol=1e-13, atol=1e-15)
-    np.testing.assert_allclose(layer.running_var, twin.running_var.numpy(), rtol=1e-13)
-    if affine:   # gradients accumulated over the four steps
-        np.testing.assert_allclose(layer.weight.grad, twin.weight.grad.numpy(), rtol=1e-11, atol=1e-12)
-        np.testing.assert_allclose(layer.bias.grad, twin.bias.grad.numpy(), rtol=1e-11, atol=1e-12)
+        compare_step(torch, layer, twin, data(rng, shape), rng.standard_normal(shape))
+    compare_state(layer, twin)   # gradients accumulated over the four steps
 
     layer.eval(), twin.eval()
     eval_shape = (1,) + shape[1:]
-    x, dy = data(rng, eval_shape), rng.standard_normal(eval_shape)
-    xt = torch.tensor(x, requires_grad=True)
-    yt = twin(xt)
-    yt.backward(torch.tensor(dy))
-    np.testing.assert_allclose(layer(x), yt.detach().numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(layer.backward(dy), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    compare_step(torch, layer, twin, data(rng, eval_shape), rng.standard_normal(eval_shape), dx_rtol=1e-12)
+
+
+SETTINGS = [dict(), dict(affine=False), dict(track_running_stats=False), dict(eps=1e-2, momentum=None),
+            dict(eps=1e-3, affine=False, track_running_stats=False)]
+
+
+@pytest.mark.parametrize("layer_class, shape", [(BatchNorm1d, (5, 3)), (BatchNorm1d, (3, 2, 4)),
+                                                (BatchNorm2d, (2, 3, 4, 5))], ids=str)
+@pytest.mark.parametrize("settings", SETTINGS, ids=str)
+@pytest.mark.parametrize("training", [True, False])
+def test_torch_parity_of_every_gradient_in_either_mode(layer_class, shape, settings, training, rng, torch):
+    """One forward and backward in training or eval mode, for the settings a user may change: the output,
+    dx, dweight and dbias (the latter in eval mode too, where the statistics are constants) and the
+    running statistics, as torch's."""
+    layer = randomised(layer_class(shape[1], **settings), rng).to(np.float64).train(training)
+    twin = torch_twin(torch, layer).train(training)
+    compare_step(torch, layer, twin, data(rng, shape), rng.standard_normal(shape))
+    compare_state(layer, twin)
 
 
 def test_torch_parity_without_running_stats(rng, torch):
     layer = randomised(BatchNorm1d(4, track_running_stats=False), rng).to(np.float64).eval()
     twin = torch_twin(torch, layer).eval()
-    x, dy = data(rng, (5, 4, 3)), rng.standard_normal((5, 4, 3))
-    xt = torch.tensor(x, requires_grad=True)
-    yt = twin(xt)
-    yt.backward(torch.tensor(dy))
-    np.testing.assert_allclose(layer(x), yt.detach().numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(layer.backward(dy), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    compare_step(torch, layer, twin, data(rng, (5, 4, 3)), rng.standard_normal((5, 4, 3)))
 
 
 def test_state_dict_matches_torch_keys(torch):
