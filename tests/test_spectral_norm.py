@@ -1,5 +1,5 @@
 """SpectralNorm: gradient checks (eval, and train at a converged power iteration), torch parity against
-torch.nn.utils.spectral_norm with the same u and v (outputs, sigma, gradients, buffers over several
+torch.nn.utils.spectral_norm with the same u, v and dim (outputs, sigma, gradients, buffers over several
 steps), convergence to the largest singular value, the two-pass backward of GAN training, errors, GPU."""
 import numpy as np
 import pytest
@@ -14,6 +14,10 @@ def _linear(rng):
     return Linear(5, 3, rng=rng)
 
 
+def _linear_no_bias(rng):
+    return Linear(5, 3, bias=False, rng=rng)
+
+
 def _conv(rng):
     return Conv2d(2, 3, 3, stride=1, padding=1, rng=rng)
 
@@ -25,12 +29,18 @@ def _conv_transpose(rng):
 CASES = {
     "linear": (_linear, (4, 5), "Linear", (5, 3)),
     "linear_batch1": (_linear, (1, 5), "Linear", (5, 3)),
+    "linear_no_bias": (_linear_no_bias, (4, 5), "Linear", (5, 3, False)),
     "conv2d": (_conv, (2, 2, 5, 4), "Conv2d", (2, 3, 3, 1, 1)),
     "conv_transpose2d": (_conv_transpose, (1, 3, 3, 4), "ConvTranspose2d", (3, 2, 3, 2, 1)),
 }
 
 
 ALL_CASES = [pytest.param(name, id=name) for name in CASES]
+# (case, dim): every case with its default dim (None), and each layer normalised along its other axis
+# (dim 1 of a Linear or Conv2d weight, dim 0 of a ConvTranspose2d weight: in_channels)
+WITH_DIMS = [pytest.param(name, None, id=name) for name in CASES] + [
+    pytest.param(name, dim, id=f"{name}-dim{dim}") for name, dim in
+    (("linear", 1), ("conv2d", 1), ("conv_transpose2d", 0))]
 
 
 def make(name, seed=0, **kwargs):
@@ -47,13 +57,16 @@ def converge(wrapped, steps=300):
 
 
 def torch_twin(torch, wrapped, name):
-    """torch's layer with our weight, bias, u and v, wrapped by torch.nn.utils.spectral_norm, float64."""
+    """torch's layer with our weight, bias, u and v, wrapped by torch.nn.utils.spectral_norm with our
+    dim, float64."""
     _, _, torch_name, args = CASES[name]
     twin = getattr(torch.nn, torch_name)(*args).double()
     with torch.no_grad():
         twin.weight.copy_(torch.tensor(wrapped.weight_orig.data))
-        twin.bias.copy_(torch.tensor(wrapped.module.bias.data))
-    twin = torch.nn.utils.spectral_norm(twin, n_power_iterations=wrapped.n_power_iterations, eps=wrapped.eps)
+        if wrapped.module.bias is not None:
+            twin.bias.copy_(torch.tensor(wrapped.module.bias.data))
+    twin = torch.nn.utils.spectral_norm(twin, n_power_iterations=wrapped.n_power_iterations, eps=wrapped.eps,
+                                        dim=wrapped.dim)
     with torch.no_grad():
         twin.weight_u.copy_(torch.tensor(wrapped.u))
         twin.weight_v.copy_(torch.tensor(wrapped.v))
@@ -61,23 +74,24 @@ def torch_twin(torch, wrapped, name):
 
 
 # ---------------------------------------------------------------- gradient checks
-@pytest.mark.parametrize("name", ALL_CASES)
-def test_gradcheck_eval(name, rng):
-    wrapped, shape = make(name)
+@pytest.mark.parametrize("name, dim", WITH_DIMS)
+def test_gradcheck_eval(name, dim, rng):
+    wrapped, shape = make(name, dim=dim)
     wrapped.eval()
     u, v = wrapped.u.copy(), wrapped.v.copy()
     report = gradcheck(wrapped, rng.standard_normal(shape), rng=rng)
-    assert set(report.checked_entries) == {"input 0", "parameter 'weight_orig'", "parameter 'module.bias'"}
+    bias = set() if wrapped.module.bias is None else {"parameter 'module.bias'"}
+    assert set(report.checked_entries) == {"input 0", "parameter 'weight_orig'"} | bias
     np.testing.assert_array_equal(wrapped.u, u)     # eval never moves u, v
     np.testing.assert_array_equal(wrapped.v, v)
 
 
-@pytest.mark.parametrize("name", ALL_CASES)
-def test_gradcheck_train_at_converged_power_iteration(name, rng):
+@pytest.mark.parametrize("name, dim", WITH_DIMS)
+def test_gradcheck_train_at_converged_power_iteration(name, dim, rng):
     """In training every forward takes a power step. At its fixed point (u, v the top singular vectors)
     a step moves them by O(perturbation) only, and sigma is stationary in u and v, so the function the
     finite differences see is W / ||W||_2 and its derivative is the formula that treats u, v as constants."""
-    wrapped, shape = make(name)
+    wrapped, shape = make(name, dim=dim)
     converge(wrapped.train())
     report = gradcheck(wrapped, rng.standard_normal(shape), rng=rng)
     assert report.checked_entries["parameter 'weight_orig'"] == wrapped.weight_orig.data.size
@@ -101,10 +115,10 @@ def test_gradient_formula_worked_example():
 
 
 # ---------------------------------------------------------------- torch parity
-@pytest.mark.parametrize("name", ALL_CASES)
+@pytest.mark.parametrize("name, dim", WITH_DIMS)
 @pytest.mark.parametrize("n_power_iterations", [1, 3])
-def test_torch_parity(name, n_power_iterations, rng, torch):
-    wrapped, shape = make(name, n_power_iterations=n_power_iterations)
+def test_torch_parity(name, dim, n_power_iterations, rng, torch):
+    wrapped, shape = make(name, n_power_iterations=n_power_iterations, dim=dim)
     twin = torch_twin(torch, wrapped, name).train()
     for step in range(3):          # u, v carried from step to step; gradients accumulate
         x = rng.standard_normal(shape)
@@ -118,13 +132,12 @@ def test_torch_parity(name, n_power_iterations, rng, torch):
         np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(wrapped.u, twin.weight_u.numpy(), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(wrapped.v, twin.weight_v.numpy(), rtol=1e-12, atol=1e-14)
-        weight_mat = twin.weight_orig.detach()
-        if name == "conv_transpose2d":
-            weight_mat = weight_mat.transpose(0, 1)
+        weight_mat = twin.weight_orig.detach().movedim(wrapped.dim, 0)
         sigma = twin.weight_u @ weight_mat.reshape(weight_mat.shape[0], -1) @ twin.weight_v
         np.testing.assert_allclose(wrapped.sigma, sigma.item(), rtol=1e-13)
     np.testing.assert_allclose(wrapped.weight_orig.grad, twin.weight_orig.grad.numpy(), rtol=1e-11, atol=1e-13)
-    np.testing.assert_allclose(wrapped.module.bias.grad, twin.bias.grad.numpy(), rtol=1e-12, atol=1e-13)
+    if wrapped.module.bias is not None:
+        np.testing.assert_allclose(wrapped.module.bias.grad, twin.bias.grad.numpy(), rtol=1e-12, atol=1e-13)
 
     wrapped.eval(), twin.eval()
     x = rng.standard_normal(shape)
