@@ -1,4 +1,5 @@
-"""Double backward of each layer (layers/second_order.py) against central differences of its backward.
+"""Double backward of each layer (layers/second_order.py) against central differences of its backward,
+and against torch's double backward (autograd with create_graph=True).
 
 For a layer after a forward on x, with upstream gradient dy and a random cotangent c of dx, the
 scalar R(dy, theta, x) = sum(c * backward(dy)) has dR/d(dy) = ddy, dR/d(theta) = what the double
@@ -118,6 +119,98 @@ def test_dropout_with_a_fixed_mask(rng, layer, mask_shape):
 @pytest.mark.parametrize("layer", [Flatten(), Reshape(6, 3)], ids=["flatten", "reshape"])
 def test_shape_layers(rng, layer):
     check_double_backward(layer, rng.standard_normal((2, 2, 3, 3)), rng)
+
+
+# layer options the tests above leave out: a Linear without bias, dilated, non-square, strided and
+# bias-free convolutions, LeakyReLU's other slopes (each its own forward code path), a non-square
+# max pool with padding, a partial Flatten. (name, layer maker, input maker)
+OPTION_CASES = [
+    ("linear_no_bias", lambda rng: Linear(5, 3, bias=False, rng=rng), lambda rng: rng.standard_normal((4, 5))),
+    ("conv2d_dilated_no_bias", lambda rng: Conv2d(2, 3, 3, padding=2, dilation=2, bias=False, rng=rng),
+     lambda rng: rng.standard_normal((2, 2, 6, 5))),
+    ("conv2d_non_square", lambda rng: Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), rng=rng),
+     lambda rng: rng.standard_normal((2, 2, 7, 6))),
+    ("leaky_relu_0", lambda rng: LeakyReLU(0.0), lambda rng: away_from_zero(rng, (3, 4, 2))),
+    ("leaky_relu_2", lambda rng: LeakyReLU(2.0), lambda rng: away_from_zero(rng, (3, 4, 2))),
+    ("leaky_relu_negative", lambda rng: LeakyReLU(-0.5), lambda rng: away_from_zero(rng, (3, 4, 2))),
+    ("max_pool_non_square", lambda rng: MaxPool2d((3, 2), stride=(1, 2), padding=(1, 0)),
+     lambda rng: distinct(rng, (2, 2, 5, 6))),
+    ("flatten_middle", lambda rng: Flatten(1, 2), lambda rng: rng.standard_normal((2, 3, 2, 4))),
+]
+
+
+@pytest.mark.parametrize("name, make, make_x", OPTION_CASES, ids=[case[0] for case in OPTION_CASES])
+def test_layer_options(rng, name, make, make_x):
+    check_double_backward(make(rng), make_x(rng), rng)
+
+
+# every supported layer, for the torch parity of its double backward: the cases above and those of the
+# tests before them
+PARITY_CASES = OPTION_CASES + [
+    ("linear", lambda rng: Linear(5, 3, rng=rng), lambda rng: rng.standard_normal((4, 5))),
+    ("conv2d", lambda rng: Conv2d(2, 3, 4, stride=2, padding=1, rng=rng), lambda rng: rng.standard_normal((2, 2, 6, 6))),
+    ("relu", lambda rng: ReLU(), lambda rng: away_from_zero(rng, (3, 2, 3, 3))),
+    ("leaky_relu", lambda rng: LeakyReLU(0.2), lambda rng: away_from_zero(rng, (3, 2, 3, 3))),
+    ("tanh", lambda rng: Tanh(), lambda rng: rng.standard_normal((3, 4))),
+    ("sigmoid", lambda rng: Sigmoid(), lambda rng: rng.standard_normal((3, 4))),
+    ("max_pool_overlapping", lambda rng: MaxPool2d(3, stride=1, padding=1), lambda rng: distinct(rng, (2, 2, 4, 4))),
+    ("dropout", lambda rng: fixed_mask(Dropout(0.4), rng, (3, 2, 3, 3)), lambda rng: rng.standard_normal((3, 2, 3, 3))),
+    ("dropout2d", lambda rng: fixed_mask(Dropout2d(0.5), rng, (3, 2)), lambda rng: rng.standard_normal((3, 2, 3, 3))),
+    ("flatten", lambda rng: Flatten(), lambda rng: rng.standard_normal((2, 2, 3, 3))),
+    ("reshape", lambda rng: Reshape(6, 3), lambda rng: rng.standard_normal((2, 2, 3, 3))),
+]
+
+
+def fixed_mask(layer, rng, mask_shape):
+    layer.fixed_mask = rng.random(mask_shape) > layer.p
+    return layer
+
+
+def torch_function(torch, layer):
+    """The layer's forward in torch, f(x, params) with params {name: tensor}; Dropout with its saved mask."""
+    F = torch.nn.functional
+    if isinstance(layer, Linear):
+        return lambda x, p: F.linear(x, p["weight"], p.get("bias"))
+    if isinstance(layer, Conv2d):
+        return lambda x, p: F.conv2d(x, p["weight"], p.get("bias"), layer.stride, layer.padding, layer.dilation)
+    if isinstance(layer, LeakyReLU):
+        return lambda x, p: F.leaky_relu(x, layer.negative_slope)
+    if isinstance(layer, MaxPool2d):
+        return lambda x, p: F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding)
+    if isinstance(layer, Dropout):
+        mask = torch.tensor(layer.saved_for_backward().scaled_mask)
+        return lambda x, p: x * mask
+    if isinstance(layer, (Flatten, Reshape)):
+        shape = layer.saved_for_backward().output_shape
+        return lambda x, p: x.reshape(shape)
+    return {ReLU: lambda x, p: F.relu(x), Tanh: lambda x, p: torch.tanh(x),
+            Sigmoid: lambda x, p: torch.sigmoid(x)}[type(layer)]
+
+
+@pytest.mark.parametrize("name, make, make_x", PARITY_CASES, ids=[case[0] for case in PARITY_CASES])
+def test_matches_torch_double_backward(rng, torch, name, make, make_x):
+    """For R = sum(c * dx), dx = layer.backward(dy): ddy, the parameters' gradients and the x-term equal
+    torch's gradients of R (torch.autograd.grad with create_graph=True, then R's backward)."""
+    layer = make(rng).to(np.float64)
+    x = make_x(rng)
+    y = layer(x)
+    dy = rng.standard_normal(y.shape)
+    c = rng.standard_normal(x.shape)
+    layer.zero_grad()
+    first_backward(layer, x, dy)
+    ddy, x_term = second_order.double_backward(layer, dy, c)
+
+    params = {param_name: torch.tensor(p.data, requires_grad=True) for param_name, p in layer.named_parameters()}
+    xt, dyt = torch.tensor(x, requires_grad=True), torch.tensor(dy, requires_grad=True)
+    (dxt,) = torch.autograd.grad(torch_function(torch, layer)(xt, params), xt, dyt, create_graph=True)
+    np.testing.assert_allclose(first_backward(layer, x, dy), dxt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    wanted = [dyt, xt] + list(params.values())
+    grads = torch.autograd.grad((torch.tensor(c) * dxt).sum(), wanted, allow_unused=True)
+    grads = [np.zeros(t.shape) if g is None else g.numpy() for t, g in zip(wanted, grads)]
+    np.testing.assert_allclose(ddy, grads[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.zeros_like(x) if x_term is None else x_term, grads[1], rtol=1e-10, atol=1e-12)
+    for (param_name, param), expected in zip(layer.named_parameters(), grads[2:]):
+        np.testing.assert_allclose(param.grad, expected, rtol=1e-10, atol=1e-12, err_msg=param_name)
 
 
 def test_frozen_parameters_get_no_gradient(rng):
