@@ -53,15 +53,18 @@ def test_nonnegative_and_shift_invariant(rng):
     np.testing.assert_allclose(grad.sum(axis=-1), 0, atol=1e-12)   # softmax is shift invariant
 
 
-def test_matches_torch_kl_div(torch, rng):
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_matches_torch_kl_div(torch, rng, reduction):
     logits = rng.standard_normal((5, 2, 4)) * 2
     t = torch.tensor(logits, requires_grad=True)
     log_q = torch.log_softmax(t, dim=-1)
     uniform = torch.full_like(log_q, 1 / 4)
-    # KL(q || U) = sum q (log q - log U): kl_div(input=log U, target=log q, log_target=True) summed
-    expected = torch.nn.functional.kl_div(uniform.log(), log_q, reduction="sum", log_target=True) / 5
+    # KL(q || U) = sum q (log q - log U): kl_div(input=log U, target=log q, log_target=True) summed,
+    # then divided by the batch size for the mean
+    expected = torch.nn.functional.kl_div(uniform.log(), log_q, reduction="sum", log_target=True)
+    expected = expected / 5 if reduction == "mean" else expected
     expected.backward()
-    loss = CategoricalKLLoss()
+    loss = CategoricalKLLoss(reduction)
     np.testing.assert_allclose(float(loss(logits)), expected.item(), rtol=1e-12)
     np.testing.assert_allclose(loss.backward(), t.grad.numpy(), rtol=1e-10, atol=1e-14)
 

@@ -33,20 +33,22 @@ def make_case(kind, rng, dtype=np.float64):
         return CrossEntropyLoss, (logits, rng.integers(0, 5, size=7))
     if kind == "kl":
         return GaussianKLLoss, (rng.standard_normal((5, 4)), rng.standard_normal((5, 4)))
+    if kind == "kl_3d":   # latents (N, C, L): summed over every axis after the batch's
+        return GaussianKLLoss, (rng.standard_normal((3, 2, 4)), rng.standard_normal((3, 2, 4)))
     raise ValueError(kind)
 
 
-KINDS = ["bce_logits", "bce", "mse", "l1", "cross_entropy", "kl"]
+KINDS = ["bce_logits", "bce", "mse", "l1", "cross_entropy", "kl", "kl_3d"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_gradcheck(kind, reduction, rng):
     cls, inputs = make_case(kind, rng)
-    wrt = (0, 1) if kind == "kl" else (0,)
+    wrt = (0, 1) if kind.startswith("kl") else (0,)
     report = gradcheck(cls(reduction=reduction), *inputs, wrt=wrt, rng=rng)
     assert report.checked_entries["input 0"] == inputs[0].size
-    if kind == "kl":
+    if kind.startswith("kl"):
         assert report.checked_entries["input 1"] == inputs[1].size
 
 
@@ -54,9 +56,9 @@ def torch_reference(torch, kind, inputs, reduction):
     """(value, gradient(s)) computed by torch autograd."""
     F = torch.nn.functional
     x = torch.tensor(inputs[0], requires_grad=True)
-    if kind == "kl":
+    if kind.startswith("kl"):
         logvar = torch.tensor(inputs[1], requires_grad=True)
-        per_sample = -0.5 * (1 + logvar - x**2 - logvar.exp()).sum(dim=1)
+        per_sample = -0.5 * (1 + logvar - x**2 - logvar.exp()).flatten(1).sum(dim=1)
         value = per_sample.mean() if reduction == "mean" else per_sample.sum()
         value.backward()
         return value.item(), (x.grad.numpy(), logvar.grad.numpy())
