@@ -22,24 +22,29 @@ def numerical_gradient(f, x, eps=1e-6):
     return grad
 
 
-def logits_away_from_kinks(rng, n):
+# one logit per image (N, 1), and a PatchGAN's map of logits (N, 1, H, W), which CycleGAN's losses take
+SHAPES = [(6, 1), (2, 1, 2, 3)]
+
+
+def logits_away_from_kinks(rng, shape):
     """Logits in (-3, 3), kept 0.05 from the hinge's kinks at +-1."""
-    x = rng.uniform(-3, 3, size=(n, 1))
+    x = rng.uniform(-3, 3, size=shape)
     return np.where(np.abs(np.abs(x) - 1) < 0.05, x + 0.1, x)
 
 
-def soft_targets(loss_name, rng, n):
+def soft_targets(loss_name, rng, shape):
     if not get_gan_loss(loss_name).uses_targets:
         return None, None
-    return rng.uniform(0.7, 1.0, size=(n, 1)), rng.uniform(0.0, 0.3, size=(n, 1))
+    return rng.uniform(0.7, 1.0, size=shape), rng.uniform(0.0, 0.3, size=shape)
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
 @pytest.mark.parametrize("with_targets", [False, True])
-def test_discriminator_loss_gradient(name, with_targets, rng):
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_discriminator_loss_gradient(name, with_targets, shape, rng):
     loss = get_gan_loss(name)
-    real, fake = logits_away_from_kinks(rng, 6), logits_away_from_kinks(rng, 6)
-    real_t, fake_t = soft_targets(name, rng, 6) if with_targets else (None, None)
+    real, fake = logits_away_from_kinks(rng, shape), logits_away_from_kinks(rng, shape)
+    real_t, fake_t = soft_targets(name, rng, shape) if with_targets else (None, None)
     value, d_real, d_fake = loss.discriminator_loss(real, fake, real_t, fake_t)
     assert np.ndim(value) == 0 and type(value).__module__ == "numpy"   # a 0-d value on the logits' device
     num_real = numerical_gradient(lambda r: loss.discriminator_loss(r, fake, real_t, fake_t)[0], real)
@@ -49,9 +54,10 @@ def test_discriminator_loss_gradient(name, with_targets, rng):
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
-def test_generator_loss_gradient(name, rng):
+@pytest.mark.parametrize("shape", [(7, 1), (2, 1, 3, 2)], ids=str)
+def test_generator_loss_gradient(name, shape, rng):
     loss = get_gan_loss(name)
-    fake = logits_away_from_kinks(rng, 7)
+    fake = logits_away_from_kinks(rng, shape)
     value, d_fake = loss.generator_loss(fake)
     assert np.ndim(value) == 0 and type(value).__module__ == "numpy" and d_fake.shape == fake.shape
     np.testing.assert_allclose(d_fake, numerical_gradient(lambda f: loss.generator_loss(f)[0], fake),
@@ -81,18 +87,18 @@ def torch_losses(torch, name, real, fake, real_t, fake_t):
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
 @pytest.mark.parametrize("with_targets", [False, True])
-def test_torch_parity(name, with_targets, torch, rng):
+@pytest.mark.parametrize("shape", [(8, 1), (2, 1, 2, 3)], ids=str)
+def test_torch_parity(name, with_targets, shape, torch, rng):
     loss = get_gan_loss(name)
-    n = 8
-    real, fake = logits_away_from_kinks(rng, n) * 3, logits_away_from_kinks(rng, n) * 3
-    real_t, fake_t = soft_targets(name, rng, n) if with_targets else (None, None)
+    real, fake = logits_away_from_kinks(rng, shape) * 3, logits_away_from_kinks(rng, shape) * 3
+    real_t, fake_t = soft_targets(name, rng, shape) if with_targets else (None, None)
     d_value, d_real, d_fake = loss.discriminator_loss(real, fake, real_t, fake_t)
     g_value, g_fake = loss.generator_loss(fake)
 
     t_real = torch.tensor(real, requires_grad=True)
     t_fake = torch.tensor(fake, requires_grad=True)
-    t_real_t = torch.ones(n, 1, dtype=torch.float64) if real_t is None else torch.tensor(real_t)
-    t_fake_t = torch.zeros(n, 1, dtype=torch.float64) if fake_t is None else torch.tensor(fake_t)
+    t_real_t = torch.ones(shape, dtype=torch.float64) if real_t is None else torch.tensor(real_t)
+    t_fake_t = torch.zeros(shape, dtype=torch.float64) if fake_t is None else torch.tensor(fake_t)
     d_torch, g_torch = torch_losses(torch, name, t_real, t_fake, t_real_t, t_fake_t)
     d_torch.backward()
     np.testing.assert_allclose(d_value, d_torch.item(), rtol=1e-12, atol=1e-14)
