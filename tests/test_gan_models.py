@@ -148,7 +148,20 @@ VARIANTS = [
     ("dcgan32", dict(d_batch_norm=False), "wasserstein"),
     ("dcgan32", dict(d_spectral_norm=True), "hinge"),
     ("mlp", dict(d_spectral_norm=True), "non_saturating"),
+    # dropout in both faces networks (FacesDiscriminator's default is 0.3) and on D's input, with fixed masks
+    ("faces", dict(dropout=0.3, d_input_dropout=0.2), "non_saturating"),
+    ("mlp", dict(dropout=0.3, d_input_dropout=0.1), "least_squares"),
 ]
+
+
+def fix_dropout_masks(model, shape):
+    """Draw every Dropout's mask once, for inputs of `shape`, and replay it in every later training
+    forward: gradcheck needs a deterministic model. Returns how many masks it fixed."""
+    model(np.random.default_rng(0).standard_normal(shape))
+    dropouts = [layer for layer in model.modules() if isinstance(layer, Dropout)]
+    for layer in dropouts:
+        layer.fixed_mask = layer.last_mask
+    return len(dropouts)
 
 
 @pytest.mark.parametrize("arch, options, loss_name", VARIANTS, ids=[f"{a}-{'-'.join(o)}" for a, o, _ in VARIANTS])
@@ -157,6 +170,9 @@ def test_model_options_gradient_checks(arch, options, loss_name):
     generator, discriminator = build_gan(rng=1, **settings)
     if settings.get("d_spectral_norm"):
         discriminator.eval()
+    size, channels = settings["image_size"], settings["channels"]
+    fixed = fix_dropout_masks(generator, (3, 3)) + fix_dropout_masks(discriminator, (3, channels, size, size))
+    assert (fixed > 0) == ("dropout" in options)
     objective = GeneratorObjective(generator, discriminator, get_gan_loss("non_saturating"))
     objective.to(np.float64)
     z = kink_free_inputs(lambda seed: np.random.default_rng(seed).standard_normal((3, 3)),
@@ -165,7 +181,6 @@ def test_model_options_gradient_checks(arch, options, loss_name):
     assert {f"parameter 'generator.{name}'" for name, _ in generator.named_parameters()} <= set(report.checked_entries)
 
     discriminator.requires_grad_(True)
-    size, channels = settings["image_size"], settings["channels"]
 
     def draw(seed):
         data = np.random.default_rng(seed)
