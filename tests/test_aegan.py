@@ -3,8 +3,8 @@ E(G(z)), the discriminators' loss, training that lowers the reconstruction error
 import numpy as np
 import pytest
 
-from gan.aegan import (AEGANConfig, AEGANNetworks, AEGANTrainer, DiscriminatorLoss, Encoder, GeneratorEncoderLoss,
-                       LossWeights, build_aegan, plot_aegan_losses, save_reconstruction_grid)
+from gan.aegan import (LOSSES, AEGANConfig, AEGANNetworks, AEGANTrainer, DiscriminatorLoss, Encoder,
+                       GeneratorEncoderLoss, LossWeights, build_aegan, plot_aegan_losses, save_reconstruction_grid)
 from gan.history import History
 from gan.trainer import CHECKPOINT_NAME, NonFiniteLossError
 from nnbox.data import DataLoader
@@ -102,6 +102,22 @@ def test_discriminator_loss_gradient(arch):
     assert {f"parameter 'image_discriminator.{n}'" for n, _ in networks.image_discriminator.named_parameters()} \
         <= set(report.checked_entries)
     assert set(loss.terms) == {"d_image", "d_latent"}
+
+
+@pytest.mark.parametrize("loss", [name for name in LOSSES if name != "non_saturating"])
+def test_both_objectives_with_the_other_gan_losses(loss):
+    """AEGANConfig.loss may be any of LOSSES; the tests above use the default, non-saturating."""
+    networks = tiny_networks("mlp", seed=6)
+    x, z = batch("mlp", seed=11)
+    weights = LossWeights(adv_image=0.5, adv_latent=0.5, rec_image=1.0, rec_latent=0.5)
+    report = gradcheck(GeneratorEncoderLoss(networks, loss=loss, weights=weights), x, z, wrt=(0, 1), rng=2,
+                       max_entries=4)
+    assert reached(networks) == set(AEGANNetworks._fields)
+    assert {f"parameter 'generator.{n}'" for n, _ in networks.generator.named_parameters()} \
+        <= set(report.checked_entries)
+    images, latents = batch("mlp", n=6, seed=12)[0], batch("mlp", n=6, seed=13)[1]
+    gradcheck(DiscriminatorLoss(networks.image_discriminator, networks.latent_discriminator, loss=loss),
+              x, z, images, latents, wrt=(0, 1, 2, 3), rng=9, max_entries=4)
 
 
 def test_networks_shapes_and_encoder_head():

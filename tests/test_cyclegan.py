@@ -9,6 +9,7 @@ import pytest
 
 from gan.cyclegan import (CycleGANConfig, CycleGANTrainer, DiscriminatorObjective, GeneratorObjective,
                           ImageTranslator, PatchDiscriminator, cycle_consistency_loss)
+from gan.losses import GAN_LOSSES
 from gan.trainer import NonFiniteLossError
 from nnbox.gradcheck import gradcheck
 from nnbox.module import Module
@@ -90,6 +91,21 @@ def test_generator_objective_gradcheck_into_discriminators(rng):
     g_ba.requires_grad_(False)
     gradcheck(GeneratorObjective(g_ab, g_ba, d_a, d_b), _images(rng, 2), _images(rng, 2), wrt=(0, 1), rng=0,
               max_entries=2)
+
+
+@pytest.mark.parametrize("gan_loss", sorted(set(GAN_LOSSES) - {"least_squares"}))
+def test_both_objectives_with_the_other_gan_losses(rng, gan_loss):
+    """CycleGANConfig.gan_loss may be any gan/losses name; the tests above use the paper's least squares.
+    L_G into G_AB's weights and both inputs (the other networks frozen, as above), then D's loss."""
+    g_ab, g_ba, d_a, d_b = _networks()
+    objective = GeneratorObjective(g_ab, g_ba, d_a, d_b, gan_loss=gan_loss, lambda_identity=0.5)
+    for net in (d_a, d_b, g_ba):
+        net.requires_grad_(False)
+    report = gradcheck(objective, _images(rng, 2), _images(rng, 3), wrt=(0, 1), rng=0, max_entries=3)
+    assert any("g_ab." in label for label in report.checked_entries)
+    d = PatchDiscriminator(3, 2, "batch", rng=0)
+    gradcheck(DiscriminatorObjective(d, gan_loss), _images(rng, 2), _images(rng, 3), wrt=(0, 1), rng=0,
+              max_entries=8)
 
 
 def test_generator_objective_parts_add_up(rng):
