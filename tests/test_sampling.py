@@ -145,14 +145,16 @@ def _torch_gumbel_softmax(torch, logits, g, tau, hard):
 
 @pytest.mark.parametrize("hard", [False, True])
 @pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
-def test_gumbel_softmax_matches_torch_given_the_same_noise(torch, rng, hard, temperature):
+@pytest.mark.parametrize("training", [True, False])
+def test_gumbel_softmax_matches_torch_given_the_same_noise(torch, rng, hard, temperature, training):
+    """In training with the same g; in eval mode, where the layer adds no noise, with g = 0."""
     logits, dy = rng.standard_normal((2, 6, 5))
     g = gumbel_noise(rng.uniform(size=(6, 5)))
-    layer = GumbelSoftmax(temperature, hard=hard)
+    layer = GumbelSoftmax(temperature, hard=hard).train(training)
     y = layer(logits, noise=g)
     dlogits = layer.backward(dy)
     t_logits = torch.tensor(logits, requires_grad=True)
-    t_y = _torch_gumbel_softmax(torch, t_logits, torch.tensor(g), temperature, hard)
+    t_y = _torch_gumbel_softmax(torch, t_logits, torch.tensor(g if training else np.zeros_like(g)), temperature, hard)
     t_y.backward(torch.tensor(dy))
     np.testing.assert_allclose(y, t_y.detach().numpy(), rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(dlogits, t_logits.grad.numpy(), rtol=1e-12, atol=1e-15)
