@@ -43,7 +43,7 @@ def bce_with_logits(logits, targets):
         return (terms.sum(dtype=summed_in) / n).astype(dtype, copy=False), grad
     loss = ((softplus(logits) - targets * logits).sum(dtype=summed_in) / n).astype(dtype, copy=False)
     difference = sigmoid(logits) - targets
-    if n > np.finfo(dtype).max:
+    if n > float(np.finfo(dtype).max):   # (a Python float: comparing with a float16 casts n to one)
         return loss, difference * dtype.type(1.0 / n)
     return loss, difference / dtype.type(n)
 
