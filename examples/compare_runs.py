@@ -38,9 +38,9 @@ from nnbox.data import DataLoader  # noqa: E402
 ABOUT = ("the helpers that examples/cifar_gan.py and examples/mnist_latent_study.py import to train GAN variants "
          "and compare them; it trains nothing itself: run one of those two (with --help for its options)")
 FIGURE_DPI = 100
-# what train_variant and evaluate_variant write into a variant's folder (gan.trainer's run, gan.evaluate's
-# measures and figures): _cli.GAN_RUN_FILES and the epoch grids, which --overwrite removes, and only those
-# and what both examples write beside the variants' folders (the comparison figures only with two variants)
+# What both examples write beside the variants' folders (the comparison figures only with two variants); into
+# a variant's folder, train_variant and evaluate_variant write _cli.GAN_RUN_FILES and the epoch grids. --overwrite
+# removes these (remove_old_study), and only these.
 COMPARISON_FILES = ("summary.json", "compare/losses.png", "compare/samples_per_epoch.png", "compare/throughput.png")
 
 
