@@ -310,7 +310,8 @@ def check_unpacked_sizes(archive, shown, max_bytes, loader):
         if entry.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise SerializationError(
                 f"{shown!r}: the entry {entry.filename!r} is compressed with method {entry.compress_type}; "
-                f"nnbox reads only stored or deflated entries (as np.savez and np.savez_compressed write them)")
+                f"nnbox reads only stored or deflated entries (as np.savez, np.savez_compressed and torch.save write "
+                f"them)")
     total = sum(entry.file_size for entry in entries)
     if total > max_bytes:
         largest = max(entries, key=lambda entry: entry.file_size)
