@@ -205,7 +205,7 @@ plt.show()
 # $(z_0 + z_1)/\sqrt 2$, whose coordinates can reach $\sqrt 2 > 1$: the path **leaves the cube**,
 # and $G$ never saw a coordinate outside $[-1, 1]$. Lerp stays inside (the cube is convex) but
 # heads for its empty centre. Neither path stays where uniform training latents are; this is one
-# reason the normal law, whose typical set is a sphere, became the usual choice.
+# argument for the normal law, whose typical set is a sphere.
 
 # %%
 zu0, zu1 = sample_latent(2, d, "uniform", rng)
@@ -321,8 +321,11 @@ if not FAST:  # a trained G (the fast mode's 15 steps teach it nothing about nor
 #   seen a coordinate beyond 1, one trained on $\mathcal{N}(0, I)$ has never seen $\|z\|$ far from
 #   $\sqrt d$;
 # * interpolate Gaussian latents with slerp, so that every point of the path is a typical latent;
-# * the "truncation trick" (sampling $z$ with smaller norm, as BigGAN does) trades variety for
-#   quality precisely because it moves $z$ towards the centre that lerp crosses.
+# * the "truncation trick" (BigGAN: redraw the coordinates of $z$ whose magnitude exceeds a
+#   threshold) also moves $z$ off the shell, towards the centre. In large, well-trained generators
+#   (BigGAN adds orthogonal regularisation so that $G$ tolerates it) this trades variety for
+#   fidelity; in this small $G$, shrinking $z$ mostly fades the image (the ray above). What $G$
+#   does off the shell is untrained behaviour: only measurement tells whether it is better or worse.
 
 # %%
 mid_norm = np.linalg.norm(lerp(za[0], zb[0], 9)[4])
