@@ -65,7 +65,9 @@ print("fast mode" if FAST else "full mode", "| run folders in", RUNS)
 # $a = p_\text{data}(x)$, $b = p_g(x)$: the optimum is $D^*(x) = \frac{p_\text{data}(x)}{p_\text{data}(x) + p_g(x)}$.
 # When G is perfect ($p_g = p_\text{data}$), $D^* = \tfrac12$ everywhere and
 # $V = \log\tfrac12 + \log\tfrac12 = -\log 4$.
-# So at the end of a perfect game D is a coin toss, and D's loss is $\log 4 \approx 1.386$.
+# So at the end of a perfect game D is a coin toss, and D's loss is $\log 4 \approx 1.386$ (with hard
+# targets; with the recipe's one-sided smoothing 0.1, the real target is 0.9, $D^* = 0.45$ and the
+# loss $\approx 1.38$).
 #
 # nnbox's D works on **logits** $\ell$ (D's output before the sigmoid, $D = \sigma(\ell)$), which is
 # numerically safer; a logit of 0 is $D = \tfrac12$.
@@ -149,7 +151,7 @@ print(f"at D(G(z)) = {p_fake[0, 0]:.1e}: minimax gradient {curves['minimax'][0, 
 # | `non_saturating` | same | $-\log \sigma(f)$ | the default |
 # | `least_squares` | $\tfrac12 (r - 1)^2 + \tfrac12 f^2$ | $\tfrac12 (f - 1)^2$ | LSGAN: pull grows with distance |
 # | `hinge` | $\max(0, 1 - r) + \max(0, 1 + f)$ | $-f$ | D stops pushing beyond a margin of 1 |
-# | `wasserstein` | $f - r$ | $-f$ | a *critic* (walkthrough 07): needs weight clipping |
+# | `wasserstein` | $f - r$ | $-f$ | a *critic* (walkthrough 07): must be kept Lipschitz (`wasserstein` clips D's weights, `wgan_gp` adds a gradient penalty instead) |
 #
 # G's gradient decides how G learns when D is confident. Plotted against D's raw output on a fake:
 
@@ -187,8 +189,9 @@ assert d_real[0, 0] == 0 and d_fake[0, 0] == 0     # a real at +3 and a fake at 
 # always uses small synthetic faces.) Images are uint8 here; the `DataLoader` turns each batch into
 # float32 NCHW in $[-1, 1]$, and flips half of them left-right.
 #
-# The networks are the course's faces GAN (`build_gan("faces")`), made narrower than the recipe's
-# (G width 32, D width 16) so that these runs take seconds rather than minutes.
+# The networks are the course's faces GAN (`build_gan("faces")`), made half as wide as the recipe's
+# (here G width 32 and D width 16; the recipe's are 64 and 32) so that these runs take seconds
+# rather than minutes.
 
 # %%
 DATA = Path("../../../shared/data/lfw-deepfunneled")
@@ -254,7 +257,8 @@ def sample_grids(trainer):
     return grids
 
 # %% [markdown]
-# The first run is the recipe as `examples/faces_gan.py` runs it: non-saturating loss, Adam
+# The first run has the recipe's settings as `examples/faces_gan.py` runs it, except the narrower
+# networks and batches of 32 instead of 64: non-saturating loss, Adam
 # (learning rate $2 \cdot 10^{-4}$, $\beta_1 = 0.5$) for both networks, the skip balancing rule,
 # one-sided label smoothing 0.1. Each turn the trainer does a D step on a real and a fake batch,
 # then a G step through the frozen D, and records a row of numbers.
@@ -627,7 +631,8 @@ assert scores["8 faces (built)"][0] > 0.5 * scores["recipe G"][0]
 #
 # ## Summary
 #
-# * The game: D maximises $V$, G minimises it; at the equilibrium $D = \tfrac12$ and D's loss is $\log 4$.
+# * The game: D maximises $V$, G minimises it; at the equilibrium $D = \tfrac12$ and D's loss is $\log 4$
+#   (with hard targets; 0.45 and about 1.38 with one-sided smoothing 0.1).
 # * Train G with the non-saturating loss: its gradient is largest when D rejects G's faces.
 # * Read the plots: D's accuracy on real and fake, G's success, $D(x)$ and $D(G(z))$. Accuracies at 1,
 #   $D(G(z)) \to 0$ and a climbing G loss mean D has won.
