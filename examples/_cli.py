@@ -35,7 +35,7 @@ from nnbox import backend
 CLI_ERRORS = (ValueError, OSError, pickle.UnpicklingError, NonFiniteLossError, FloatingPointError)
 
 MNIST_HINT = "pass --data <the folder with MNIST's four IDX files>, e.g. --data ../shared/data/mnist"
-CIFAR10_HINT = "pass --data <the folder holding cifar-10-batches-bin>, e.g. --data ../shared/data/cifar-10-batches-bin"
+CIFAR10_HINT = "pass --data <cifar-10-batches-bin, or the folder holding it>, e.g. --data ../shared/data/cifar-10-batches-bin"
 LFW_HINT = "pass --data <LFW's folder>, e.g. --data ../shared/data/lfw-deepfunneled"
 
 

@@ -53,7 +53,7 @@ def build_parser():
     p.add_argument("--arch", nargs="+", choices=ARCHS, default=["dcgan"],
                    help="architecture(s) to train, one run each (default dcgan)")
     p.add_argument("--data", default=None,
-                   help="folder with cifar-10-batches-bin (default: the cache, else a download)")
+                   help="cifar-10-batches-bin, or the folder holding it (default: the cache, else a download)")
     p.add_argument("--split", choices=("auto", "train", "test"), default="auto",
                    help="which CIFAR-10 images to train on; auto: train, or test when only test_batch.bin is there")
     p.add_argument("--no-download", dest="download", action="store_false", help="never download CIFAR-10")
