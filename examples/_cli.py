@@ -19,10 +19,7 @@ import sys
 from pathlib import Path
 
 from gan.cli import fail  # noqa: F401  (the examples import it from here, with the rest)
-from gan.evaluate import EVAL_DIR, METRICS_NAME, REAL_IMAGES_NAME
-from gan.report import GIF_NAME, PLOTS_DIR, REPORT_NAME
 from gan.trainer import CHECKPOINT_NAME, EPOCH_GRID, SAMPLES_DIR, NonFiniteLossError
-from gan.visualize import PLOTS
 from nnbox import backend
 
 # What a command line expects to go wrong, shown without a traceback: a bad option or bad data (ValueError:
@@ -55,12 +52,19 @@ def check_new_run(out, overwrite, checkpoint_name=CHECKPOINT_NAME, resumable=Tru
 
 EPOCH_FIGURE = EPOCH_GRID   # the per-epoch figures' names, f"epoch_{epoch:03d}.png", as gan.trainer's grids
 EVALUATION_FIGURES = ("nearest_l2", "nearest_ssim", "interp_linear", "interp_slerp")   # gan.evaluate's .png
-# what a GANTrainer run (gan.trainer, gan.report) and `python -m gan.evaluate` on it write into a run's folder,
-# besides the epoch grids (GAN_RUN_GRIDS): --overwrite removes these, and only these
-GAN_RUN_FILES = (CHECKPOINT_NAME, "config.json", "history.csv", "history.json", "epochs.json", GIF_NAME, REPORT_NAME,
-                 METRICS_NAME, REAL_IMAGES_NAME, *(f"{PLOTS_DIR}/{name}.png" for name in PLOTS),
-                 *(f"{EVAL_DIR}/{name}.png" for name in EVALUATION_FIGURES))
 GAN_RUN_GRIDS = {SAMPLES_DIR: EPOCH_FIGURE}
+
+
+def gan_run_files():
+    """What a GANTrainer run (gan.trainer, gan.report) and `python -m gan.evaluate` on it write into a run's
+    folder, besides the epoch grids (GAN_RUN_GRIDS): --overwrite removes these, and only these. (A function:
+    gan.report imports matplotlib, 0.25 s that a program which never plots should not pay at start.)"""
+    from gan.evaluate import EVAL_DIR, METRICS_NAME, REAL_IMAGES_NAME
+    from gan.report import GIF_NAME, PLOTS_DIR, REPORT_NAME
+    from gan.visualize import PLOTS
+    return (CHECKPOINT_NAME, "config.json", "history.csv", "history.json", "epochs.json", GIF_NAME, REPORT_NAME,
+            METRICS_NAME, REAL_IMAGES_NAME, *(f"{PLOTS_DIR}/{name}.png" for name in PLOTS),
+            *(f"{EVAL_DIR}/{name}.png" for name in EVALUATION_FIGURES))
 
 
 def remove_old_run(out, names, numbered=None):

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:   # run as a script (to ask what it is): this checkout's gan and nnbox
     sys.path.insert(0, str(ROOT))
 
-from _cli import GAN_RUN_FILES, GAN_RUN_GRIDS, UsageError, fail, interrupted, remove_old_run  # noqa: E402
+from _cli import GAN_RUN_GRIDS, UsageError, fail, gan_run_files, interrupted, remove_old_run  # noqa: E402
 from gan.balance import BALANCE_RULES  # noqa: E402
 from gan.evaluate import REAL_IMAGES_NAME, evaluate  # noqa: E402
 from gan.evaluate import save_real_images as write_real_images  # noqa: E402
@@ -39,7 +39,7 @@ ABOUT = ("the helpers that examples/cifar_gan.py and examples/mnist_latent_study
          "and compare them; it trains nothing itself: run one of those two (with --help for its options)")
 FIGURE_DPI = 100
 # What both examples write beside the variants' folders (the comparison figures only with two variants); into
-# a variant's folder, train_variant and evaluate_variant write _cli.GAN_RUN_FILES and the epoch grids. --overwrite
+# a variant's folder, train_variant and evaluate_variant write _cli.gan_run_files() and the epoch grids. --overwrite
 # removes these (remove_old_study), and only these.
 COMPARISON_FILES = ("summary.json", "compare/losses.png", "compare/samples_per_epoch.png", "compare/throughput.png")
 
@@ -114,14 +114,14 @@ def train_variant(config, images, run_dir, epochs, batch_size, overwrite=False, 
 
 def remove_old_study(out, variants, names):
     """--overwrite: delete what an earlier run of the study wrote: `names` (paths relative to `out`, e.g.
-    COMPARISON_FILES) and, in each folder OUT/<variant> of `variants`, GAN_RUN_FILES and the epoch grids.
+    COMPARISON_FILES) and, in each folder OUT/<variant> of `variants`, gan_run_files() and the epoch grids.
     A user's own files stay, and so do the folders of variants not named. Returns the files removed.
 
     Called once the data is read, before the first variant trains: a run refused or failing before
     that keeps the old one; a study of fewer variants or without evaluation leaves none of its figures."""
     removed = remove_old_run(out, names)
     for variant in variants:
-        removed += remove_old_run(Path(out) / variant, GAN_RUN_FILES, GAN_RUN_GRIDS)
+        removed += remove_old_run(Path(out) / variant, gan_run_files(), GAN_RUN_GRIDS)
     return removed
 
 

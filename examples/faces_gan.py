@@ -41,8 +41,8 @@ for path in (ROOT, ROOT / "examples"):  # run as a script from anywhere; _cli si
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _cli import (CLI_ERRORS, GAN_RUN_FILES, GAN_RUN_GRIDS, LFW_HINT, UsageError, at_least,  # noqa: E402
-                  check_device, check_new_run, fail, interrupted, load_dataset, remove_old_run)
+from _cli import (CLI_ERRORS, GAN_RUN_GRIDS, LFW_HINT, UsageError, at_least, check_device,  # noqa: E402
+                  check_new_run, fail, gan_run_files, interrupted, load_dataset, remove_old_run)
 from gan.trainer import GANTrainer, NonFiniteLossError, TrainConfig, stream_rng  # noqa: E402
 from nnbox.data import ColorJitter, Compose, DataLoader, RandomHorizontalFlip, with_augmented_copies  # noqa: E402
 
@@ -280,7 +280,7 @@ def main(argv=None):
             trainer = GANTrainer.from_config(cfg.train, cfg.out, overwrite=cfg.overwrite,
                                              extra_config={"example": cfg.data_settings(), "epochs": cfg.epochs})
             if cfg.overwrite:   # the data read and the settings accepted: the old run's files go, a user's stay
-                remove_old_run(cfg.out, GAN_RUN_FILES, GAN_RUN_GRIDS)
+                remove_old_run(cfg.out, gan_run_files(), GAN_RUN_GRIDS)
         real = evaluation_data(cfg, images, lfw_root, trainer.run_dir, resuming="resume" in given)
         print(f"run folder: {trainer.run_dir}; {cfg.train.arch} GAN, {cfg.train.loss} loss, "
               f"{cfg.train.balance} balancing, {len(loader)} batches of {loader.batch_size} per epoch, "

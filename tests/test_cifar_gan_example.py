@@ -141,7 +141,7 @@ def test_overwrite_removes_the_old_studys_files_and_only_those(cifar_gan, tmp_pa
     assert [path.name for path in (dcgan / "evaluation").iterdir()] == ["my_figure.png"]
     assert (out / "mlp" / "metrics.json").read_bytes() == old_run[out / "mlp" / "metrics.json"]   # not rerun
     assert all(path.read_text() == "the user's" for path in mine)
-    # GAN_RUN_FILES and COMPARISON_FILES name everything a study writes: removing them leaves the user's files
+    # gan_run_files() and COMPARISON_FILES name everything a study writes: removing them leaves the user's files
     from compare_runs import COMPARISON_FILES, remove_old_study
     remove_old_study(out, cifar_gan.ARCHS, COMPARISON_FILES)
     assert sorted(path for path in out.rglob("*") if path.is_file()) == sorted(mine)

@@ -177,7 +177,7 @@ def test_overwrite_removes_the_old_studys_files_and_only_those(study, tmp_path, 
     assert [path.name for path in (normal / "plots").iterdir()] == ["mine.png"]
     assert (out / "uniform" / "metrics.json").is_file()          # not rerun: the other law's run stays
     assert all(path.read_text() == "the user's" for path in mine)
-    # GAN_RUN_FILES and STUDY_FILES name everything a study writes: removing them leaves the user's files
+    # gan_run_files() and STUDY_FILES name everything a study writes: removing them leaves the user's files
     from compare_runs import remove_old_study
     remove_old_study(out, ["uniform", "normal"], study.STUDY_FILES)
     assert sorted(path for path in out.rglob("*") if path.is_file()) == sorted(mine)
