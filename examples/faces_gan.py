@@ -228,14 +228,12 @@ def load_faces(cfg):
 def evaluation_data(cfg, images, lfw_root, run_dir, resuming):
     """What `python -m gan.evaluate RUN --real ...` should compare this run's faces with: LFW's folder
     when all of it trained, else the training images themselves (a subset, or synthetic faces, before
-    any augmented copies), written as RUN_DIR/real_images.npy by a new run (an --overwrite replaces
+    any augmented copies), written as RUN_DIR/real_images.npy by a new run (--overwrite has removed
     the old run's) and kept by --resume. Returns that --real argument."""
     from gan.evaluate import REAL_IMAGES_NAME, save_real_images
-    path = Path(run_dir) / REAL_IMAGES_NAME
     if lfw_root is not None and cfg.max_images is None:
-        if not resuming:
-            path.unlink(missing_ok=True)    # an overwritten run's subset, which this run did not train on
         return str(lfw_root)
+    path = Path(run_dir) / REAL_IMAGES_NAME
     if not (resuming and path.exists()):    # on --resume the same images: the data settings cannot change
         save_real_images(images[:len(images) // (cfg.augment_copies + 1)], path)
     return str(path)
